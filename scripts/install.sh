@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs circuitfind and everything it needs on a fresh Debian machine, then runs the main job
+# on the bundled default. The README's first command and .ci/run both call this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if ! command -v dot >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq graphviz >/dev/null
+fi
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build on these machines.
+"$PY" -m pip install -q torch==2.13.0
+"$PY" -m pip install -q -e ".[dev]"
+
+bash scripts/quickstart.sh
