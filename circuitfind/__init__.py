@@ -1,5 +1,25 @@
 """circuitfind: automated circuit discovery for transformer language models."""
 
+from circuitfind.errors import CircuitfindError, InputError, ModelLoadError, UnsupportedModelError
+from circuitfind.graph import Edge, Graph, Node, parse_edge, parse_node
+from circuitfind.loading import load
+from circuitfind.model import ForwardCache, Model, ModelConfig, cache_bytes
 from circuitfind.version import __version__
 
-__all__ = ["__version__"]
+__all__ = [
+    "CircuitfindError",
+    "Edge",
+    "ForwardCache",
+    "Graph",
+    "InputError",
+    "Model",
+    "ModelConfig",
+    "ModelLoadError",
+    "Node",
+    "UnsupportedModelError",
+    "__version__",
+    "cache_bytes",
+    "load",
+    "parse_edge",
+    "parse_node",
+]

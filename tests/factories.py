@@ -1,0 +1,181 @@
+"""Random-weight Hugging Face models of every supported family, in ordinary and odd configs.
+
+Weights are drawn with a larger spread than HF's default so that attention patterns are sharp
+and rotary/masking/normalisation mistakes show up in the logits instead of hiding in noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoConfig,
+    GPTNeoForCausalLM,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+VOCAB = 101
+
+
+def _llama_rope(rope_type: str) -> dict[str, Any]:
+    if rope_type == "llama3":
+        return {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        }
+    if rope_type == "linear":
+        return {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
+    return {"rope_type": "default", "rope_theta": 10000.0}
+
+
+FAMILY_CONFIGS: dict[str, Callable[[], Any]] = {
+    "gpt2": lambda: GPT2LMHeadModel(
+        GPT2Config(vocab_size=VOCAB, n_embd=48, n_layer=3, n_head=4, n_positions=64)
+    ),
+    "gpt2-odd": lambda: GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=36,
+            n_layer=2,
+            n_head=3,
+            n_inner=20,
+            n_positions=40,
+            activation_function="relu",
+            scale_attn_by_inverse_layer_idx=True,
+            reorder_and_upcast_attn=True,
+            tie_word_embeddings=False,
+        )
+    ),
+    "gpt_neox-parallel": lambda: GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            vocab_size=VOCAB,
+            hidden_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=96,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+        )
+    ),
+    "gpt_neox-sequential": lambda: GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=40,
+            rotary_pct=1.0,
+            use_parallel_residual=False,
+            attention_bias=False,
+            hidden_act="gelu_new",
+            tie_word_embeddings=True,
+        )
+    ),
+    "llama-gqa-llama3rope": lambda: LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            rope_parameters=_llama_rope("llama3"),
+        )
+    ),
+    "llama-mha-bias-linear-rope": lambda: LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=12,
+            intermediate_size=40,
+            attention_bias=True,
+            mlp_bias=True,
+            tie_word_embeddings=True,
+            rope_parameters=_llama_rope("linear"),
+        )
+    ),
+    "qwen2": lambda: Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=VOCAB,
+            hidden_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            tie_word_embeddings=True,
+        )
+    ),
+    "qwen2-sliding-mqa": lambda: Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            intermediate_size=48,
+            use_sliding_window=True,
+            sliding_window=4,
+            max_window_layers=1,
+            tie_word_embeddings=False,
+        )
+    ),
+    "mistral-sliding": lambda: MistralForCausalLM(
+        MistralConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            sliding_window=5,
+        )
+    ),
+    "gpt_neo": lambda: GPTNeoForCausalLM(
+        GPTNeoConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_layers=3,
+            num_heads=4,
+            attention_types=[[["global", "local"], 1], [["local"], 1]],
+            window_size=4,
+            max_position_embeddings=64,
+        )
+    ),
+}
+
+
+def make_hf_model(name: str, *, seed: int = 0, scale: float = 0.25) -> Any:
+    """A random-weight HF model (eager attention, eval mode) with weights of spread ``scale``."""
+    torch.manual_seed(seed)
+    model = FAMILY_CONFIGS[name]()
+    model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname or "ln" in pname:
+                p.copy_(
+                    1.0 + 0.2 * torch.randn_like(p)
+                    if p.dim() == 1 and "weight" in pname
+                    else 0.2 * torch.randn_like(p)
+                )
+            else:
+                p.normal_(0.0, scale)
+    return model.eval()

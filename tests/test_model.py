@@ -1,0 +1,237 @@
+"""The canonical model equals Hugging Face, layer by layer, for every family and odd configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import circuitfind as cf
+from tests.factories import VOCAB, make_hf_model
+
+ATOL = 1e-4
+
+
+def _hf_logits(hf, tokens, attention_mask=None, position_ids=None):
+    with torch.no_grad():
+        return hf(tokens, attention_mask=attention_mask, position_ids=position_ids).logits
+
+
+def test_logits_and_every_residual_stream_match_hf(family_config):
+    _, hf = family_config
+    model = cf.load(hf)
+    tokens = torch.randint(0, VOCAB, (3, 13))
+    with torch.no_grad():
+        out = hf(tokens, output_hidden_states=True)
+        logits, cache = model.run_with_cache(tokens)
+    assert logits.shape == (3, 13, VOCAB)
+    torch.testing.assert_close(logits, out.logits, atol=ATOL, rtol=0)
+    # Layer by layer, so that two errors cannot cancel.
+    for layer in range(model.cfg.n_layers):
+        torch.testing.assert_close(
+            cache.resid_pre[layer], out.hidden_states[layer], atol=ATOL, rtol=0
+        )
+    torch.testing.assert_close(
+        model.final_norm(cache.resid_final), out.hidden_states[-1], atol=ATOL, rtol=0
+    )
+    # The logits are not trivially flat: a bug in masking or rotary would show.
+    assert out.logits.std() > 0.5
+
+
+def test_forward_does_not_run_the_hf_modules(family_config):
+    """Parity cannot come from comparing HF with itself: our forward never calls HF modules."""
+    _, hf = family_config
+    model = cf.load(hf)
+    calls = []
+    handles = [m.register_forward_hook(lambda *a: calls.append(1)) for m in hf.modules()]
+    tokens = torch.randint(0, VOCAB, (2, 7))
+    try:
+        with torch.no_grad():
+            model(tokens)
+            ours = len(calls)
+            hf(tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    # HF's rotary module is the one part we call (it owns the RoPE scaling rules).
+    rotary = 1 if model.w.rotary is not None else 0
+    assert ours == rotary
+    assert len(calls) > 10
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_equals_unpadded_prompts(family_config, side):
+    _, hf = family_config
+    model = cf.load(hf)
+    lengths = [11, 6, 9]
+    seqs = [torch.randint(0, VOCAB, (n,)) for n in lengths]
+    T = max(lengths)
+    tokens = torch.zeros(len(seqs), T, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(T - len(s), T) if side == "left" else slice(0, len(s))
+        tokens[i, sl] = s
+        mask[i, sl] = 1
+    with torch.no_grad():
+        batched = model(tokens, attention_mask=mask)
+    # Same positions as HF would use in generation: count real tokens.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    hf_batched = _hf_logits(hf, tokens, mask, positions)
+    for i, s in enumerate(seqs):
+        sl = slice(T - len(s), T) if side == "left" else slice(0, len(s))
+        single = _hf_logits(hf, s[None])[0]
+        torch.testing.assert_close(batched[i, sl], single, atol=ATOL, rtol=0)
+        torch.testing.assert_close(batched[i, sl], hf_batched[i, sl], atol=ATOL, rtol=0)
+        assert torch.isfinite(batched[i]).all()
+
+
+def test_residual_stream_is_the_sum_of_node_outputs(family_config):
+    _, hf = family_config
+    model = cf.load(hf)
+    tokens = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    total = cache.input.clone()
+    for layer in range(model.cfg.n_layers):
+        torch.testing.assert_close(cache.resid_pre[layer], total, atol=ATOL, rtol=0)
+        total = (
+            total
+            + cache.heads[layer].sum(2)
+            + (cache.attn_bias[layer] if cache.attn_bias[layer] is not None else 0)
+        )
+        if not model.cfg.parallel_attn_mlp:
+            torch.testing.assert_close(cache.resid_mid[layer], total, atol=ATOL, rtol=0)
+        total = total + cache.mlps[layer]
+    torch.testing.assert_close(cache.resid_final, total, atol=ATOL, rtol=0)
+    # Stacked node outputs plus the constant biases also give the final stream.
+    stacked = cache.node_outputs().sum(0) + cache.constant(model.cfg.n_layers)
+    torch.testing.assert_close(stacked, cache.resid_final, atol=ATOL, rtol=0)
+    graph = cf.Graph.from_model(model)
+    assert cache.node_outputs().shape[0] == graph.n_senders
+    torch.testing.assert_close(cache["L1H1"], cache.heads[1][:, :, 1])
+    torch.testing.assert_close(cache["m1"], cache.mlps[1])
+
+
+def test_per_head_inputs_equal_shared_input_and_do_not_leak_across_kv_groups():
+    hf = make_hf_model("llama-gqa-llama3rope")
+    model = cf.load(hf)
+    tokens = torch.randint(0, VOCAB, (2, 8))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        ctx = model.context(model.check_tokens(tokens))
+        x = cache.resid_pre[1]
+        shared, _ = model.attention(1, x, x, x, ctx)
+        per_head = x.unsqueeze(2).expand(-1, -1, model.cfg.n_heads, -1)
+        split, _ = model.attention(1, per_head, per_head, per_head, ctx)
+        torch.testing.assert_close(split, shared, atol=ATOL, rtol=0)
+        # Change only head 0's key input: heads 1 and 2 share head 0's kv group and must not move.
+        assert model.cfg.group_size == 3
+        k_in = per_head.clone()
+        k_in[:, :, 0] = torch.randn_like(k_in[:, :, 0])
+        patched, _ = model.attention(1, per_head, k_in, per_head, ctx)
+    assert not torch.allclose(patched[:, :, 0], shared[:, :, 0], atol=1e-3)
+    torch.testing.assert_close(patched[:, :, 1:], shared[:, :, 1:], atol=ATOL, rtol=0)
+
+
+def test_weights_are_views_of_the_hf_parameters(family_config):
+    _, hf = family_config
+    model = cf.load(hf)
+    hf_ptrs = {p.untyped_storage().data_ptr() for p in hf.parameters()}
+    for lw in model.w.layers:
+        for t in (lw.W_Q, lw.W_K, lw.W_V, lw.W_O, lw.W_in, lw.W_out, lw.ln1_w):
+            assert t.untyped_storage().data_ptr() in hf_ptrs
+    assert model.w.W_U.untyped_storage().data_ptr() in hf_ptrs
+    tokens = torch.randint(0, VOCAB, (1, 5))
+    before = model(tokens).detach().clone()
+    with torch.no_grad():
+        next(hf.parameters()).mul_(0.0)  # the token embedding: shared storage, so ours moves too
+    after = model(tokens).detach()
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, _hf_logits(hf, tokens), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa-llama3rope", "gpt_neox-parallel"])
+def test_half_precision_runs_and_stays_close(name, dtype):
+    reference = cf.load(make_hf_model(name))
+    model = cf.load(make_hf_model(name), dtype=dtype)
+    assert model.dtype == dtype
+    tokens = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        ref = reference(tokens)
+        low = model(tokens)
+        hf_low = model.hf_model(tokens).logits
+    assert low.dtype == dtype
+    scale = ref.abs().max().item()
+    assert (low.float() - ref).abs().max().item() < 0.08 * scale
+    assert (low.float() - hf_low.float()).abs().max().item() < 0.08 * scale
+
+
+def test_context_window_masks_follow_the_config():
+    model = cf.load(make_hf_model("qwen2-sliding-mqa"))
+    assert model.cfg.window == (None, 4, 4)  # layers >= max_window_layers slide
+    neo = cf.load(make_hf_model("gpt_neo"))
+    assert neo.cfg.window == (None, 4, 4)
+    assert neo.cfg.attn_scale == (1.0, 1.0, 1.0)
+
+
+def test_tokens_outside_the_vocabulary_are_a_clear_error():
+    model = cf.load(make_hf_model("gpt2"))
+    tokens = torch.tensor([[1, 2, VOCAB + 5]])
+    with pytest.raises(cf.InputError, match=r"token id 106 at batch 0, position 2.*vocabulary"):
+        model(tokens)
+    with pytest.raises(cf.InputError, match="longer than the model's context"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_unknown_family_names_the_supported_ones():
+    from transformers import OPTConfig, OPTForCausalLM
+
+    hf = OPTForCausalLM(
+        OPTConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            ffn_dim=32,
+            word_embed_proj_dim=16,
+        )
+    )
+    with pytest.raises(cf.UnsupportedModelError, match=r"'opt'.*gpt2, gpt_neo, gpt_neox, llama"):
+        cf.load(hf)
+
+
+def test_unreachable_hub_name_says_so(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import circuitfind as cf\n"
+        "try:\n    cf.load('no-such-org/no-such-model')\n"
+        "except cf.ModelLoadError as e:\n    print('OK', e)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.stdout.startswith("OK"), out.stderr[-2000:]
+    assert "could not be reached" in out.stdout
+    with pytest.raises(cf.ModelLoadError, match="does not exist"):
+        cf.load(str(tmp_path / "missing" / "dir"))
+
+
+def test_load_from_a_local_directory_round_trips(tmp_path):
+    hf = make_hf_model("gpt2")
+    hf.save_pretrained(tmp_path)
+    model = cf.load(str(tmp_path))
+    tokens = torch.randint(0, VOCAB, (2, 6))
+    torch.testing.assert_close(model(tokens), _hf_logits(hf, tokens), atol=ATOL, rtol=0)
+
+
+def test_cache_size_is_stated_correctly():
+    model = cf.load(make_hf_model("gpt2"))
+    tokens = torch.randint(0, VOCAB, (2, 9))
+    _, cache = model.run_with_cache(tokens, z=True)
+    stored = cache.input.numel() + sum(t.numel() for t in cache.heads + cache.mlps + cache.z)
+    stored += sum(t.numel() for t in cache.resid_pre + cache.resid_mid) + cache.resid_final.numel()
+    assert cf.cache_bytes(model.cfg, 2, 9) == stored * 4
