@@ -1,5 +1,6 @@
 """circuitfind: automated circuit discovery for transformer language models."""
 
+from circuitfind.circuit import Circuit
 from circuitfind.errors import CircuitfindError, InputError, ModelLoadError, UnsupportedModelError
 from circuitfind.graph import Edge, Graph, Node, parse_edge, parse_node
 from circuitfind.loading import load
@@ -7,6 +8,7 @@ from circuitfind.model import ForwardCache, Model, ModelConfig, cache_bytes
 from circuitfind.version import __version__
 
 __all__ = [
+    "Circuit",
     "CircuitfindError",
     "Edge",
     "ForwardCache",

@@ -1,0 +1,235 @@
+"""A circuit: scored edges of a graph, the subset kept, and where it came from.
+
+Saved as JSON in the field's shape (EAP-IG / MIB):
+``{"cfg": {model shape}, "nodes": {name: {"in_graph": bool, ...}},
+"edges": {name: {"score": float, "in_graph": bool}}, "meta": {...}}``.
+Reading files another tool wrote works: EAP-IG writes ``nodes`` as ``{name: bool}`` and may
+leave scores ``null``; both are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from circuitfind.errors import InputError
+from circuitfind.graph import Graph, parse_edge, parse_node
+from circuitfind.model import ModelConfig
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+__all__ = ["Circuit", "graph_from_shape"]
+
+
+def graph_from_shape(n_layers: int, n_heads: int, parallel_attn_mlp: bool = False) -> Graph:
+    """A graph from the model shape alone (what a circuit file records)."""
+    cfg = ModelConfig(
+        family="unknown",
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_heads,
+        d_model=0,
+        d_head=0,
+        d_mlp=0,
+        d_vocab=0,
+        n_ctx=None,
+        parallel_attn_mlp=parallel_attn_mlp,
+        norm="layernorm",
+        gated_mlp=False,
+        positional="learned",
+        attn_scale=(1.0,) * n_layers,
+        window=(None,) * n_layers,
+    )
+    return Graph(cfg)
+
+
+@dataclass
+class Circuit:
+    """Scores for the edges of ``graph`` and the edges kept in the circuit.
+
+    Attributes:
+        graph: the model's graph.
+        scores: [sender, receiver] float tensor of edge scores (NaN where not scored; entries
+            outside ``graph.valid`` are ignored).
+        in_graph: [sender, receiver] bool tensor, True for edges in the circuit.
+        meta: model, task, method, ablation, metric values, timing, versions, seed, ...
+        node_scores: optional per-node scores (node-level methods).
+    """
+
+    graph: Graph
+    scores: Tensor
+    in_graph: Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+    node_scores: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        shape = (self.graph.n_senders, self.graph.n_receivers)
+        if tuple(self.scores.shape) != shape or tuple(self.in_graph.shape) != shape:
+            raise ValueError(f"scores and in_graph must be {shape}")
+        self.scores = self.scores.detach().float().cpu()
+        self.in_graph = self.in_graph.detach().bool().cpu() & self.graph.valid
+
+    # ------------------------------------------------------------------ views
+    @property
+    def edge_names(self) -> list[str]:
+        """Names of the edges in the circuit."""
+        s, r = self.in_graph.nonzero(as_tuple=True)
+        return [self.graph.edge_name(int(i), int(j)) for i, j in zip(s, r)]
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.in_graph.sum())
+
+    @property
+    def edge_scores(self) -> dict[str, float]:
+        """Every scored edge's name and score (``circuit.scores`` as a mapping)."""
+        valid = self.graph.valid & ~torch.isnan(self.scores)
+        s, r = valid.nonzero(as_tuple=True)
+        return {
+            self.graph.edge_name(int(i), int(j)): float(self.scores[i, j]) for i, j in zip(s, r)
+        }
+
+    @property
+    def nodes(self) -> list[str]:
+        """Nodes touched by an edge of the circuit, in topological order."""
+        keep: set[str] = set()
+        s, r = self.in_graph.nonzero(as_tuple=True)
+        for i, j in zip(s.tolist(), r.tolist()):
+            keep.add(self.graph.senders[i].name)
+            keep.add(self.graph.receivers[j].node)
+        return [n for n in self.graph.topological_order() if n in keep]
+
+    def top_edges(self, n: int = 10, *, in_circuit: bool = True) -> list[tuple[str, float]]:
+        """The ``n`` edges with the largest |score| (only in-circuit edges by default)."""
+        mask = self.in_graph if in_circuit else self.graph.valid
+        scores = torch.where(mask & ~torch.isnan(self.scores), self.scores.abs(), -1.0)
+        flat = scores.flatten()
+        k = min(n, int((flat >= 0).sum()))
+        idx = flat.topk(k).indices
+        n_recv = self.graph.n_receivers
+        return [
+            (
+                self.graph.edge_name(int(i) // n_recv, int(i) % n_recv),
+                float(self.scores.flatten()[i]),
+            )
+            for i in idx
+        ]
+
+    def to_networkx(self) -> nx.MultiDiGraph:
+        """The circuit as a ``networkx.MultiDiGraph`` (nodes and edges in the circuit only)."""
+        import networkx as nx
+
+        g = nx.MultiDiGraph()
+        for name in self.nodes:
+            node = self.graph.nodes[name]
+            g.add_node(name, kind=node.kind, layer=node.layer, head=node.head, label=node.label)
+        s, r = self.in_graph.nonzero(as_tuple=True)
+        for i, j in zip(s.tolist(), r.tolist()):
+            recv = self.graph.receivers[j]
+            g.add_edge(
+                self.graph.senders[i].name,
+                recv.node,
+                key=recv.qkv or "",
+                name=self.graph.edge_name(i, j),
+                qkv=recv.qkv,
+                score=float(self.scores[i, j]),
+            )
+        return g
+
+    def with_edges(self, in_graph: Tensor, **meta: Any) -> Circuit:
+        """The same scores with another set of kept edges."""
+        return Circuit(self.graph, self.scores, in_graph, {**self.meta, **meta}, self.node_scores)
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        g = self.graph
+        in_nodes = set(self.nodes)
+        nodes: dict[str, Any] = {}
+        for name in g.topological_order():
+            entry: dict[str, Any] = {"in_graph": name in in_nodes}
+            if self.node_scores is not None and name in self.node_scores:
+                entry["score"] = self.node_scores[name]
+            nodes[name] = entry
+        edges: dict[str, Any] = {}
+        s, r = g.valid.nonzero(as_tuple=True)
+        scores = self.scores[s, r].tolist()
+        flags = self.in_graph[s, r].tolist()
+        for i, j, score, flag in zip(s.tolist(), r.tolist(), scores, flags):
+            edges[g.edge_name(i, j)] = {
+                "score": None if math.isnan(score) else score,
+                "in_graph": bool(flag),
+            }
+        cfg = {
+            "n_layers": g.cfg.n_layers,
+            "n_heads": g.cfg.n_heads,
+            "parallel_attn_mlp": g.cfg.parallel_attn_mlp,
+            "d_model": g.cfg.d_model,
+        }
+        return {"cfg": cfg, "nodes": nodes, "edges": edges, "meta": self.meta}
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "circuit") -> Circuit:
+        try:
+            cfg = data["cfg"]
+            edges = data["edges"]
+            graph = graph_from_shape(
+                int(cfg["n_layers"]), int(cfg["n_heads"]), bool(cfg.get("parallel_attn_mlp", False))
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(
+                f"{source}: not a circuit file (needs 'cfg' with n_layers and n_heads, and "
+                f"'edges'): {exc}"
+            ) from None
+        scores = torch.full((graph.n_senders, graph.n_receivers), float("nan"))
+        in_graph = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.bool)
+        for raw_name, entry in edges.items():
+            name = parse_edge(raw_name, graph.cfg)
+            if name not in graph.edges:
+                raise InputError(f"{source}: edge {raw_name!r} is not an edge of this graph")
+            e = graph.edges[name]
+            if isinstance(entry, dict):
+                score, flag = entry.get("score"), entry.get("in_graph", False)
+            else:  # {name: score} or {name: bool}
+                score, flag = (None, entry) if isinstance(entry, bool) else (entry, False)
+            if score is not None:
+                scores[e.sender_index, e.receiver_index] = float(score)
+            in_graph[e.sender_index, e.receiver_index] = bool(flag)
+        node_scores: dict[str, float] | None = None
+        for raw_name, entry in (data.get("nodes") or {}).items():
+            if isinstance(entry, dict) and entry.get("score") is not None:
+                node_scores = node_scores or {}
+                node_scores[parse_node(raw_name, graph.cfg)] = float(entry["score"])
+        meta = dict(data.get("meta") or {})
+        return cls(graph, scores, in_graph, meta, node_scores)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str]) -> Circuit:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"circuit file {str(path)!r} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        return cls.from_dict(data, source=str(path))
+
+    def __repr__(self) -> str:
+        method = self.meta.get("method", "?")
+        return (
+            f"Circuit({self.n_edges} of {self.graph.n_edges} edges, {len(self.nodes)} nodes, "
+            f"method={method})"
+        )
