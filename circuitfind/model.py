@@ -46,6 +46,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+Hook = Callable[[Tensor], Tensor]
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -517,10 +519,39 @@ class Model:
         return logits + self.w.b_U if self.w.b_U is not None else logits
 
     # ----------------------------------------------------------------- whole runs
-    def forward(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Logits [batch, pos, vocab], equal to the Hugging Face model's."""
-        logits, _ = self._run(tokens, attention_mask, cache=None)
+    def forward(
+        self,
+        tokens: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        hooks: dict[str, Hook] | None = None,
+    ) -> Tensor:
+        """Logits [batch, pos, vocab], equal to the Hugging Face model's.
+
+        ``hooks`` maps hook points to functions ``fn(x) -> x`` that may replace the tensor there:
+        ``embed`` (the input node), ``resid_pre.{L}``, ``resid_mid.{L}`` (sequential families),
+        ``attn_out.{L}`` (summed attention output incl. b_O), ``mlp_out.{L}``, ``resid_final``
+        (before the final norm). All are [batch, pos, d_model]. Used by steering, directional
+        ablation and SAE splicing.
+        """
+        if hooks:
+            unknown = set(hooks) - set(self.hook_points())
+            if unknown:
+                raise InputError(
+                    f"unknown hook point(s) {sorted(unknown)}; valid: embed, resid_pre.L, "
+                    "resid_mid.L, attn_out.L, mlp_out.L, resid_final"
+                )
+        logits, _ = self._run(tokens, attention_mask, cache=None, hooks=hooks or {})
         return logits
+
+    def hook_points(self) -> list[str]:
+        """Names accepted by ``forward(..., hooks=...)``."""
+        points = ["embed"]
+        for layer in range(self.cfg.n_layers):
+            points += [f"resid_pre.{layer}", f"attn_out.{layer}", f"mlp_out.{layer}"]
+            if not self.cfg.parallel_attn_mlp:
+                points.append(f"resid_mid.{layer}")
+        return [*points, "resid_final"]
 
     __call__ = forward
 
@@ -553,13 +584,21 @@ class Model:
         cache: ForwardCache | None,
         patterns: bool = False,
         z: bool = False,
+        hooks: dict[str, Hook] | None = None,
     ) -> tuple[Tensor, ForwardCache | None]:
+        hooks = hooks or {}
+
+        def hook(point: str, x: Tensor) -> Tensor:
+            fn = hooks.get(point)
+            return x if fn is None else fn(x)
+
         tokens = self.check_tokens(tokens, attention_mask)
         ctx = self.context(tokens, attention_mask)
-        resid = self.embed(tokens, ctx)
+        resid = hook("embed", self.embed(tokens, ctx))
         if cache is not None:
             cache.input = resid
         for layer in range(self.cfg.n_layers):
+            resid = hook(f"resid_pre.{layer}", resid)
             zl, pattern = self.attention(
                 layer, resid, resid, resid, ctx, return_pattern=cache is not None and patterns
             )
@@ -577,17 +616,19 @@ class Model:
                     cache.patterns.append(pattern)
             else:
                 attn = self.attn_out(layer, zl)
+            attn = hook(f"attn_out.{layer}", attn)
             if self.cfg.parallel_attn_mlp:
-                mlp = self.mlp(layer, resid)
+                mlp = hook(f"mlp_out.{layer}", self.mlp(layer, resid))
                 resid = mlp + attn + resid
             else:
-                resid = resid + attn
+                resid = hook(f"resid_mid.{layer}", resid + attn)
                 if cache is not None:
                     cache.resid_mid.append(resid)
-                mlp = self.mlp(layer, resid)
+                mlp = hook(f"mlp_out.{layer}", self.mlp(layer, resid))
                 resid = resid + mlp
             if cache is not None:
                 cache.mlps.append(mlp)
+        resid = hook("resid_final", resid)
         if cache is not None:
             cache.resid_final = resid
         return self.unembed(resid), cache

@@ -235,3 +235,24 @@ def test_cache_size_is_stated_correctly():
     stored = cache.input.numel() + sum(t.numel() for t in cache.heads + cache.mlps + cache.z)
     stored += sum(t.numel() for t in cache.resid_pre + cache.resid_mid) + cache.resid_final.numel()
     assert cf.cache_bytes(model.cfg, 2, 9) == stored * 4
+
+
+def test_hooks_fire_and_replace_values():
+    model = cf.load(make_hf_model("gpt2"))
+    tokens = torch.randint(0, VOCAB, (2, 7))
+    seen = []
+
+    def record(x):
+        seen.append(x.shape)
+        return x
+
+    base = model(tokens)
+    same = model(tokens, hooks={p: record for p in model.hook_points()})
+    torch.testing.assert_close(same, base)
+    assert len(seen) == len(model.hook_points())
+    # Zeroing the final stream leaves only the final norm's bias through the unembedding.
+    zeroed = model(tokens, hooks={"resid_final": torch.zeros_like})
+    expected = model.unembed(torch.zeros(1, 1, model.cfg.d_model))
+    torch.testing.assert_close(zeroed, expected.expand_as(zeroed), atol=1e-5, rtol=0)
+    with pytest.raises(cf.InputError, match="unknown hook point"):
+        model(tokens, hooks={"resid_pre.99": record})
