@@ -5,6 +5,8 @@ from circuitfind.errors import CircuitfindError, InputError, ModelLoadError, Uns
 from circuitfind.graph import Edge, Graph, Node, parse_edge, parse_node
 from circuitfind.loading import load
 from circuitfind.model import ForwardCache, Model, ModelConfig, cache_bytes
+from circuitfind.render import render
+from circuitfind.roles import Role, detect_roles
 from circuitfind.version import __version__
 
 __all__ = [
@@ -18,10 +20,13 @@ __all__ = [
     "ModelConfig",
     "ModelLoadError",
     "Node",
+    "Role",
     "UnsupportedModelError",
     "__version__",
     "cache_bytes",
+    "detect_roles",
     "load",
     "parse_edge",
     "parse_node",
+    "render",
 ]
