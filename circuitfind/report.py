@@ -112,6 +112,7 @@ def _curve(circuit: Circuit, evaluation: Any) -> str:
         ax.scatter([share], [faith], color="#d62728", zorder=3, label=f"this circuit ({faith:.2f})")
     ax.axhline(1.0, color="#999", lw=0.8, ls="--")
     ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(0, max(100.0, *xs))
     ax.set_xlabel("edges kept (% of all edges)")
     ax.set_ylabel("faithfulness")
     ax.grid(alpha=0.3)

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from circuitfind.render import EDGE_COLOURS
 from circuitfind.report import head_scores, node_scores, write_report
-from circuitfind.roles import Role
+from circuitfind.roles import ROLE_COLOURS, Role
 from tests.test_render import EDGES, small_circuit
 
 EVALUATION = {
@@ -120,27 +121,23 @@ def test_report_as_a_person_sees_it(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     image = Image.open(shot).convert("RGB")
     assert image.size == (1200, 1600)
-    # the diagram's region: rows between the "Diagram" heading and the curve are not blank
     pixels = image.load()
-    coloured = 0
-    from circuitfind.roles import ROLE_COLOURS
 
-    targets = [tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in ROLE_COLOURS.values()]
-    targets = targets[:-1]  # unlabelled is nearly white
-    width, height = image.size
-    ys, xs = [], []
-    for y in range(0, height, 2):
-        for x in range(0, width, 2):
-            p = pixels[x, y]
-            if any(sum(abs(a - b) for a, b in zip(p, t)) < 12 for t in targets):
-                coloured += 1
-                ys.append(y)
-                xs.append(x)
-    # the role-coloured head boxes are visible ...
-    assert coloured > 200, "no role-coloured node boxes in the screenshot"
-    # ... and the drawing is big: the coloured boxes span a good part of the page
-    assert max(xs) - min(xs) > 100
-    non_white = sum(
-        1 for y in range(0, 800, 4) for x in range(0, width, 4) if sum(pixels[x, y]) < 600
-    )
-    assert non_white > 2000, "the top of the page is nearly blank"
+    def where(colour: str, tolerance: int = 12) -> tuple[list[int], list[int]]:
+        target = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+        xs, ys = [], []
+        for y in range(0, image.size[1], 2):
+            for x in range(0, image.size[0], 2):
+                if sum(abs(a - b) for a, b in zip(pixels[x, y], target)) < tolerance:
+                    xs.append(x)
+                    ys.append(y)
+        return xs, ys
+
+    # the role-coloured head boxes are drawn (the curve uses none of these colours)
+    xs, ys = where(ROLE_COLOURS["previous-token"])
+    assert len(xs) > 100, "the previous-token head's box is not visible"
+    xs, ys = where(ROLE_COLOURS["name-mover"])
+    assert len(xs) > 100, "the name-mover head's box is not visible"
+    # the value edges (green) run from layer 0 up to layer 1: the drawing has real height
+    xs, ys = where(EDGE_COLOURS["v"], tolerance=30)
+    assert len(xs) > 50 and max(ys) - min(ys) > 80, "the diagram is missing or tiny"
