@@ -3,13 +3,13 @@ import types
 
 import pytest
 import torch
-from task_helpers import bpe_tokenizer, word_tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from circuitfind.errors import InputError
 from circuitfind.tasks import TASKS, Task, get_task
 from circuitfind.tasks.cli import register
 from circuitfind.tasks.ioi import single_token_names
+from tests.task_helpers import bpe_tokenizer, word_tokenizer
 
 # ---------------------------------------------------------------- Task basics
 
