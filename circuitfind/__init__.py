@@ -1,16 +1,23 @@
 """circuitfind: automated circuit discovery for transformer language models."""
 
 from circuitfind.circuit import Circuit
+from circuitfind.discover import METHODS, discover
 from circuitfind.errors import CircuitfindError, InputError, ModelLoadError, UnsupportedModelError
+from circuitfind.evaluate import Evaluation, evaluate
 from circuitfind.graph import Edge, Graph, Node, parse_edge, parse_node
 from circuitfind.loading import load
 from circuitfind.model import ForwardCache, Model, ModelConfig, cache_bytes
+from circuitfind.patching import ABLATIONS
+from circuitfind.tasks import Task, get_task
 from circuitfind.version import __version__
 
 __all__ = [
+    "ABLATIONS",
+    "METHODS",
     "Circuit",
     "CircuitfindError",
     "Edge",
+    "Evaluation",
     "ForwardCache",
     "Graph",
     "InputError",
@@ -18,9 +25,13 @@ __all__ = [
     "ModelConfig",
     "ModelLoadError",
     "Node",
+    "Task",
     "UnsupportedModelError",
     "__version__",
     "cache_bytes",
+    "discover",
+    "evaluate",
+    "get_task",
     "load",
     "parse_edge",
     "parse_node",

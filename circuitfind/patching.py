@@ -37,6 +37,7 @@ __all__ = [
     "make_ablation",
     "masked_forward",
     "readout_logits",
+    "with_clean_logits",
 ]
 
 AblationKind = Literal["resample", "mean", "mean-positional", "zero"]
@@ -88,6 +89,13 @@ def readout_logits(model: Model, resid: Tensor, readout: Tensor) -> Tensor:
     pos = readout.repeat(reps)
     picked = resid[torch.arange(resid.shape[0], device=resid.device), pos]
     return model.unembed(picked)
+
+
+def with_clean_logits(model: Model, task: Any) -> Any:
+    """The task carrying its clean readout logits (the KL metric needs them)."""
+    if getattr(task, "clean_logits", None) is None and hasattr(task, "with_clean_logits"):
+        return task.with_clean_logits(model)
+    return task
 
 
 # ---------------------------------------------------------------------------- ablations

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from circuitfind.graph import Graph
 from circuitfind.model import Model
-from circuitfind.patching import Ablation, MaskEvaluator
+from circuitfind.patching import Ablation, MaskEvaluator, with_clean_logits
 
 __all__ = ["acdc"]
 
@@ -35,6 +35,7 @@ def acdc(
 ) -> tuple[Tensor, Tensor]:
     """Run ACDC. Returns (scores [S, R]: the metric change measured when each edge was tried,
     NaN for edges never tried; kept [S, R] bool)."""
+    task = with_clean_logits(model, task)
     evaluator = MaskEvaluator(model, graph, task, ablation, batch_size, metric=metric)
     name = metric if isinstance(metric, str) else getattr(metric, "name", "")
     one_sided = name == "kl"

@@ -9,6 +9,8 @@ only at the readout positions, and a last-layer receiver recomputes only the rea
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -69,7 +71,7 @@ def _patched_logits(
         x = _tile(cache.resid_pre[layer], V)
         shifted = x + delta
         inputs = [shifted if t == rec.qkv else x for t in ("q", "k", "v")]
-        z, _ = model.attention(layer, *inputs, ctx_v, q_index=pos)
+        z, _ = model.attention(layer, inputs[0], inputs[1], inputs[2], ctx_v, q_index=pos)
         new_head = torch.einsum("bpe,em->bpm", z[:, :, head], model.w.layers[layer].W_O[head])
         clean_head = cache.heads[layer][:, :, head]
         if pos is not None:
@@ -98,29 +100,59 @@ def exact_scores(
     metric: Any = None,
     max_tokens_per_pass: int = 16384,
     progress: bool = True,
+    checkpoint: Path | None = None,
+    checkpoint_every_s: float = 60.0,
 ) -> Tensor:
-    """Exact patching scores for every edge: [S, R] (NaN outside ``graph.valid``)."""
+    """Exact patching scores for every edge: [S, R] (NaN outside ``graph.valid``).
+
+    With ``checkpoint``, the sums so far are saved there every ``checkpoint_every_s`` seconds
+    and after each batch; a later call with the same file resumes where it stopped.
+    """
     S, R = graph.n_senders, graph.n_receivers
-    totals = torch.zeros(S, R, dtype=torch.float64)
     n = len(task)
+    totals = torch.zeros(S, R, dtype=torch.float64)
+    done_batches, done_receivers = 0, 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=True)
+        if tuple(state["totals"].shape) == (S, R) and int(state["n"]) == n:
+            totals = state["totals"]
+            done_batches, done_receivers = int(state["batch"]), int(state["receiver"])
+            logger.info("resuming exact patching from %s", checkpoint)
+
+    def save(batch_i: int, receiver: int) -> None:
+        if checkpoint is None:
+            return
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save({"totals": totals, "batch": batch_i, "receiver": receiver, "n": n}, tmp)
+        tmp.replace(checkpoint)
+
     bar = tqdm(
         total=graph.n_edges * -(-n // batch_size),
         desc="exact patching",
         disable=not progress,
         unit="edge",
     )
+    last_save = time.monotonic()
     with torch.no_grad():
-        for batch in batches(task, batch_size, model.device):
+        for batch_i, batch in enumerate(batches(task, batch_size, model.device)):
+            if batch_i < done_batches:
+                bar.update(graph.n_edges)
+                continue
             _, cache = model.run_with_cache(batch.clean, batch.attention_mask)
             A = ablation.outputs(batch)
             diff = cache.node_outputs() - A.expand(-1, *cache.input.shape)  # [S, b, p, d]
             ctx = model.context(batch.clean, batch.attention_mask)
-            clean_logits = readout_logits(model, cache.resid_final, batch.readout)  # type: ignore[arg-type]
+            assert cache.resid_final is not None
+            clean_logits = readout_logits(model, cache.resid_final, batch.readout)
             clean = task.metric_fn(clean_logits.float(), batch.idx, reduce="none", metric=metric)
             b, p = batch.clean.shape
             chunk = max(1, max_tokens_per_pass // (b * p))
             for r in range(R):
                 upstream = int(graph.n_upstream[r])
+                if batch_i == done_batches and r < done_receivers:
+                    bar.update(upstream)
+                    continue
                 for start in range(0, upstream, chunk):
                     senders = torch.arange(start, min(start + chunk, upstream))
                     V = len(senders)
@@ -131,6 +163,10 @@ def exact_scores(
                     ).view(V, b)
                     totals[senders, r] += (values - clean[None]).sum(1).double().cpu()
                     bar.update(V)
+                if checkpoint is not None and time.monotonic() - last_save > checkpoint_every_s:
+                    save(batch_i, r + 1)
+                    last_save = time.monotonic()
+            save(batch_i + 1, 0)
     bar.close()
     scores = (totals / n).float()
     scores[~graph.valid] = float("nan")
