@@ -22,15 +22,17 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from circuitfind.discover import METHODS as _ENGINE_METHODS
 from circuitfind.errors import CircuitfindError, InputError
+from circuitfind.patching import ABLATIONS as _ENGINE_ABLATIONS
 
 __all__ = ["METHODS", "build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("eap-ig-inputs", "eap-ig-activations", "eap", "exact", "acdc", "node")
+METHODS: tuple[str, ...] = tuple(_ENGINE_METHODS)
 METHOD_ALIASES = {"eap-ig": "eap-ig-inputs", "eapig": "eap-ig-inputs", "patching": "exact"}
-ABLATIONS = ("resample", "mean", "mean-positional", "zero")
+ABLATIONS: tuple[str, ...] = tuple(_ENGINE_ABLATIONS)
 PLUGINS = ("circuitfind.tasks.cli", "circuitfind.zoo.cli", "circuitfind.inspect.cli")
 
 
@@ -164,6 +166,9 @@ def _discover(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint"
     args.partial = f"partial scores are kept in {checkpoint}"
+    options: dict[str, Any] = {"seed": args.seed}
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size
     circuit = discover(
         model,
         task,
@@ -172,9 +177,9 @@ def _discover(args: argparse.Namespace) -> int:
         top_n=args.top_n,
         threshold=args.threshold,
         target_faithfulness=args.target_faithfulness,
-        batch_size=args.batch_size,
         progress=_progress(args),
         checkpoint_dir=checkpoint,
+        **options,
     )
     circuit.meta.setdefault("model", args.model)
     circuit.meta["command"] = args.command_line

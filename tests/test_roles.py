@@ -169,3 +169,21 @@ def test_not_ioi_style_without_wrong_answers(model):
 
 def test_role_str():
     assert str(Role("a0.h0", "unlabelled")) == "unlabelled"
+
+
+def test_render_detects_roles_when_given_model_and_task(model, tmp_path):
+    from circuitfind.render import render
+
+    graph = cf.Graph.from_model(model)
+    keep = torch.zeros_like(graph.valid)
+    for name in ("input->a0.h1<q>", "a0.h1->a2.h3<k>", "a2.h3->logits"):
+        e = graph.edges[name]
+        keep[e.sender_index, e.receiver_index] = True
+    circuit = cf.Circuit(graph, torch.ones(keep.shape), keep)
+    task = _ioi_task()
+    expected = detect_roles(model, task, heads=["a0.h1", "a2.h3"])
+    source = render(circuit, tmp_path / "c.gv", model=model, task=task).read_text()
+    for role in expected.values():
+        if role.name != "unlabelled":
+            assert role.name in source
+        assert ROLE_COLOURS[role.name] in source
