@@ -3,6 +3,7 @@
 from circuitfind.circuit import Circuit
 from circuitfind.errors import CircuitfindError, InputError, ModelLoadError, UnsupportedModelError
 from circuitfind.graph import Edge, Graph, Node, parse_edge, parse_node
+from circuitfind.inspect import dla, logit_lens
 from circuitfind.loading import load
 from circuitfind.model import ForwardCache, Model, ModelConfig, cache_bytes
 from circuitfind.version import __version__
@@ -21,7 +22,9 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "cache_bytes",
+    "dla",
     "load",
+    "logit_lens",
     "parse_edge",
     "parse_node",
 ]
