@@ -5,6 +5,7 @@ from circuitfind.discover import METHODS, discover
 from circuitfind.errors import CircuitfindError, InputError, ModelLoadError, UnsupportedModelError
 from circuitfind.evaluate import Evaluation, evaluate
 from circuitfind.graph import Edge, Graph, Node, parse_edge, parse_node
+from circuitfind.inspect import dla, logit_lens
 from circuitfind.loading import load
 from circuitfind.model import ForwardCache, Model, ModelConfig, cache_bytes
 from circuitfind.patching import ABLATIONS
@@ -34,9 +35,11 @@ __all__ = [
     "cache_bytes",
     "detect_roles",
     "discover",
+    "dla",
     "evaluate",
     "get_task",
     "load",
+    "logit_lens",
     "parse_edge",
     "parse_node",
     "render",

@@ -1,0 +1,123 @@
+"""Direct logit attribution: each node's direct contribution to a logit (difference).
+
+The final residual stream is the sum of node outputs (``input``, ``a{L}.h{H}``, ``m{L}``) plus the
+constant attention-output biases. With the final norm's scale frozen at its value in the run,
+the norm is affine, so each node's term maps to the logits on its own:
+
+- LayerNorm: ``((x_n - mean(x_n)) / scale * w_lnf) @ u``,
+- RMSNorm: ``(x_n / scale * w_lnf) @ u``,
+
+where ``u = W_U[:, answer] - W_U[:, wrong]``. The constants — every layer's ``b_O`` through the
+same map, the final norm's bias and the unembedding bias — come back under the key ``bias``, so
+the values sum to the model's logit (difference) at the readout position exactly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from circuitfind.inspect._common import (
+    AnswerLike,
+    TokensLike,
+    as_tokens,
+    readout_positions,
+    token_ids,
+)
+
+if TYPE_CHECKING:
+    from circuitfind.model import Model
+
+__all__ = ["dla", "dla_by_layer", "dla_heads"]
+
+
+def dla(
+    model: Model,
+    tokens: TokensLike,
+    answer: AnswerLike,
+    wrong: AnswerLike | None = None,
+    *,
+    position: int | Tensor | None = None,
+    attention_mask: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Each node's direct contribution to logit(answer) (− logit(wrong)) at the readout position.
+
+    Args:
+        model: the model.
+        tokens: token ids [batch, pos] (or text).
+        answer: the answer token (id or single-token string), one for all rows or one per row.
+        wrong: an optional contrasting token; then the target is the logit difference.
+        position: the readout position (default: the last real token of each row).
+        attention_mask: [batch, pos] for padded batches.
+
+    Returns:
+        ``{node name: Tensor [batch]}`` over ``input``, every ``a{L}.h{H}``, every ``m{L}`` and
+        ``bias``; the values sum to the actual logit (difference).
+    """
+    ids, mask = as_tokens(model, tokens, attention_mask)
+    batch = ids.shape[0]
+    pos = readout_positions(ids, mask, position)
+    rows = torch.arange(batch, device=ids.device)
+    u = model.w.W_U[:, token_ids(model, answer, batch)].T  # [batch, d_model]
+    b_u = model.w.b_U[token_ids(model, answer, batch)] if model.w.b_U is not None else None
+    if wrong is not None:
+        w_ids = token_ids(model, wrong, batch)
+        u = u - model.w.W_U[:, w_ids].T
+        if b_u is not None and model.w.b_U is not None:
+            b_u = b_u - model.w.b_U[w_ids]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(ids, mask)
+        assert cache.resid_final is not None
+        x = cache.resid_final[rows, pos].float()  # [batch, d_model]
+        layernorm = model.cfg.norm == "layernorm"
+        eps = model.w.lnf_eps
+        if layernorm:
+            scale = (x.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
+        else:
+            scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        direction = model.w.lnf_w.float() * u.float() / scale  # [batch, d_model]
+
+        def through(term: Tensor) -> Tensor:  # term [batch, ..., d_model] -> [batch, ...]
+            if layernorm:
+                term = term - term.mean(-1, keepdim=True)
+            shape = (batch,) + (1,) * (term.dim() - 2) + (term.shape[-1],)
+            return (term * direction.view(shape)).sum(-1)
+
+        out: dict[str, Tensor] = {"input": through(cache.input[rows, pos].float())}
+        constant = torch.zeros(batch, device=x.device)
+        for layer in range(model.cfg.n_layers):
+            heads = through(cache.heads[layer][rows, pos].float())  # [batch, head]
+            for h in range(model.cfg.n_heads):
+                out[f"a{layer}.h{h}"] = heads[:, h]
+            out[f"m{layer}"] = through(cache.mlps[layer][rows, pos].float())
+            b_o = cache.attn_bias[layer]
+            if b_o is not None:
+                constant = constant + through(b_o.float().expand(batch, -1))
+        if model.w.lnf_b is not None:
+            constant = constant + u.float() @ model.w.lnf_b.float()
+        if b_u is not None:
+            constant = constant + b_u.float()
+        out["bias"] = constant
+    return out
+
+
+def dla_heads(contributions: dict[str, Tensor], n_layers: int, n_heads: int) -> Tensor:
+    """The head entries of a ``dla`` result averaged over the batch: [n_layers, n_heads]."""
+    grid = torch.zeros(n_layers, n_heads)
+    for layer in range(n_layers):
+        for h in range(n_heads):
+            grid[layer, h] = contributions[f"a{layer}.h{h}"].float().mean().cpu()
+    return grid
+
+
+def dla_by_layer(contributions: dict[str, Tensor], n_layers: int) -> dict[str, float]:
+    """Batch-mean contributions summed per component: input, attn{L}, mlp{L}, bias."""
+    out = {"input": float(contributions["input"].mean())}
+    for layer in range(n_layers):
+        heads = [v for k, v in contributions.items() if k.startswith(f"a{layer}.h")]
+        out[f"attn{layer}"] = float(torch.stack(heads).sum(0).mean())
+        out[f"mlp{layer}"] = float(contributions[f"m{layer}"].mean())
+    out["bias"] = float(contributions["bias"].mean())
+    return out
