@@ -234,7 +234,7 @@ def train_sae(
         opt.step()
         if cfg.architecture == "topk":
             with torch.no_grad():
-                sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+                sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-8))
         if step % 100 == 0:
             bar.set_postfix(loss=loss.item())
     return sae.eval()
@@ -294,7 +294,12 @@ def site_activations(
                 act = cache.heads[int(point.split(".")[1])][:, :, head]
             else:
                 seen: list[Tensor] = []
-                model(b_ids, b_mask, hooks={point: lambda x, out=seen: out.append(x) or x})
+
+                def grab(x: Tensor, out: list[Tensor] = seen) -> Tensor:
+                    out.append(x)
+                    return x
+
+                model(b_ids, b_mask, hooks={point: grab})
                 act = seen[0]
         real = b_mask.bool() if b_mask is not None else torch.ones_like(b_ids, dtype=torch.bool)
         yield act[real].float()
