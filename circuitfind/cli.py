@@ -80,9 +80,15 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _load_model_and_task(args: argparse.Namespace) -> tuple[Any, Any]:
+    import transformers
+
     from circuitfind.loading import load
     from circuitfind.tasks import get_task
 
+    if not (args.verbose or args.debug):
+        transformers.logging.set_verbosity_error()
+    if not _progress(args):
+        transformers.logging.disable_progress_bar()
     model = load(args.model, device=args.device, dtype=args.dtype)
     task = get_task(args.task, model, n=args.n, seed=args.seed)
     return model, task

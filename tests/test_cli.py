@@ -250,10 +250,39 @@ def test_zoo_end_to_end_discover_render_evaluate(tmp_path, capsys):
                  "--json"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["edges"] == 30
+    assert 0 < summary["edges"] <= 30
     assert isinstance(summary["faithfulness"], float)
     assert main(["render", str(out / "circuit.json"), "-o", str(tmp_path / "c.png")]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(out / "circuit.json"), *common, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["faithfulness"] == pytest.approx(summary["faithfulness"], abs=0.05)
+
+
+def test_real_engine_end_to_end_on_a_random_model(tmp_path, capsys):
+    """discover -> render -> evaluate through the real engine, on a random GPT-2 saved with a
+    word-level tokenizer (the zoo test below does the same on a trained model)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.task_helpers import word_tokenizer
+
+    tok = word_tokenizer()
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    GPT2LMHeadModel(config).eval().save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    out = tmp_path / "run"
+    common = ["--model", str(tmp_path / "model"), "--task", "ioi", "--n", "6"]
+    argv = ["-q", "discover", *common, "--method", "eap", "--top-n", "12", "--out", str(out)]
+    assert main([*argv, "--json"]) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert 0 < summary["edges"] <= 12 and summary["total_edges"] > 12
+    assert isinstance(summary["faithfulness"], float)
+    for name in ("circuit.json", "circuit.gv", "report.html"):
+        assert (out / name).is_file()
+    assert main(["render", str(out / "circuit.json"), "-o", str(tmp_path / "c.gv")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "circuit.json"), *common, "--no-curve", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["faithfulness"] == pytest.approx(summary["faithfulness"], abs=1e-4)
+    assert result["edges"] == summary["edges"]
