@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check that the install works")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     doctor.set_defaults(func=_doctor)
+    from circuitfind.tasks.cli import register as register_tasks
+    from circuitfind.zoo.cli import register as register_zoo
+
+    register_tasks(sub)
+    register_zoo(sub)
     return parser
 
 
