@@ -119,7 +119,8 @@ register_recipe(
         family="gpt2",
         summary=(
             "Two-layer GPT-2 (d_model 64, 4 heads, MLP 256) that completes repeated random "
-            "token sequences through a previous-token head and an induction head."
+            "token sequences (through lagged heads: layer 0 looks 3-4 tokens back; not a "
+            "canonical previous-token + induction pair)."
         ),
         build=build,
         sampler=sampler,
