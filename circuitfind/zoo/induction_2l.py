@@ -10,6 +10,28 @@ attend 3-4 tokens back, layer-1 heads attend to the matching lagged position), n
 canonical previous-token (lag 1) + induction pair; reports/zoo.md shows the patterns. The
 attention-only recipe of the issue formed canonical heads; with MLPs it did not in the
 variants tried here (lr 3e-3, short-segment emphasis, short repeated chunks).
+
+Also measured (not shipped): the issue's attention-only recipe inside this GPT2LMHeadModel, with
+the MLPs (c_fc, c_proj, ln_2) zeroed and frozen, segments 2-15 repeated back to back, AdamW lr
+3e-3 (warmup 100, cosine), 3,000 steps, seed 0 (scores on 64 sequences A A, |A| = 10). No variant
+formed a canonical pair: best layer-0 previous-token score / best layer-1 induction score /
+copy accuracy were
+- repeat loss 4x, filler 1x (the issue's weighting): 0.11 / 0.04 / 0.42 (layer-0 heads attend
+  away from the last few tokens); the same with untied unembedding (1,500 steps) or constant lr
+  without weight decay (1,500 steps): about 0.1 / 0.02 / 0.3;
+- filler weight 0.1: 0.18 / 0.07 / 0.54;
+- filler weight 0 (loss on the second copy only): 0.30 / 0.08 / 0.92 (ablating the best
+  layer-0 head: 0.30); untied unembedding: 0.33 / 0.14 / 1.00 (ablated: 0.06) -- sharp layer-0
+  heads at lag 2 and lag 3 (0.78 each) and layer-1 heads attending to i-|A|+2 and i-|A|+3:
+  induction on a lag-2/3 match, not the canonical lag-1 pair;
+- GPT-2 initializer_range 0.08 instead of 0.02: filler 1x 0.16 / 0.02 / 0.29 at 1,750 steps;
+  filler 0, 0.19 / 0.24 / 0.57 (all four heads alike);
+- positional embeddings initialised larger (N(0, 0.2)) or sinusoidal (scale 0.03, 0.1): no
+  previous-token head (<= 0.27) and no copying (< 0.2) within 1,000-2,500 steps.
+- filler 0, untied, short segments favoured (P(|A|) ~ 1/|A|, gaps of 1-4 half the time):
+  0.38 / 0.03 / 0.99 at 2,000 steps (again lagged); P ~ 1/|A|^2: no copying (0.06) by 2,000.
+The issue reports canonical heads from that recipe; what differs from it here (init,
+tied unembedding, the HF block, the loss weighting's exact form) is not yet known.
 """
 
 from __future__ import annotations
