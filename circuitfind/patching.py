@@ -117,8 +117,7 @@ class Ablation:
         total: Tensor | None = None
         count: Tensor | None = None
         for batch in batches(task, batch_size, self.model.device):
-            _, cache = self.model.run_with_cache(batch.clean, batch.attention_mask)
-            outs = cache.node_outputs()  # [S, b, p, d]
+            outs = self.model.cache(batch.clean, batch.attention_mask).node_outputs()  # [S,b,p,d]
             real = (
                 batch.attention_mask.to(outs.dtype)
                 if batch.attention_mask is not None
@@ -148,9 +147,7 @@ class Ablation:
         if self.kind == "resample":
             if corrupted_cache is None:
                 with torch.no_grad():
-                    _, corrupted_cache = self.model.run_with_cache(
-                        batch.corrupted, batch.attention_mask
-                    )
+                    corrupted_cache = self.model.cache(batch.corrupted, batch.attention_mask)
             return corrupted_cache.node_outputs()
         if self.kind == "zero":
             return torch.zeros(
@@ -338,7 +335,7 @@ class MaskEvaluator:
         self.n = len(task)
         with torch.no_grad():
             for batch in batches(task, batch_size, model.device):
-                _, cache = model.run_with_cache(batch.clean, batch.attention_mask)
+                cache = model.cache(batch.clean, batch.attention_mask)
                 A = ablation.outputs(batch)
                 self.prepared.append(_Prepared(batch, A, cache.node_outputs() - A))
 

@@ -256,3 +256,26 @@ def test_hooks_fire_and_replace_values():
     torch.testing.assert_close(zeroed, expected.expand_as(zeroed), atol=1e-5, rtol=0)
     with pytest.raises(cf.InputError, match="unknown hook point"):
         model(tokens, hooks={"resid_pre.99": record})
+
+
+def test_installed_hooks_nest_compose_and_always_come_off():
+    model = cf.load(make_hf_model("gpt2"))
+    tokens = torch.randint(0, VOCAB, (1, 5))
+    base = model(tokens)
+    double = {"resid_final": lambda x: 2 * x}
+    plus = {"resid_final": lambda x: x + 1}
+    with model.hooked(double):
+        with model.hooked(plus):
+            nested = model(tokens, hooks={"resid_final": lambda x: x * 3})
+        only_double = model(tokens)
+    # (2x + 1) * 3, in installation order, then the call's own hook
+    expected = model(tokens, hooks={"resid_final": lambda x: (2 * x + 1) * 3})
+    torch.testing.assert_close(nested, expected)
+    torch.testing.assert_close(only_double, model(tokens, hooks=double))
+    with pytest.raises(RuntimeError), model.hooked(double):
+        raise RuntimeError("boom")
+    torch.testing.assert_close(model(tokens), base)
+    cache = model.cache(tokens)
+    logits, full = model.run_with_cache(tokens)
+    torch.testing.assert_close(cache.resid_final, full.resid_final)
+    torch.testing.assert_close(model.unembed(cache.resid_final), logits)

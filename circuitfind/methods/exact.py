@@ -139,7 +139,7 @@ def exact_scores(
             if batch_i < done_batches:
                 bar.update(graph.n_edges)
                 continue
-            _, cache = model.run_with_cache(batch.clean, batch.attention_mask)
+            cache = model.cache(batch.clean, batch.attention_mask)
             A = ablation.outputs(batch)
             diff = cache.node_outputs() - A.expand(-1, *cache.input.shape)  # [S, b, p, d]
             ctx = model.context(batch.clean, batch.attention_mask)
