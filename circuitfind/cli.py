@@ -171,7 +171,10 @@ def _discover(args: argparse.Namespace) -> int:
     out = Path(args.out or f"circuits/{_safe(args.model)}_{_safe(task.name)}_{method}")
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint"
-    args.partial = f"partial scores are kept in {checkpoint}"
+    if method in ("exact", "acdc"):  # the long sequential methods checkpoint and resume
+        args.partial = (
+            f"partial scores are kept in {checkpoint}; run the same command again to resume"
+        )
     options: dict[str, Any] = {"seed": args.seed}
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
