@@ -435,6 +435,7 @@ class Model:
         *,
         q_index: Tensor | None = None,
         return_pattern: bool = False,
+        heads: list[int] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Layer ``layer``'s attention from residual-stream inputs (normalised here).
 
@@ -444,6 +445,8 @@ class Model:
             ctx: the run context (``Model.context``).
             q_index: only compute these query positions (keys/values use every position).
             return_pattern: also return the attention probabilities [batch, head, q, k].
+            heads: only compute these query heads (per-head inputs then have len(heads) heads);
+                the outputs' head axis follows this list.
 
         Returns:
             z [batch, q, head, d_head] (before W_O) and the pattern or None.
@@ -461,9 +464,20 @@ class Model:
 
         if q_index is not None:
             x_q = x_q[:, q_index]
-        q = self._project(ln(x_q), lw.W_Q, lw.b_Q, per_head, kv=False)
-        k = self._project(ln(x_k), lw.W_K, lw.b_K, per_head, kv=True)
-        v = self._project(ln(x_v), lw.W_V, lw.b_V, per_head, kv=True)
+        if heads is None:
+            q = self._project(ln(x_q), lw.W_Q, lw.b_Q, per_head, kv=False)
+            k = self._project(ln(x_k), lw.W_K, lw.b_K, per_head, kv=True)
+            v = self._project(ln(x_v), lw.W_V, lw.b_V, per_head, kv=True)
+        else:  # a subset of query heads, each with its own key/value group's weights
+            idx = torch.as_tensor(heads, device=lw.W_Q.device)
+            kv_idx = self._kv_index.to(idx.device)[idx]
+
+            def pick(b: Tensor | None, i: Tensor) -> Tensor | None:
+                return None if b is None else b[i]
+
+            q = self._project(ln(x_q), lw.W_Q[idx], pick(lw.b_Q, idx), True, kv=False)
+            k = self._project(ln(x_k), lw.W_K[kv_idx], pick(lw.b_K, kv_idx), True, kv=False)
+            v = self._project(ln(x_v), lw.W_V[kv_idx], pick(lw.b_V, kv_idx), True, kv=False)
         q = self._rotate(q, ctx, q_index)
         k = self._rotate(k, ctx)
         if k.shape[2] != q.shape[2]:  # shared input, grouped kv heads: expand to query heads

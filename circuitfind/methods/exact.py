@@ -71,8 +71,10 @@ def _patched_logits(
         x = _tile(cache.resid_pre[layer], V)
         shifted = x + delta
         inputs = [shifted if t == rec.qkv else x for t in ("q", "k", "v")]
-        z, _ = model.attention(layer, inputs[0], inputs[1], inputs[2], ctx_v, q_index=pos)
-        new_head = torch.einsum("bpe,em->bpm", z[:, :, head], model.w.layers[layer].W_O[head])
+        z, _ = model.attention(
+            layer, inputs[0], inputs[1], inputs[2], ctx_v, q_index=pos, heads=[head]
+        )
+        new_head = torch.einsum("bpe,em->bpm", z[:, :, 0], model.w.layers[layer].W_O[head])
         clean_head = cache.heads[layer][:, :, head]
         if pos is not None:
             clean_head, after = clean_head[:, pos], after[:, pos]
