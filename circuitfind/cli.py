@@ -8,6 +8,7 @@ import logging
 import sys
 
 from circuitfind.errors import CircuitfindError
+from circuitfind.inspect.cli import register as register_inspect
 
 __all__ = ["main"]
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check that the install works")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     doctor.set_defaults(func=_doctor)
+    register_inspect(sub)
     return parser
 
 
