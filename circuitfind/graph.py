@@ -63,6 +63,7 @@ class Receiver:
     qkv: QKV | None
     layer: int | None
     index: int
+    head: int | None = None
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class Graph:
                 for h in range(H):
                     name = f"a{layer}.h{h}"
                     receivers.append(
-                        Receiver(f"{name}<{qkv}>", name, qkv, layer, len(receivers))  # type: ignore[arg-type]
+                        Receiver(f"{name}<{qkv}>", name, qkv, layer, len(receivers), h)  # type: ignore[arg-type]
                     )
                     upstream.append(before)
             receivers.append(Receiver(f"m{layer}", f"m{layer}", None, layer, len(receivers)))

@@ -295,11 +295,11 @@ def site_activations(
             else:
                 seen: list[Tensor] = []
 
-                def capture(x: Tensor, out: list[Tensor] = seen) -> Tensor:
+                def grab(x: Tensor, out: list[Tensor] = seen) -> Tensor:
                     out.append(x)
                     return x
 
-                model(b_ids, b_mask, hooks={point: capture})
+                model(b_ids, b_mask, hooks={point: grab})
                 act = seen[0]
         real = b_mask.bool() if b_mask is not None else torch.ones_like(b_ids, dtype=torch.bool)
         yield act[real].float()

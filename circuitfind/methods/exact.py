@@ -1,0 +1,173 @@
+"""Exact edge patching: every edge scored by a real patched run.
+
+score(s -> r) = metric(only that edge ablated) - metric(clean). Only receiver r's input changes
+(by -(out_s - A_s)), so everything upstream of r's layer comes from the clean cache; many edges
+into the same receiver share one batched pass (stacked on the batch axis); the unembedding runs
+only at the readout positions, and a last-layer receiver recomputes only the readout position.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuitfind.graph import Graph
+from circuitfind.model import ForwardCache, Model, RunContext
+from circuitfind.patching import Ablation, batches, readout_logits, run_from
+
+__all__ = ["exact_scores"]
+
+logger = logging.getLogger(__name__)
+
+
+def _after_layer(cache: ForwardCache, layer: int, n_layers: int) -> Tensor:
+    return cache.resid_pre[layer + 1] if layer + 1 < n_layers else cache.resid_final  # type: ignore[return-value]
+
+
+def _tile(x: Tensor, k: int) -> Tensor:
+    return x.repeat(k, *([1] * (x.dim() - 1)))
+
+
+def _patched_logits(
+    model: Model,
+    graph: Graph,
+    cache: ForwardCache,
+    ctx: RunContext,
+    readout: Tensor,
+    receiver: int,
+    delta: Tensor,
+) -> Tensor:
+    """Readout logits [V*b, vocab] with receiver ``receiver``'s input shifted by ``delta``
+    ([V*b, p, d], variant-major)."""
+    cfg = model.cfg
+    rec = graph.receivers[receiver]
+    V = delta.shape[0] // readout.shape[0]
+    if rec.node == "logits":
+        final = cache.resid_final
+        assert final is not None
+        return readout_logits(model, _tile(final, V) + delta, readout)
+    layer = rec.layer
+    assert layer is not None
+    last = layer == cfg.n_layers - 1 and bool((readout == readout[0]).all())
+    pos = readout[:1] if last else None  # last layer: only the readout position matters
+    ctx_v = ctx.tile(V)
+    after = _after_layer(cache, layer, cfg.n_layers)
+    if rec.qkv is None:  # an MLP
+        x = cache.receiver_input(layer, "mlp")
+        clean_mlp = cache.mlps[layer]
+        if pos is not None:
+            x, clean_mlp, after, delta = x[:, pos], clean_mlp[:, pos], after[:, pos], delta[:, pos]
+        new = model.mlp(layer, _tile(x, V) + delta)
+        resid = _tile(after - clean_mlp, V) + new
+    else:
+        head = rec.head
+        assert head is not None
+        x = _tile(cache.resid_pre[layer], V)
+        shifted = x + delta
+        inputs = [shifted if t == rec.qkv else x for t in ("q", "k", "v")]
+        z, _ = model.attention(layer, inputs[0], inputs[1], inputs[2], ctx_v, q_index=pos)
+        new_head = torch.einsum("bpe,em->bpm", z[:, :, head], model.w.layers[layer].W_O[head])
+        clean_head = cache.heads[layer][:, :, head]
+        if pos is not None:
+            clean_head, after = clean_head[:, pos], after[:, pos]
+        change = new_head - _tile(clean_head, V)
+        if cfg.parallel_attn_mlp:
+            resid = _tile(after, V) + change
+        else:
+            mid = cache.resid_mid[layer]
+            if pos is not None:
+                mid = mid[:, pos]
+            mid = _tile(mid, V) + change
+            resid = mid + model.mlp(layer, mid)
+    if pos is not None:
+        return model.unembed(resid[:, 0])
+    return run_from(model, resid, ctx_v, layer + 1, readout)
+
+
+def exact_scores(
+    model: Model,
+    graph: Graph,
+    task: Any,
+    ablation: Ablation,
+    *,
+    batch_size: int = 32,
+    metric: Any = None,
+    max_tokens_per_pass: int = 16384,
+    progress: bool = True,
+    checkpoint: Path | None = None,
+    checkpoint_every_s: float = 60.0,
+) -> Tensor:
+    """Exact patching scores for every edge: [S, R] (NaN outside ``graph.valid``).
+
+    With ``checkpoint``, the sums so far are saved there every ``checkpoint_every_s`` seconds
+    and after each batch; a later call with the same file resumes where it stopped.
+    """
+    S, R = graph.n_senders, graph.n_receivers
+    n = len(task)
+    totals = torch.zeros(S, R, dtype=torch.float64)
+    done_batches, done_receivers = 0, 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=True)
+        if tuple(state["totals"].shape) == (S, R) and int(state["n"]) == n:
+            totals = state["totals"]
+            done_batches, done_receivers = int(state["batch"]), int(state["receiver"])
+            logger.info("resuming exact patching from %s", checkpoint)
+
+    def save(batch_i: int, receiver: int) -> None:
+        if checkpoint is None:
+            return
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save({"totals": totals, "batch": batch_i, "receiver": receiver, "n": n}, tmp)
+        tmp.replace(checkpoint)
+
+    bar = tqdm(
+        total=graph.n_edges * -(-n // batch_size),
+        desc="exact patching",
+        disable=not progress,
+        unit="edge",
+    )
+    last_save = time.monotonic()
+    with torch.no_grad():
+        for batch_i, batch in enumerate(batches(task, batch_size, model.device)):
+            if batch_i < done_batches:
+                bar.update(graph.n_edges)
+                continue
+            _, cache = model.run_with_cache(batch.clean, batch.attention_mask)
+            A = ablation.outputs(batch)
+            diff = cache.node_outputs() - A.expand(-1, *cache.input.shape)  # [S, b, p, d]
+            ctx = model.context(batch.clean, batch.attention_mask)
+            assert cache.resid_final is not None
+            clean_logits = readout_logits(model, cache.resid_final, batch.readout)
+            clean = task.metric_fn(clean_logits.float(), batch.idx, reduce="none", metric=metric)
+            b, p = batch.clean.shape
+            chunk = max(1, max_tokens_per_pass // (b * p))
+            for r in range(R):
+                upstream = int(graph.n_upstream[r])
+                if batch_i == done_batches and r < done_receivers:
+                    bar.update(upstream)
+                    continue
+                for start in range(0, upstream, chunk):
+                    senders = torch.arange(start, min(start + chunk, upstream))
+                    V = len(senders)
+                    delta = -diff[senders].reshape(V * b, p, -1)
+                    logits = _patched_logits(model, graph, cache, ctx, batch.readout, r, delta)
+                    values = task.metric_fn(
+                        logits.float(), batch.idx.repeat(V), reduce="none", metric=metric
+                    ).view(V, b)
+                    totals[senders, r] += (values - clean[None]).sum(1).double().cpu()
+                    bar.update(V)
+                if checkpoint is not None and time.monotonic() - last_save > checkpoint_every_s:
+                    save(batch_i, r + 1)
+                    last_save = time.monotonic()
+            save(batch_i + 1, 0)
+    bar.close()
+    scores = (totals / n).float()
+    scores[~graph.valid] = float("nan")
+    return scores

@@ -1,0 +1,373 @@
+"""The patching engine: runs in which every edge reads either its sender's current output or the
+sender's ablated output.
+
+Notation (shapes): S senders, R receivers, b prompts, p positions, d = d_model.
+
+- ``A`` [S, b|1, p|1, d]: each sender's ablated output (the corrupted run's for ``resample``; the
+  mean over the task's prompts for ``mean``/``mean-positional``; zeros for ``zero``).
+- In a run, ``D_s = out_s - A_s`` is how far sender s's current output is from its ablated one.
+- A receiver r reads ``const_r + sum_{s upstream} A_s + sum_s mask[s, r] * D_s``, i.e. its input
+  in the fully ablated run plus the differences of the edges it keeps. ``const_r`` is the sum of
+  the attention-output biases upstream of r (they belong to no node: see ``circuitfind.model``).
+
+A receiver whose mask column is all ones reads the ordinary residual stream, so a mask of all
+ones is the clean run and a mask of all zeros is the ablated run (for ``resample``: the corrupted
+run), exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from circuitfind.errors import InputError
+from circuitfind.graph import Graph
+from circuitfind.model import ForwardCache, Model, RunContext
+
+__all__ = [
+    "ABLATIONS",
+    "Ablation",
+    "Batch",
+    "MaskEvaluator",
+    "batches",
+    "make_ablation",
+    "masked_forward",
+    "readout_logits",
+    "with_clean_logits",
+]
+
+AblationKind = Literal["resample", "mean", "mean-positional", "zero"]
+ABLATIONS: tuple[str, ...] = ("resample", "mean", "mean-positional", "zero")
+
+
+@dataclass
+class Batch:
+    """A slice of a task's prompts, ready to run."""
+
+    idx: Tensor  # [b] prompt indices into the task
+    clean: Tensor  # [b, p]
+    corrupted: Tensor  # [b, p]
+    attention_mask: Tensor | None  # [b, p]
+    readout: Tensor  # [b]
+
+    @property
+    def size(self) -> int:
+        return int(self.idx.shape[0])
+
+
+def batches(task: Any, batch_size: int, device: torch.device) -> Iterator[Batch]:
+    """The task's prompts in batches (trimmed to the longest prompt of each batch)."""
+    n = len(task)
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n))
+        mask = task.attention_mask[idx] if task.attention_mask is not None else None
+        length = int(task.readout[idx].max()) + 1
+        if mask is not None:
+            mask = mask[:, :length].to(device)
+            if bool(mask.all()):
+                mask = None
+        yield Batch(
+            idx=idx,
+            clean=task.clean[idx, :length].to(device),
+            corrupted=task.corrupted[idx, :length].to(device),
+            attention_mask=mask,
+            readout=task.readout[idx].to(device),
+        )
+
+
+def readout_logits(model: Model, resid: Tensor, readout: Tensor) -> Tensor:
+    """Unembed only the readout position of each prompt: [b, p, d] -> [b, vocab].
+
+    ``resid`` may hold several variants stacked on the batch axis (variant-major); ``readout``
+    is per prompt and is tiled to match.
+    """
+    reps = resid.shape[0] // readout.shape[0]
+    pos = readout.repeat(reps)
+    picked = resid[torch.arange(resid.shape[0], device=resid.device), pos]
+    return model.unembed(picked)
+
+
+def with_clean_logits(model: Model, task: Any) -> Any:
+    """The task carrying its clean readout logits (the KL metric needs them)."""
+    if getattr(task, "clean_logits", None) is None and hasattr(task, "with_clean_logits"):
+        return task.with_clean_logits(model)
+    return task
+
+
+# ---------------------------------------------------------------------------- ablations
+class Ablation:
+    """Where ablated sender outputs come from, for any batch of a task."""
+
+    def __init__(self, model: Model, task: Any, kind: str, batch_size: int = 32) -> None:
+        if kind not in ABLATIONS:
+            raise InputError(f"unknown ablation {kind!r}; choose one of {', '.join(ABLATIONS)}")
+        self.kind = kind
+        self.model = model
+        self._mean: Tensor | None = None
+        if kind in ("mean", "mean-positional"):
+            self._mean = self._mean_outputs(task, batch_size, positional=kind == "mean-positional")
+
+    @torch.no_grad()
+    def _mean_outputs(self, task: Any, batch_size: int, positional: bool) -> Tensor:
+        """Mean sender outputs over the task's clean prompts (real tokens only)."""
+        total: Tensor | None = None
+        count: Tensor | None = None
+        for batch in batches(task, batch_size, self.model.device):
+            _, cache = self.model.run_with_cache(batch.clean, batch.attention_mask)
+            outs = cache.node_outputs()  # [S, b, p, d]
+            real = (
+                batch.attention_mask.to(outs.dtype)
+                if batch.attention_mask is not None
+                else torch.ones(outs.shape[1:3], dtype=outs.dtype, device=outs.device)
+            )
+            w = real[None, :, :, None]
+            if positional:
+                s, c = (outs * w).sum(1), real.sum(0)[:, None]  # [S, p, d], [p, 1]
+            else:
+                s, c = (outs * w).sum((1, 2)), real.sum()[None, None]  # [S, d]
+            if total is None:
+                total, count = s, c
+            else:
+                assert count is not None
+                if positional and s.shape[1] != total.shape[1]:  # pad to the longer batch
+                    width = max(s.shape[1], total.shape[1])
+                    total, s = _pad_pos(total, width), _pad_pos(s, width)
+                    count, c = _pad_pos(count, width), _pad_pos(c, width)
+                total, count = total + s, count + c
+        assert total is not None and count is not None
+        mean = total / count.clamp(min=1)
+        return mean[:, None] if positional else mean[:, None, None]  # [S, 1, p|1, d]
+
+    def outputs(self, batch: Batch, corrupted_cache: ForwardCache | None = None) -> Tensor:
+        """Ablated sender outputs for a batch: [S, b|1, p|1, d]."""
+        S = 1 + self.model.cfg.n_layers * (self.model.cfg.n_heads + 1)
+        if self.kind == "resample":
+            if corrupted_cache is None:
+                with torch.no_grad():
+                    _, corrupted_cache = self.model.run_with_cache(
+                        batch.corrupted, batch.attention_mask
+                    )
+            return corrupted_cache.node_outputs()
+        if self.kind == "zero":
+            return torch.zeros(
+                S, 1, 1, self.model.cfg.d_model, dtype=self.model.dtype, device=self.model.device
+            )
+        assert self._mean is not None
+        mean = self._mean
+        if self.kind == "mean-positional":
+            p = batch.clean.shape[1]
+            mean = _pad_pos(mean[:, 0], p)[:, None, :p] if mean.shape[2] < p else mean[:, :, :p]
+        return mean
+
+
+def _pad_pos(x: Tensor, width: int) -> Tensor:
+    """Zero-pad the position axis (axis 1) of x to ``width``."""
+    if x.shape[1] >= width:
+        return x
+    pad = torch.zeros(x.shape[0], width - x.shape[1], *x.shape[2:], dtype=x.dtype, device=x.device)
+    return torch.cat([x, pad], dim=1)
+
+
+def make_ablation(model: Model, task: Any, kind: str, batch_size: int = 32) -> Ablation:
+    return Ablation(model, task, kind, batch_size)
+
+
+# ---------------------------------------------------------------------------- masked forward
+def _layer_constant(model: Model, layer: int, *, mlp: bool) -> Tensor | float:
+    """Attention-output biases upstream of a receiver in ``layer`` (MLP or attention)."""
+    stop = layer + 1 if (mlp and not model.cfg.parallel_attn_mlp) else layer
+    total: Tensor | float = 0.0
+    for i in range(stop):
+        b = model.attn_bias(i)
+        if b is not None:
+            total = total + b
+    return total
+
+
+def masked_forward(
+    model: Model,
+    graph: Graph,
+    tokens: Tensor,
+    attention_mask: Tensor | None,
+    ablated: Tensor,
+    mask: Tensor,
+    *,
+    readout: Tensor | None = None,
+    prefix: list[Tensor] | None = None,
+    start_layer: int = 0,
+) -> Tensor:
+    """Run the model with every edge either kept (mask 1) or ablated (mask 0).
+
+    Args:
+        tokens: [b, p] token ids.
+        ablated: [S, b|1, p|1, d] ablated sender outputs (``Ablation.outputs``).
+        mask: [S, R] (bool or float in [0, 1]; fractional values interpolate) in graph order.
+        readout: [b] positions to unembed; None unembeds every position.
+        prefix, start_layer: start at ``start_layer`` with ``prefix`` the differences
+            ``out_s - A_s`` of the senders before it (from a run whose receivers before
+            ``start_layer`` keep every edge the mask keeps, e.g. the clean run when they all
+            keep everything). Saves recomputing layers that the mask does not change.
+
+    Returns:
+        logits [b, vocab] at ``readout``, or [b, p, vocab].
+    """
+    cfg = model.cfg
+    H = cfg.n_heads
+    mask = mask.to(device=tokens.device, dtype=model.dtype)
+    ctx = model.context(tokens, attention_mask)
+    b, p = tokens.shape
+    A = ablated.expand(ablated.shape[0], b, p, cfg.d_model)
+    ones = mask >= 1
+
+    D: list[Tensor] = [model.embed(tokens, ctx) - A[0]] if prefix is None else list(prefix)
+    if prefix is not None and len(D) != 1 + start_layer * (H + 1):
+        raise ValueError("prefix must hold the senders before start_layer")
+    a_cum = A[0]  # running sum of ablated outputs of the senders so far
+    a_prefix = [a_cum]  # a_prefix[k] = sum_{s <= k} A_s
+    for s in range(1, A.shape[0]):
+        a_cum = a_cum + A[s]
+        a_prefix.append(a_cum)
+
+    def receiver_input(cols: list[int], upstream: int, constant: Tensor | float) -> Tensor:
+        """Inputs of receivers ``cols`` (sharing ``upstream`` senders): [b, p, len(cols), d]
+        or, when every column keeps every edge, the shared stream [b, p, d]."""
+        base = a_prefix[upstream - 1] + constant
+        stacked = torch.stack(D[:upstream])  # [s, b, p, d]
+        if bool(ones[:upstream, cols].all()):
+            return base + stacked.sum(0)
+        weights = mask[:upstream, cols]  # [s, c]
+        return base.unsqueeze(2) + torch.einsum("sbpd,sc->bpcd", stacked, weights)
+
+    for layer in range(start_layer, cfg.n_layers):
+        upstream = int(graph.n_upstream[graph.receiver_index[f"a{layer}.h0<q>"]])
+        constant = _layer_constant(model, layer, mlp=False)
+        first = graph.receiver_index[f"a{layer}.h0<q>"]
+        xs = [
+            receiver_input(list(range(first + j * H, first + (j + 1) * H)), upstream, constant)
+            for j in range(3)
+        ]
+        z, _ = model.attention(layer, xs[0], xs[1], xs[2], ctx)
+        heads = model.head_results(layer, z)  # [b, p, h, d]
+        for h in range(H):
+            D.append(heads[:, :, h] - A[upstream + h])
+        m_idx = graph.receiver_index[f"m{layer}"]
+        m_up = int(graph.n_upstream[m_idx])
+        x_mlp = receiver_input([m_idx], m_up, _layer_constant(model, layer, mlp=True))
+        if x_mlp.dim() == 4:
+            x_mlp = x_mlp[:, :, 0]
+        D.append(model.mlp(layer, x_mlp) - A[upstream + H])
+
+    final = receiver_input(
+        [graph.n_receivers - 1], graph.n_senders, _layer_constant(model, cfg.n_layers, mlp=False)
+    )
+    if final.dim() == 4:
+        final = final[:, :, 0]
+    if readout is not None:
+        return readout_logits(model, final, readout)
+    return model.unembed(final)
+
+
+def run_from(
+    model: Model,
+    resid: Tensor,
+    ctx: RunContext,
+    start_layer: int,
+    readout: Tensor,
+) -> Tensor:
+    """Plain forward from ``resid`` (the stream entering ``start_layer``) to readout logits.
+
+    In the last layer only the readout queries are computed when all prompts read out at the
+    same position; the unembedding runs only at the readout positions.
+    """
+    cfg = model.cfg
+    for layer in range(start_layer, cfg.n_layers):
+        last = layer == cfg.n_layers - 1
+        same = last and bool((readout == readout[0]).all())
+        if same:
+            q_index = readout[:1]
+            z, _ = model.attention(layer, resid, resid, resid, ctx, q_index=q_index)
+            attn = model.attn_out(layer, z)  # [b, 1, d]
+            here = resid[:, q_index]
+            if cfg.parallel_attn_mlp:
+                out = here + attn + model.mlp(layer, here)
+            else:
+                mid = here + attn
+                out = mid + model.mlp(layer, mid)
+            return model.unembed(out[:, 0])
+        z, _ = model.attention(layer, resid, resid, resid, ctx)
+        attn = model.attn_out(layer, z)
+        if cfg.parallel_attn_mlp:
+            resid = resid + attn + model.mlp(layer, resid)
+        else:
+            resid = resid + attn
+            resid = resid + model.mlp(layer, resid)
+    return readout_logits(model, resid, readout)
+
+
+# ---------------------------------------------------------------------------- evaluation
+@dataclass
+class _Prepared:
+    batch: Batch
+    ablated: Tensor  # [S, b|1, p|1, d]
+    clean_diff: Tensor  # [S, b, p, d]: clean out_s - A_s
+
+
+class MaskEvaluator:
+    """The task metric of masked runs, with each batch's ablated and clean outputs cached.
+
+    ``evaluator(mask)`` is the mean metric over the task's prompts with edges outside ``mask``
+    ablated. ``start_layer`` skips layers whose receivers keep every edge (their senders are
+    then exactly the clean run's).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        graph: Graph,
+        task: Any,
+        ablation: Ablation,
+        batch_size: int = 32,
+        metric: Any = None,
+    ) -> None:
+        self.model, self.graph, self.task, self.metric = model, graph, task, metric
+        self.prepared: list[_Prepared] = []
+        self.n = len(task)
+        with torch.no_grad():
+            for batch in batches(task, batch_size, model.device):
+                _, cache = model.run_with_cache(batch.clean, batch.attention_mask)
+                A = ablation.outputs(batch)
+                self.prepared.append(_Prepared(batch, A, cache.node_outputs() - A))
+
+    def per_prompt(self, mask: Tensor, start_layer: int = 0) -> Tensor:
+        """The metric of each prompt [n] under ``mask``."""
+        H = self.model.cfg.n_heads
+        out = []
+        with torch.no_grad():
+            for prep in self.prepared:
+                prefix = None
+                if start_layer > 0:
+                    prefix = list(prep.clean_diff[: 1 + start_layer * (H + 1)].unbind(0))
+                logits = masked_forward(
+                    self.model,
+                    self.graph,
+                    prep.batch.clean,
+                    prep.batch.attention_mask,
+                    prep.ablated,
+                    mask,
+                    readout=prep.batch.readout,
+                    prefix=prefix,
+                    start_layer=start_layer,
+                )
+                out.append(
+                    self.task.metric_fn(
+                        logits.float(), prep.batch.idx, reduce="none", metric=self.metric
+                    )
+                )
+        return torch.cat(out)
+
+    def __call__(self, mask: Tensor, start_layer: int = 0) -> float:
+        return float(self.per_prompt(mask, start_layer).mean())

@@ -1,0 +1,415 @@
+"""Automatic roles for attention heads, from attention patterns and direct logit attribution.
+
+Roles (each with the score that justified it, a number in [0, 1] for attention roles):
+
+- ``previous-token``: attends from each position to the one before it. Score: mean attention
+  to position q-1.
+- ``duplicate-token``: attends from a token to earlier copies of the same token. Score: mean
+  attention mass on earlier occurrences, over positions whose token occurred before.
+- ``induction``: attends from a token to the token *after* its earlier occurrence (``A B ... A``
+  -> ``B``). Score: mean attention mass on those positions.
+- ``name-mover`` (IOI-style tasks): attends from the readout position to the answer (indirect
+  object) name and writes it: its direct logit attribution (DLA) to answer minus wrong is
+  positive. Score: attention to the answer name; the DLA is in the evidence.
+- ``negative-name-mover``: the same attention, negative DLA.
+- ``s-inhibition`` (IOI-style tasks): attends from the readout position to the repeated subject
+  name (S2) and feeds the name movers' queries: removing its output from their query input
+  lowers their preference for the answer name over the subject (``q_effect`` > 0).
+- ``unlabelled``: nothing above fits.
+
+The pure scoring functions (``previous_token_score`` ...) take pattern tensors
+``[batch, head, q, k]`` so inspection tools can reuse them on any cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ROLES",
+    "ROLE_COLOURS",
+    "Role",
+    "detect_roles",
+    "duplicate_token_score",
+    "induction_score",
+    "previous_token_score",
+]
+
+logger = logging.getLogger(__name__)
+
+ROLES = (
+    "name-mover",
+    "negative-name-mover",
+    "s-inhibition",
+    "induction",
+    "duplicate-token",
+    "previous-token",
+    "unlabelled",
+)
+
+# Fill colours for diagrams and reports (colour-blind friendly, light enough for black text).
+ROLE_COLOURS: dict[str, str] = {
+    "name-mover": "#f4a582",
+    "negative-name-mover": "#d6604d",
+    "s-inhibition": "#92c5de",
+    "induction": "#b2df8a",
+    "duplicate-token": "#fdbf6f",
+    "previous-token": "#cab2d6",
+    "unlabelled": "#f0f0f0",
+}
+
+# Minimum score for each attention role (mean attention probability on the diagnostic positions).
+THRESHOLDS: dict[str, float] = {
+    "previous-token": 0.4,
+    "duplicate-token": 0.3,
+    "induction": 0.3,
+    "name-mover": 0.3,
+    "s-inhibition": 0.3,
+}
+# A name mover's |DLA| must be at least this fraction of the largest |DLA| among all heads.
+DLA_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Role:
+    """A head's role, the score that justified it and every diagnostic that was measured.
+
+    Attributes:
+        head: canonical head name (``a9.h6``).
+        name: one of :data:`ROLES`.
+        score: the deciding score (0 for ``unlabelled``).
+        evidence: all scores measured for this head (``previous-token``, ``induction``,
+            ``attn_io``, ``dla`` ...), for tables and tooltips.
+    """
+
+    head: str
+    name: str
+    score: float = 0.0
+    evidence: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def colour(self) -> str:
+        return ROLE_COLOURS.get(self.name, ROLE_COLOURS["unlabelled"])
+
+    def __str__(self) -> str:
+        if self.name == "unlabelled":
+            return "unlabelled"
+        return f"{self.name} ({self.score:.2f})"
+
+
+# ---------------------------------------------------------------------------- pure scores
+def _masked_mean(values: Tensor, where: Tensor) -> Tensor:
+    """Mean of values [batch, head, q] over positions where[batch, q]; NaN if none. -> [head]"""
+    w = where[:, None, :].to(values.dtype)
+    count = w.sum(dim=(0, 2))
+    total = (values * w).sum(dim=(0, 2))
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+
+
+def _real(mask: Tensor | None, tokens: Tensor) -> Tensor:
+    return torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
+
+
+def previous_token_score(pattern: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Mean attention from q to q-1 over real positions q >= 1. pattern [batch, head, q, k] ->
+    [head]."""
+    b, _, t, _ = pattern.shape
+    real = _real(attention_mask, torch.zeros(b, t, dtype=torch.long, device=pattern.device))
+    prev = pattern.diagonal(offset=-1, dim1=2, dim2=3)  # [batch, head, t-1]: q=1.. -> k=q-1
+    where = real[:, 1:] & real[:, :-1]
+    return _masked_mean(prev.float(), where)
+
+
+def _same_token(tokens: Tensor, real: Tensor) -> Tensor:
+    """[batch, q, k] True where k < q and tokens[k] == tokens[q] (both real)."""
+    t = tokens.shape[1]
+    same = tokens[:, :, None] == tokens[:, None, :]
+    earlier = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril(-1)
+    return same & earlier & real[:, :, None] & real[:, None, :]
+
+
+def duplicate_token_score(
+    pattern: Tensor, tokens: Tensor, attention_mask: Tensor | None = None
+) -> Tensor:
+    """Mean attention mass on earlier copies of the current token. -> [head] (NaN: no repeats)."""
+    real = _real(attention_mask, tokens)
+    same = _same_token(tokens, real)  # [batch, q, k]
+    mass = (pattern.float() * same[:, None].float()).sum(-1)  # [batch, head, q]
+    return _masked_mean(mass, same.any(-1))
+
+
+def induction_targets(tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """[batch, q, k] True where k-1 is an earlier occurrence of token q and k < q."""
+    real = _real(attention_mask, tokens)
+    same = _same_token(tokens, real)
+    target = torch.zeros_like(same)
+    target[:, :, 1:] = same[:, :, :-1]
+    t = tokens.shape[1]
+    strictly_earlier = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril(-1)
+    return target & strictly_earlier & real[:, None, :]
+
+
+def induction_score(
+    pattern: Tensor, tokens: Tensor, attention_mask: Tensor | None = None
+) -> Tensor:
+    """Mean attention mass on the tokens after earlier copies of the current token. -> [head]."""
+    target = induction_targets(tokens, attention_mask)
+    mass = (pattern.float() * target[:, None].float()).sum(-1)
+    return _masked_mean(mass, target.any(-1))
+
+
+# ---------------------------------------------------------------------------- detection
+def _first_col(x: Tensor) -> Tensor:
+    return x if x.dim() == 1 else x[:, 0]
+
+
+def _ioi_positions(task: Any, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Masks [batch, pos] for the answer name, the subject (all copies) and S2, when IOI-style.
+
+    IOI-style: the task has a wrong answer, and in most prompts the answer token occurs before
+    the readout and the wrong token occurs at least twice.
+    """
+    if getattr(task, "wrong", None) is None:
+        return None
+    answer = _first_col(task.answer)[: tokens.shape[0]].to(tokens.device)
+    wrong = _first_col(task.wrong)[: tokens.shape[0]].to(tokens.device)
+    readout = task.readout[: tokens.shape[0]].to(tokens.device)
+    t = tokens.shape[1]
+    before = torch.arange(t, device=tokens.device)[None, :] < readout[:, None]
+    io = (tokens == answer[:, None]) & before
+    s = (tokens == wrong[:, None]) & before
+    ok = io.any(-1) & (s.sum(-1) >= 2)
+    if ok.float().mean() < 0.5:
+        return None
+    last_s = torch.where(s, torch.arange(t, device=tokens.device), -1).max(-1).values
+    s2 = torch.zeros_like(s)
+    s2[torch.arange(len(s2)), last_s.clamp_min(0)] = True
+    s2 &= s
+    keep = ok[:, None]
+    return io & keep, s & keep, s2 & keep
+
+
+def _probe_tokens(tokens: Tensor, real: Tensor, n_ctx: int | None, seed: int) -> Tensor:
+    """Repeated random sequences over the task's own tokens (for duplicate/induction)."""
+    vocab = sorted(set(tokens[real].tolist()))
+    length = min(16, max(4, len(vocab)))
+    if n_ctx is not None:
+        length = min(length, n_ctx // 2)
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(16):
+        seq = rng.sample(vocab, length) if len(vocab) >= length else rng.choices(vocab, k=length)
+        rows.append(seq + seq)
+    return torch.tensor(rows, dtype=torch.long, device=tokens.device)
+
+
+def _enough_repeats(tokens: Tensor, real: Tensor) -> bool:
+    target = induction_targets(tokens, real)
+    return bool(target.any(-1).sum(-1).float().mean() >= 4)
+
+
+def _dla(model: Any, cache: Any, readout: Tensor, direction: Tensor) -> Tensor:
+    """Direct logit attribution of every head at the readout along ``direction`` [batch, d_model].
+
+    The final norm is linearised around the run's own final residual stream (its scale is
+    frozen), the standard DLA. Returns [layer, head] (mean over prompts).
+    """
+    rows = torch.arange(len(readout), device=readout.device)
+    resid = cache.resid_final[rows, readout].float()  # [batch, d_model]
+    w = model.w
+    if model.cfg.norm == "rmsnorm":
+        scale = torch.sqrt(resid.pow(2).mean(-1, keepdim=True) + w.lnf_eps)
+    else:
+        scale = torch.sqrt(resid.var(-1, unbiased=False, keepdim=True) + w.lnf_eps)
+    out = []
+    for layer in range(model.cfg.n_layers):
+        heads = cache.heads[layer][rows, readout].float()  # [batch, head, d_model]
+        if model.cfg.norm != "rmsnorm":
+            heads = heads - heads.mean(-1, keepdim=True)
+        normed = heads / scale[:, None, :] * w.lnf_w.float()
+        out.append((normed * direction[:, None, :]).sum(-1).mean(0))
+    return torch.stack(out)  # [layer, head]
+
+
+def _attn_from_readout(pattern: Tensor, readout: Tensor, where: Tensor) -> Tensor:
+    """Mean attention mass from the readout position onto positions ``where``. -> [head]"""
+    rows = torch.arange(len(readout), device=readout.device)
+    at = pattern[rows, :, readout].float()  # [batch, head, k]
+    mass = (at * where[:, None, :].float()).sum(-1)  # [batch, head]
+    valid = where.any(-1)
+    if not bool(valid.any()):
+        return torch.full((pattern.shape[1],), float("nan"))
+    return mass[valid].mean(0)
+
+
+@torch.no_grad()
+def detect_roles(
+    model: Any,
+    task: Any,
+    *,
+    heads: list[str] | None = None,
+    max_prompts: int = 32,
+    thresholds: dict[str, float] | None = None,
+    seed: int = 0,
+) -> dict[str, Role]:
+    """Roles of attention heads from the model's behaviour on the task's clean prompts.
+
+    Args:
+        model: a circuitfind ``Model``.
+        task: a task (``clean``, ``readout``, ``answer``, ``wrong``, ``attention_mask``).
+        heads: head names to report (any spelling; default: every head). Roles are measured
+            on the whole model either way (name movers decide S-inhibition).
+        max_prompts: how many prompts to run (the first ones).
+        thresholds: override :data:`THRESHOLDS` entries.
+        seed: seed of the repeated-token probe used when the prompts have too few repeats.
+
+    Returns:
+        ``{head name: Role}`` for every requested head, ``unlabelled`` where nothing fits.
+    """
+    from circuitfind.graph import parse_node
+
+    thr = {**THRESHOLDS, **(thresholds or {})}
+    cfg = model.cfg
+    device = model.device
+    n = min(max_prompts, task.clean.shape[0])
+    tokens = task.clean[:n].to(device)
+    mask = None if task.attention_mask is None else task.attention_mask[:n].to(device)
+    real = _real(mask, tokens)
+    _, cache = model.run_with_cache(tokens, mask, patterns=True)
+
+    L, H = cfg.n_layers, cfg.n_heads
+    scores: dict[str, Tensor] = {}  # role -> [layer, head]
+    scores["previous-token"] = torch.stack([previous_token_score(p, mask) for p in cache.patterns])
+    if _enough_repeats(tokens, real):
+        rep_patterns, rep_tokens, rep_mask = cache.patterns, tokens, mask
+    else:
+        rep_tokens = _probe_tokens(tokens, real, cfg.n_ctx, seed)
+        _, rep_cache = model.run_with_cache(rep_tokens, None, patterns=True)
+        rep_patterns, rep_mask = rep_cache.patterns, None
+    scores["duplicate-token"] = torch.stack(
+        [duplicate_token_score(p, rep_tokens, rep_mask) for p in rep_patterns]
+    )
+    scores["induction"] = torch.stack(
+        [induction_score(p, rep_tokens, rep_mask) for p in rep_patterns]
+    )
+
+    ioi = _ioi_positions(task, tokens)
+    extra: dict[str, Tensor] = {}
+    if ioi is not None:
+        extra = _ioi_scores(model, task, tokens, mask, cache, ioi, thr)
+        for key in ("name-mover", "negative-name-mover", "s-inhibition"):
+            scores[key] = extra.pop(key)
+
+    wanted = (
+        [f"a{layer}.h{h}" for layer in range(L) for h in range(H)]
+        if heads is None
+        else [parse_node(h, cfg) for h in heads]
+    )
+    roles: dict[str, Role] = {}
+    for name in wanted:
+        if not name.startswith("a"):
+            continue
+        layer, head = (int(x) for x in name[1:].split(".h"))
+        evidence = {
+            key: round(float(val[layer, head]), 4)
+            for key, val in {**scores, **extra}.items()
+            if not torch.isnan(val[layer, head])
+        }
+        best = Role(name, "unlabelled", 0.0, evidence)
+        for role in ROLES[:-1]:  # priority order: IOI roles, then induction, duplicate, previous
+            if role not in scores:
+                continue
+            value = float(scores[role][layer, head])
+            if value != value:  # NaN
+                continue
+            if value >= thr.get(role, 0.0):
+                best = Role(name, role, value, evidence)
+                break
+        roles[name] = best
+    return roles
+
+
+def _ioi_scores(
+    model: Any,
+    task: Any,
+    tokens: Tensor,
+    mask: Tensor | None,
+    cache: Any,
+    ioi: tuple[Tensor, Tensor, Tensor],
+    thr: dict[str, float],
+) -> dict[str, Tensor]:
+    """Name-mover, negative name-mover and S-inhibition scores [layer, head] (NaN = no role)."""
+    io, s, s2 = ioi
+    n = tokens.shape[0]
+    readout = task.readout[:n].to(tokens.device)
+    answer = _first_col(task.answer)[:n].to(tokens.device)
+    wrong = _first_col(task.wrong)[:n].to(tokens.device)
+    W_U = model.w.W_U.float()
+    direction = (W_U[:, answer] - W_U[:, wrong]).T  # [batch, d_model]
+    dla = _dla(model, cache, readout, direction)  # [layer, head]
+    attn_io = torch.stack([_attn_from_readout(p, readout, io) for p in cache.patterns])
+    attn_s = torch.stack([_attn_from_readout(p, readout, s) for p in cache.patterns])
+    attn_s2 = torch.stack([_attn_from_readout(p, readout, s2) for p in cache.patterns])
+    big = dla.abs().max().clamp_min(1e-12)
+    attends = (attn_io >= thr["name-mover"]) & (attn_io > attn_s)
+    nan = torch.full_like(dla, float("nan"))
+    name_mover = torch.where(attends & (dla >= DLA_FRACTION * big), attn_io, nan)
+    negative = torch.where(attends & (dla <= -DLA_FRACTION * big), attn_io, nan)
+
+    # S-inhibition: attends to S2 and helps name movers' queries prefer IO over S.
+    q_effect = torch.full_like(dla, float("nan"))
+    movers = [(int(a), int(b)) for a, b in (~torch.isnan(name_mover)).nonzero().tolist()]
+    candidates = (attn_s2 >= thr["s-inhibition"]).nonzero().tolist()
+    if movers and candidates:
+        ctx = model.context(tokens, mask)
+        rows = torch.arange(n, device=tokens.device)
+
+        def preference(layer: int, x_q: Tensor) -> Tensor:  # [head]: attn to IO minus to S
+            _, pattern = model.attention(
+                layer,
+                x_q,
+                cache.resid_pre[layer],
+                cache.resid_pre[layer],
+                ctx,
+                return_pattern=True,
+            )
+            at = pattern[rows, :, readout].float()  # [batch, head, k]
+            return ((at * io[:, None]).sum(-1) - (at * s[:, None]).sum(-1)).mean(0)
+
+        base = {layer: preference(layer, cache.resid_pre[layer]) for layer, _ in movers}
+        for c_layer, c_head in candidates:
+            effects = []
+            for m_layer, m_head in movers:
+                if m_layer <= c_layer:
+                    continue
+                x_q = cache.resid_pre[m_layer] - cache.heads[c_layer][:, :, c_head]
+                effects.append(float(base[m_layer][m_head] - preference(m_layer, x_q)[m_head]))
+            if effects:
+                q_effect[c_layer, c_head] = sum(effects) / len(effects)
+    s_inhibition = torch.where(q_effect > 0, attn_s2, nan)
+    return {
+        "name-mover": name_mover,
+        "negative-name-mover": negative,
+        "s-inhibition": s_inhibition,
+        "attn_io": attn_io,
+        "attn_s": attn_s,
+        "attn_s2": attn_s2,
+        "dla": dla,
+        "q_effect": q_effect,
+    }
+
+
+def role_names(roles: dict[str, Any] | None) -> dict[str, str]:
+    """``{head: role name}`` from ``{head: Role}`` or ``{head: str}`` (any head spelling)."""
+    from circuitfind.graph import parse_node
+
+    out: dict[str, str] = {}
+    for head, role in (roles or {}).items():
+        out[parse_node(head)] = role.name if isinstance(role, Role) else str(role)
+    return out

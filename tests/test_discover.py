@@ -1,0 +1,106 @@
+"""discover / evaluate: circuits, pruning rules, faithfulness, JSON."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import circuitfind as cf
+from circuitfind.circuit import Circuit
+from circuitfind.evaluate import roc_auc
+from circuitfind.prune import greedy, remove_dangling, top_n
+from tests.factories import make_hf_model
+from tests.test_patching import _random_task
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = cf.load(make_hf_model("gpt2"))
+    return model, _random_task(n=6)
+
+
+@pytest.mark.parametrize("method", list(cf.METHODS))
+def test_every_method_gives_a_faithful_circuit(setup, method, tmp_path):
+    model, task = setup
+    c = cf.discover(
+        model,
+        task,
+        method=method,
+        progress=False,
+        tau=0.02,
+        target_faithfulness=None if method == "acdc" else 0.8,
+    )
+    assert c.meta["method"] == method
+    assert 0 < c.n_edges <= c.graph.n_edges
+    assert set(c.meta["metrics"]) == {"full", "circuit", "empty"}
+    ev = cf.evaluate(model, task, c)
+    assert ev.faithfulness == pytest.approx(c.meta["faithfulness"], abs=1e-5)
+    if method != "acdc":
+        assert ev.faithfulness >= 0.8
+    path = c.to_json(tmp_path / "c.json")
+    back = Circuit.from_json(path)
+    assert back.edge_names == c.edge_names
+    assert back.meta["method"] == method
+    scores = c.edge_scores
+    assert len(scores) >= c.n_edges
+
+
+def test_full_and_empty_circuits_have_faithfulness_one_and_zero(setup):
+    model, task = setup
+    c = cf.discover(model, task, method="eap", top_n=10, progress=False)
+    graph = c.graph
+    full = c.with_edges(graph.valid.clone())
+    empty = c.with_edges(torch.zeros_like(graph.valid))
+    assert cf.evaluate(model, task, full).faithfulness == pytest.approx(1.0, abs=1e-5)
+    assert cf.evaluate(model, task, empty).faithfulness == pytest.approx(0.0, abs=1e-5)
+    ev = cf.evaluate(model, task, c, curve=True)
+    assert [p for p, _ in ev.curve] == [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
+    assert ev.curve[-1][1] == pytest.approx(1.0, abs=1e-5)
+    assert ev.curve_abs[-1][1] == pytest.approx(1.0, abs=1e-5)
+    assert ev.cpr is not None and ev.cmd is not None and ev.cmd >= 0
+
+
+def test_pruning_rules():
+    model = cf.load(make_hf_model("gpt2"))
+    graph = cf.Graph.from_model(model)
+    scores = torch.randn(graph.n_senders, graph.n_receivers)
+    keep = top_n(graph, scores, 15)
+    assert int(keep.sum()) == 15
+    assert scores[keep].abs().min() >= scores[graph.valid & ~keep].abs().max()
+    grown = greedy(graph, scores, 12)
+    assert int(grown.sum()) == 12
+    # greedy: every kept edge's receiving node is logits or sends a kept edge
+    for name in cf.Circuit(graph, scores, grown).edge_names:
+        receiver = name.split("->")[1].split("<")[0]
+        if receiver != "logits":
+            s = graph.sender_index[receiver]
+            assert grown[s].any()
+    clean = remove_dangling(graph, keep)
+    circuit = cf.Circuit(graph, scores, clean)
+    g = circuit.to_networkx()
+    import networkx as nx
+
+    for node in g.nodes:
+        if node not in ("input", "logits"):
+            assert nx.has_path(g, "input", node) and nx.has_path(g, node, "logits")
+
+
+def test_bad_arguments_are_clear_errors(setup):
+    model, task = setup
+    with pytest.raises(cf.InputError, match="unknown method 'magic'"):
+        cf.discover(model, task, method="magic")
+    with pytest.raises(cf.InputError, match="unknown ablation 'banana'"):
+        cf.discover(model, task, ablation="banana")
+    with pytest.raises(cf.InputError, match="at most one"):
+        cf.discover(model, task, top_n=3, threshold=0.1)
+
+
+def test_roc_auc_closed_form():
+    scores = torch.tensor([0.9, 0.8, 0.1, 0.05, 0.7])
+    ref = torch.tensor([True, True, False, False, False])
+    assert roc_auc(scores, ref) == pytest.approx(1.0)
+    assert roc_auc(-scores, ~ref) == pytest.approx(0.0)  # |.|: every positive below negatives
+    mixed = torch.tensor([True, False, True, False, False])
+    # positives 0.9, 0.1 vs negatives 0.8, 0.05, 0.7: 0.9 beats 3, 0.1 beats 1 -> 4 of 6 pairs
+    assert roc_auc(scores, mixed) == pytest.approx(4 / 6)

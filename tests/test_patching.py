@@ -1,0 +1,250 @@
+"""The patching engine's identities and exactness against independent recomputations."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import circuitfind as cf
+from circuitfind.methods import acdc, eap_scores, exact_scores
+from circuitfind.patching import Ablation, MaskEvaluator, masked_forward
+from circuitfind.tasks import Task
+from tests.factories import VOCAB, make_hf_model
+
+
+def _random_task(n=6, T=7, seed=0, padded=False):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, VOCAB, (n, T), generator=g)
+    corrupted = torch.randint(0, VOCAB, (n, T), generator=g)
+    answer = torch.randint(0, VOCAB, (n,), generator=g)
+    wrong = torch.randint(0, VOCAB, (n,), generator=g)
+    if not padded:
+        return Task.from_tokens(clean, corrupted, answer=answer, wrong=wrong)
+    lengths = [T, T - 2, T - 1, T - 3, T, T - 1][:n]
+    return Task.from_tokens(
+        [c[:k].tolist() for c, k in zip(clean, lengths)],
+        [c[:k].tolist() for c, k in zip(corrupted, lengths)],
+        answer=answer,
+        wrong=wrong,
+    )
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_all_edges_in_is_clean_and_all_out_is_corrupted(family_config, padded):
+    _, hf = family_config
+    model = cf.load(hf)
+    graph = cf.Graph.from_model(model)
+    task = _random_task(padded=padded)
+    ev = MaskEvaluator(model, graph, task, Ablation(model, task, "resample"), batch_size=4)
+    full = graph.valid.float()
+    clean = task.metric_fn(task.run(model, "clean"), reduce="none")
+    corrupted = task.metric_fn(task.run(model, "corrupted"), reduce="none")
+    torch.testing.assert_close(ev.per_prompt(full), clean, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ev.per_prompt(torch.zeros_like(full)), corrupted, atol=1e-4, rtol=0)
+    assert not torch.allclose(clean, corrupted, atol=1e-2)
+
+
+def test_zero_ablating_every_edge_leaves_only_the_constant_biases():
+    model = cf.load(make_hf_model("gpt2"))
+    graph = cf.Graph.from_model(model)
+    tokens = torch.randint(0, VOCAB, (3, 5))
+    A = torch.zeros(graph.n_senders, 1, 1, model.cfg.d_model)
+    logits = masked_forward(
+        model, graph, tokens, None, A, torch.zeros(graph.n_senders, graph.n_receivers)
+    )
+    const = sum(model.attn_bias(layer) for layer in range(model.cfg.n_layers))
+    expected = model.unembed(const)  # the logits read only the constant biases
+    torch.testing.assert_close(logits, expected.expand_as(logits), atol=1e-5, rtol=0)
+
+
+def _brute_force_gpt2(hf, cache, corrupted_outputs, tokens, edge):
+    """Ablate one edge with plain HF hooks: the receiver's input loses (clean - corrupted) of
+    the sender, computed through HF's own modules."""
+    diff = (cache.node_outputs() - corrupted_outputs)[edge.sender_index]  # [b, p, d]
+    blocks = hf.transformer.h
+    handles = []
+    if edge.receiver == "logits":
+        handles.append(hf.transformer.ln_f.register_forward_pre_hook(lambda m, a: (a[0] - diff,)))
+    elif edge.receiver.startswith("m"):
+        layer = int(edge.receiver[1:])
+        handles.append(blocks[layer].ln_2.register_forward_pre_hook(lambda m, a: (a[0] - diff,)))
+    else:
+        layer, head = (int(x) for x in edge.receiver[1:].split(".h"))
+        block = blocks[layer]
+        stash = {}
+        handles.append(block.ln_1.register_forward_pre_hook(lambda m, a: stash.update(x=a[0])))
+        d = hf.config.n_embd
+        dh = d // hf.config.n_head
+        which = "qkv".index(edge.qkv)
+        cols = slice(which * d + head * dh, which * d + (head + 1) * dh)
+
+        def splice(module, args, out):
+            alt = module(block.ln_1(stash["x"] - diff))
+            out = out.clone()
+            out[..., cols] = alt[..., cols]
+            return out
+
+        # the hook calls the module itself: guard against recursion
+        state = {"busy": False}
+
+        def guarded(module, args, out):
+            if state["busy"]:
+                return out
+            state["busy"] = True
+            try:
+                return splice(module, args, out)
+            finally:
+                state["busy"] = False
+
+        handles.append(block.attn.c_attn.register_forward_hook(guarded))
+    try:
+        with torch.no_grad():
+            return hf(tokens).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_exact_single_edge_equals_brute_force_with_plain_hooks():
+    hf = make_hf_model("gpt2")
+    model = cf.load(hf)
+    graph = cf.Graph.from_model(model)
+    task = _random_task(n=4)
+    abl = Ablation(model, task, "resample")
+    scores = exact_scores(model, graph, task, abl, batch_size=4, progress=False)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(task.clean)
+        _, corrupted = model.run_with_cache(task.corrupted)
+    clean_metric = task.metric_fn(hf(task.clean).logits.detach())
+    rng = random.Random(0)
+    picks = [
+        *rng.sample(list(graph.edges.values()), 12),
+        graph.edge("a0.h1->a2.h3<k>"),
+        graph.edge("m1->logits"),
+    ]
+    for edge in picks:
+        logits = _brute_force_gpt2(hf, cache, corrupted.node_outputs(), task.clean, edge)
+        expected = float(task.metric_fn(logits) - clean_metric)
+        got = float(scores[edge.sender_index, edge.receiver_index])
+        assert got == pytest.approx(expected, abs=2e-4), edge.name
+
+
+@pytest.mark.parametrize("name", ["gpt_neox-parallel", "llama-gqa-llama3rope", "qwen2-sliding-mqa"])
+def test_exact_scores_equal_masked_runs_on_other_families(name):
+    model = cf.load(make_hf_model(name))
+    graph = cf.Graph.from_model(model)
+    task = _random_task(n=5, padded=True)
+    for kind in ("resample", "mean-positional"):
+        abl = Ablation(model, task, kind)
+        scores = exact_scores(model, graph, task, abl, batch_size=3, progress=False)
+        ev = MaskEvaluator(model, graph, task, abl, batch_size=3)
+        full = graph.valid.float()
+        base = ev(full)
+        for edge in random.Random(1).sample(list(graph.edges.values()), 8):
+            mask = full.clone()
+            mask[edge.sender_index, edge.receiver_index] = 0
+            assert float(scores[edge.sender_index, edge.receiver_index]) == pytest.approx(
+                ev(mask) - base, abs=2e-4
+            ), (kind, edge.name)
+
+
+def test_eap_equals_exact_where_the_path_is_linear():
+    """Without a final norm, logit difference is linear in the final stream: EAP is exact on
+    every edge into the logits."""
+    model = cf.load(make_hf_model("gpt2"))
+    model.final_norm = lambda x: x  # a model without a final norm
+    graph = cf.Graph.from_model(model)
+    task = _random_task(n=4)
+    abl = Ablation(model, task, "resample")
+    eap = eap_scores(model, graph, task, abl, mode="eap", batch_size=4, progress=False)
+    exact = exact_scores(model, graph, task, abl, batch_size=4, progress=False)
+    logits_col = graph.receiver_index["logits"]
+    torch.testing.assert_close(eap[:, logits_col], exact[:, logits_col], atol=1e-4, rtol=1e-4)
+    assert exact[:, logits_col].abs().max() > 0.1
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa-llama3rope"])
+def test_eap_ig_with_one_step_is_eap(name):
+    model = cf.load(make_hf_model(name))
+    graph = cf.Graph.from_model(model)
+    task = _random_task(n=4, padded=True)
+    abl = Ablation(model, task, "resample")
+    kw = {"batch_size": 4, "progress": False}
+    eap = eap_scores(model, graph, task, abl, mode="eap", **kw)
+    v = graph.valid
+    for mode in ("eap-ig-inputs", "eap-ig-activations"):
+        ig = eap_scores(model, graph, task, abl, mode=mode, steps=1, **kw)
+        torch.testing.assert_close(ig[v], eap[v], atol=1e-4, rtol=1e-4)
+        ig5 = eap_scores(model, graph, task, abl, mode=mode, steps=5, **kw)
+        assert not torch.allclose(ig5[v], eap[v], atol=1e-3)
+        assert torch.isnan(ig5[~v]).all()
+
+
+def test_eap_approximates_exact_on_average():
+    model = cf.load(make_hf_model("gpt2", scale=0.12))  # smoother model: first order holds better
+    graph = cf.Graph.from_model(model)
+    task = _random_task(n=6)
+    abl = Ablation(model, task, "resample")
+    v = graph.valid
+    eap = eap_scores(model, graph, task, abl, mode="eap-ig-inputs", batch_size=6, progress=False)
+    exact = exact_scores(model, graph, task, abl, batch_size=6, progress=False)
+    corr = torch.corrcoef(torch.stack([eap[v], exact[v]]))[0, 1]
+    assert corr > 0.8
+
+
+def test_acdc_limits():
+    model = cf.load(make_hf_model("gpt2"))
+    graph = cf.Graph.from_model(model)
+    task = _random_task(n=4)
+    abl = Ablation(model, task, "resample")
+    _, kept = acdc(model, graph, task, abl, tau=0.0, metric=None, progress=False)
+    assert torch.equal(kept, graph.valid)  # tau=0: nothing is removed (every edge moves the metric)
+    _, kept = acdc(model, graph, task, abl, tau=1e9, metric=None, progress=False)
+    assert not kept.any()
+    scores, kept = acdc(model, graph, task, abl, tau=0.02, metric="kl", progress=False)
+    assert 0 < int(kept.sum()) < graph.n_edges
+    logits_col = graph.receiver_index["logits"]
+    assert not torch.isnan(scores[:, logits_col][graph.valid[:, logits_col]]).any()
+
+
+def test_exact_checkpoint_resumes_after_an_interruption(tmp_path):
+    model = cf.load(make_hf_model("gpt2"))
+    graph = cf.Graph.from_model(model)
+    task = _random_task(n=6)
+    abl = Ablation(model, task, "resample")
+    full = exact_scores(model, graph, task, abl, batch_size=3, progress=False)
+
+    class Interrupting:
+        def __init__(self, task, after):
+            self.task, self.calls, self.after = task, 0, after
+
+        def __len__(self):
+            return len(self.task)
+
+        def __getattr__(self, name):
+            return getattr(self.task, name)
+
+        def metric_fn(self, *args, **kwargs):
+            self.calls += 1
+            if self.calls > self.after:
+                raise KeyboardInterrupt
+            return self.task.metric_fn(*args, **kwargs)
+
+    ckpt = tmp_path / "exact.pt"
+    with pytest.raises(KeyboardInterrupt):
+        exact_scores(
+            model,
+            graph,
+            Interrupting(task, 40),
+            abl,
+            batch_size=3,
+            progress=False,
+            checkpoint=ckpt,
+            checkpoint_every_s=0.0,
+        )
+    assert ckpt.is_file()
+    resumed = exact_scores(model, graph, task, abl, batch_size=3, progress=False, checkpoint=ckpt)
+    v = graph.valid
+    torch.testing.assert_close(resumed[v], full[v], atol=1e-5, rtol=0)

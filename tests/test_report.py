@@ -1,0 +1,143 @@
+"""The HTML report: self-contained, with every section; and how a person sees it (Chromium)."""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import pytest
+
+from circuitfind.render import EDGE_COLOURS
+from circuitfind.report import head_scores, node_scores, write_report
+from circuitfind.roles import ROLE_COLOURS, Role
+from tests.test_render import EDGES, small_circuit
+
+EVALUATION = {
+    "faithfulness": 0.87,
+    "metric_full": 2.1,
+    "metric_circuit": 1.8,
+    "metric_empty": 0.1,
+    "curve": [(0.1, 0.05), (1.0, 0.3), (3.0, 0.7), (10.0, 0.9), (100.0, 1.0)],
+    "cpr": 0.8,
+    "cmd": 0.1,
+}
+
+
+@dataclass
+class TextTask:
+    name: str = "ioi"
+    description: str = "indirect object identification"
+    prompts: list | None = None
+
+
+def _task() -> TextTask:
+    return TextTask(
+        prompts=[
+            (f"When Mary and John went out, John gave it to {i}", f"When A and B went, C gave {i}")
+            for i in range(5)
+        ]
+    )
+
+
+def _write(tmp_path, **kw):
+    return write_report(
+        small_circuit(),
+        tmp_path / "report.html",
+        evaluation=kw.pop("evaluation", EVALUATION),
+        task=kw.pop("task", _task()),
+        command="circuitfind discover --model zoo:toy --task ioi --out x",
+        roles={"a0.h1": Role("a0.h1", "previous-token", 0.91), "a1.h0": "name-mover"},
+        **kw,
+    )
+
+
+def test_report_has_every_section_and_is_self_contained(tmp_path):
+    text = _write(tmp_path).read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    for section in ('id="diagram"', 'id="curve"', 'id="nodes"', 'id="edges"', 'id="task"'):
+        assert section in text
+    # nothing is fetched: no scripts, stylesheets, images or fonts from elsewhere
+    assert not re.search(r'(src|href)="(https?:)?//', text)
+    assert "<script" not in text and "@import" not in text
+    # two inline SVGs when dot exists (diagram + curve), the curve always
+    assert text.count("<svg") == (2 if shutil.which("dot") else 1)
+    assert "circuitfind discover --model zoo:toy --task ioi --out x" in text
+    # three example prompt pairs, not more
+    assert text.count("When Mary and John") == 3
+    # node table: every node, with labels, roles and scores
+    for label in ("L0H1", "L1H0", "MLP0", "input", "logits"):
+        assert f"<td>{label}</td>" in text
+    assert "previous-token</span> 0.91" in text and "name-mover</span>" in text
+    # top edges: every edge of this small circuit, the largest first
+    edges = re.findall(r"<td><code>([^<]+)</code></td>\s*<td class='num'>", text)
+    edges = [e for e in map(html.unescape, edges) if "->" in e]
+    assert edges[0] == "a0.h1->a1.h0<v>" and set(edges) == set(EDGES)
+    assert "0.870" in text  # faithfulness
+
+
+def test_report_without_evaluation_or_task_still_renders(tmp_path):
+    path = write_report(small_circuit(), tmp_path / "r.html")
+    text = path.read_text()
+    assert "No faithfulness curve" in text and 'id="nodes"' in text
+
+
+def test_node_scores_sum_outgoing_edges():
+    c = small_circuit()
+    scores = node_scores(c)
+    assert scores["a0.h1"] == pytest.approx(EDGES["a0.h1->a1.h0<v>"] + EDGES["a0.h1->a1.h0<k>"])
+    assert scores["logits"] == pytest.approx(EDGES["a1.h0->logits"] + EDGES["m0->logits"])
+    assert set(head_scores(c)) == {"a0.h1", "a1.h0"}
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz `dot` not installed")
+def test_report_as_a_person_sees_it(tmp_path):
+    """Open the report in headless Chromium (Debian package `chromium`, an optional extra:
+    `apt-get install chromium`), screenshot it, and check the diagram is drawn and large."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (optional extra: apt-get install chromium)")
+    from PIL import Image
+
+    report = _write(tmp_path)
+    shot = tmp_path / "shot.png"
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1200,1600",
+        f"--screenshot={shot}",
+        report.as_uri(),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1200, 1600)
+    pixels = image.load()
+
+    def where(colour: str, tolerance: int = 12) -> tuple[list[int], list[int]]:
+        target = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+        xs, ys = [], []
+        for y in range(0, image.size[1], 2):
+            for x in range(0, image.size[0], 2):
+                if sum(abs(a - b) for a, b in zip(pixels[x, y], target)) < tolerance:
+                    xs.append(x)
+                    ys.append(y)
+        return xs, ys
+
+    # the role-coloured head boxes are drawn (the curve uses none of these colours)
+    xs, ys = where(ROLE_COLOURS["previous-token"])
+    assert len(xs) > 100, "the previous-token head's box is not visible"
+    xs, ys = where(ROLE_COLOURS["name-mover"])
+    assert len(xs) > 100, "the name-mover head's box is not visible"
+    # the value edges (green) run from layer 0 up to layer 1: the drawing has real height
+    xs, ys = where(EDGE_COLOURS["v"], tolerance=30)
+    assert len(xs) > 50 and max(ys) - min(ys) > 80, "the diagram is missing or tiny"
