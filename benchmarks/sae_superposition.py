@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sae-steps", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="few steps (smoke test)")
+    ap.add_argument(
+        "--sweep",
+        default="0.01,0.02,0.05,0.1,0.2,0.4",
+        help="feature probabilities for the sparsity sweep ('' to skip)",
+    )
     ap.add_argument("--out", default="reports")
     args = ap.parse_args(argv)
     if args.quick:
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     saes = {}
     for name, cfg in {
-        "ReLU+L1": SAEConfig(args.d_hidden, args.d_sae, "standard", l1_coefficient=0.1),
+        "ReLU+L1": SAEConfig(args.d_hidden, args.d_sae, "standard", l1_coefficient=0.3),
         "TopK (k=2)": SAEConfig(args.d_hidden, args.d_sae, "topk", k=2),
     }.items():
         t = time.time()
@@ -76,12 +81,36 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _plot(toy, true_dirs, saes, results, out / "sae_superposition.png")
+    sweep = [_sweep_point(args, float(p)) for p in args.sweep.split(",") if p.strip()]
     cmd = "PYTHONPATH=. python benchmarks/sae_superposition.py" + " ".join(
         [""] + (argv if argv is not None else sys.argv[1:])
     )
-    _report(args, represented, results, t_toy, time.time() - t0, cmd, out)
+    _report(args, represented, results, t_toy, time.time() - t0, cmd, out, sweep)
     print(json.dumps({k: {m: v[m] for m in ("mmcs_all", "l0")} for k, v in results.items()}))
     return 0
+
+
+def _sweep_point(args: argparse.Namespace, p: float) -> dict[str, float]:
+    """Toy model and both SAEs at feature probability p: stored features and MMCS."""
+    toy = train_toy_model(args.n_features, args.d_hidden, p, steps=args.toy_steps, seed=args.seed)
+    gen = torch.Generator().manual_seed(args.seed + 7)
+    x = sample_features(100_000, args.n_features, p, generator=gen)
+    with torch.no_grad():
+        h = toy.hidden(x)
+    stored = represented_features(toy)
+    row: dict[str, float] = {"p": p, "stored": int(stored.sum())}
+    expected = args.n_features * p  # mean active features per sample
+    k = min(max(1, round(2 * expected)), args.d_hidden - 1)  # k >= d_hidden is trivially exact
+    for name, cfg in {
+        "relu": SAEConfig(args.d_hidden, args.d_sae, "standard", l1_coefficient=0.3),
+        "topk": SAEConfig(args.d_hidden, args.d_sae, "topk", k=k),
+    }.items():
+        sae = train_sae(h, cfg, steps=args.sae_steps, batch_size=1024, lr=3e-3)
+        rec = feature_recovery(toy.feature_directions(), sae.W_dec.detach())
+        row[name] = float(rec[stored].mean())
+        row[f"{name}_ev"] = evaluate_sae(sae, h[-20_000:])["explained_variance"]
+    row["k"] = k
+    return row
 
 
 def _plot(toy, true_dirs, saes, results, path: Path) -> None:
@@ -135,7 +164,7 @@ def _plot(toy, true_dirs, saes, results, path: Path) -> None:
     plt.close(fig)
 
 
-def _report(args, represented, results, t_toy, total, cmd, out: Path) -> None:
+def _report(args, represented, results, t_toy, total, cmd, out: Path, sweep) -> None:
     lines = [
         "# SAE recovery of superposed features (toy model)",
         "",
@@ -162,6 +191,25 @@ def _report(args, represented, results, t_toy, total, cmd, out: Path) -> None:
             f"| {r['seconds']:.0f} |"
         )
     lines += ["", "![feature geometry](sae_superposition.png)", ""]
+    if sweep:
+        lines += [
+            "## Sparsity sweep",
+            "",
+            f"Same sizes ({args.n_features} features in {args.d_hidden} dimensions); a fresh toy "
+            "model per feature probability p. TopK's k = round(2 · n · p), clipped to "
+            "[1, d_hidden − 1]; MMCS over the features the toy model stores. Denser "
+            "features are stored less (the toy model drops features), and the SAE must separate "
+            "more overlapping features per sample.",
+            "",
+            "| p | stored features | MMCS ReLU+L1 | EV ReLU+L1 | MMCS TopK | k | EV TopK |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in sweep:
+            lines.append(
+                f"| {r['p']:g} | {r['stored']} | {r['relu']:.4f} | {r['relu_ev']:.3f} "
+                f"| {r['topk']:.4f} | {r['k']} | {r['topk_ev']:.3f} |"
+            )
+        lines.append("")
     (out / "sae_superposition.md").write_text("\n".join(lines))
 
 
