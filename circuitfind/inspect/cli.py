@@ -157,7 +157,8 @@ def _attention(args: argparse.Namespace) -> int:
     scores = head_scores(model, tokens, n=args.n, seq_len=args.seq_len, seed=args.seed)
     roles = head_roles(scores)
     data = {"scores": {k: v.tolist() for k, v in scores.items()}, "roles": roles}
-    header = f"{'head':>6} " + " ".join(f"{r[:12]:>12}" for r in scores) + "  role"
+    short = {"previous_token": "prev-token", "duplicate_token": "duplicate"}
+    header = f"{'head':>6} " + " ".join(f"{short.get(r, r):>12}" for r in scores) + "  role"
     rows = [header]
     for layer in range(model.cfg.n_layers):
         for h in range(model.cfg.n_heads):
