@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ def load(
         The canonical ``Model``; ``model(tokens)`` equals the HF model's logits.
     """
     torch_dtype = parse_dtype(dtype)
+    name = str(source) if isinstance(source, (str, os.PathLike)) else None
     if isinstance(source, (str, os.PathLike)):
         hf_model, tok = _from_pretrained(str(source), torch_dtype, trust_remote_code)
         tokenizer = tokenizer if tokenizer is not None else tok
@@ -78,6 +80,8 @@ def load(
         hf_model.to(device)
     hf_model.eval()
     cfg, weights = adapt(hf_model)
+    if name is not None:  # how the user named it ("zoo:ioi", "gpt2"), not a resolved path
+        cfg = replace(cfg, name=name)
     return Model(hf_model, cfg, weights, tokenizer=tokenizer)
 
 

@@ -1,14 +1,20 @@
-"""The zoo: small models trained here on synthetic tasks, shipped inside the package."""
+"""The zoo: small models trained here on synthetic tasks, shipped inside the package.
+
+``resolve(NAME)`` is the directory of ``zoo:NAME`` (loadable by ``AutoModelForCausalLM`` and
+``AutoTokenizer``); ``card(NAME)`` its model card; ``circuitfind.zoo.train.train`` retrains one.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from circuitfind.errors import ModelLoadError
 
 ZOO_DIR = Path(__file__).parent / "models"
 
-__all__ = ["ZOO_DIR", "list_zoo", "resolve"]
+__all__ = ["ZOO_DIR", "card", "list_zoo", "resolve"]
 
 
 def list_zoo() -> list[str]:
@@ -20,8 +26,17 @@ def list_zoo() -> list[str]:
 
 def resolve(name: str) -> Path:
     """The directory of zoo model NAME (``zoo:NAME`` as a model source)."""
+    name = name.removeprefix("zoo:")
     path = ZOO_DIR / name
     if not (path / "config.json").is_file():
         known = ", ".join(list_zoo()) or "none bundled"
         raise ModelLoadError(f"unknown zoo model {name!r}; the zoo has: {known}")
     return path
+
+
+def card(name: str) -> dict[str, Any]:
+    """The model card of zoo model NAME (scores, training command, data recipe, time)."""
+    path = resolve(name) / "card.json"
+    if not path.is_file():
+        return {"name": name}
+    return dict(json.loads(path.read_text()))

@@ -1,0 +1,205 @@
+"""Training the zoo: one loop for every recipe, deterministic for a seed, writing the package files.
+
+``train(name, seed=S, out=DIR)`` is what ``circuitfind zoo train NAME --seed S --out DIR`` runs:
+it builds the recipe's model and tokenizer, trains on freshly sampled synthetic batches, scores
+the model on held-out prompts, and writes ``config.json``, ``model.safetensors``,
+``tokenizer.json``, ``tokenizer_config.json``, ``card.json`` and ``card.md`` to DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuitfind.errors import InputError
+
+__all__ = ["RECIPES", "Recipe", "get_recipe", "register_recipe", "train", "write_card"]
+
+log = logging.getLogger(__name__)
+
+Sampler = Callable[[torch.Generator, int], tuple[Tensor, Tensor]]
+"""``sample(gen, batch) -> (tokens [batch, T], loss_weight [batch, T-1])``: one training batch;
+``loss_weight[:, i]`` weights the loss of predicting ``tokens[:, i + 1]`` (0 = no loss)."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one zoo model is built, trained and scored."""
+
+    name: str
+    family: str
+    summary: str
+    build: Callable[[], tuple[Any, Any]]  # () -> (model, tokenizer); seeded by the caller
+    sampler: Callable[[Any], Sampler]  # tokenizer -> sampler
+    evaluate: Callable[[Any, Any, int], dict[str, float]]  # (model, tokenizer, seed) -> scores
+    targets: dict[str, float]  # score name -> minimum the shipped model must reach
+    data: str  # the data recipe, for the card
+    steps: int
+    quick_steps: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch: int = 64
+    warmup: int = 100
+    shipped_seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(recipe: Recipe) -> None:
+    """Add a zoo recipe; names are unique."""
+    if recipe.name in RECIPES:
+        raise ValueError(f"zoo recipe {recipe.name!r} is already registered")
+    RECIPES[recipe.name] = recipe
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe NAME (``induction-2l``, ``ioi``, ``greater-than``)."""
+    _load_builtin_recipes()
+    if name not in RECIPES:
+        raise InputError(f"no zoo recipe {name!r}; recipes: {', '.join(sorted(RECIPES))}")
+    return RECIPES[name]
+
+
+def _load_builtin_recipes() -> None:
+    from circuitfind.zoo import greater_than, induction_2l, ioi  # noqa: F401 (they register)
+
+
+def _loss(model: Any, tokens: Tensor, weight: Tensor) -> Tensor:
+    logits = model(tokens).logits[:, :-1]  # [b, T-1, V]
+    ce = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none"
+    ).view_as(weight)
+    return (ce * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def train(
+    name: str,
+    *,
+    seed: int,
+    out: str | Path,
+    quick: bool = False,
+    threads: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train zoo model NAME with ``seed`` and write the package files plus its card to ``out``.
+
+    Deterministic for a seed (and thread count) on CPU. ``quick`` runs a few steps only, to test
+    the path. Returns the card (scores, command, data recipe, time).
+    """
+    recipe = get_recipe(name)
+    out = Path(out)
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model, tokenizer = recipe.build()
+    model.train()
+    sample = recipe.sampler(tokenizer)
+    gen = torch.Generator().manual_seed(seed)
+    steps = recipe.quick_steps if quick else recipe.steps
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < recipe.warmup:
+            return (step + 1) / recipe.warmup
+        frac = (step - recipe.warmup) / max(1, steps - recipe.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    start = time.time()
+    bar = tqdm(range(steps), desc=f"zoo:{name}", disable=not progress)
+    running = float("nan")
+    for step in bar:
+        tokens, weight = sample(gen, recipe.batch)
+        loss = _loss(model, tokens, weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{running:.3f}")
+    train_s = time.time() - start
+    model.eval()
+    with torch.no_grad():
+        scores = recipe.evaluate(model, tokenizer, seed + 1000)
+    command = f"circuitfind zoo train {name} --seed {seed} --out {out}"
+    if quick:
+        command += " --quick"
+    card = {
+        "name": name,
+        "family": recipe.family,
+        "summary": recipe.summary,
+        "seed": seed,
+        "command": command,
+        "steps": steps,
+        "batch": recipe.batch,
+        "lr": recipe.lr,
+        "weight_decay": recipe.weight_decay,
+        "threads": threads,
+        "train_seconds": round(train_s, 1),
+        "final_loss": round(running, 4),
+        "scores": {k: round(float(v), 4) for k, v in scores.items()},
+        "targets": recipe.targets,
+        "meets_targets": all(scores.get(k, -math.inf) >= v for k, v in recipe.targets.items()),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "data": recipe.data,
+        "versions": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    save(model, tokenizer, out)
+    write_card(card, out)
+    log.info("zoo:%s trained in %.0fs: %s", name, train_s, card["scores"])
+    return card
+
+
+def save(model: Any, tokenizer: Any, out: Path) -> None:
+    """Write the files a zoo directory ships (float32 safetensors, HF config, tokenizer)."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    gen_cfg = out / "generation_config.json"
+    if gen_cfg.exists():
+        gen_cfg.unlink()  # not needed to load; keep the shipped set small
+    tokenizer.save_pretrained(out)
+
+
+def write_card(card: dict[str, Any], out: str | Path) -> None:
+    """Write ``card.json`` and a readable ``card.md``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    lines = [
+        f"# zoo:{card['name']}",
+        "",
+        card["summary"],
+        "",
+        f"- family: `{card['family']}`, {card['n_params']:,} parameters",
+        f"- trained by: `{card['command']}` ({card['steps']} steps, batch {card['batch']}, "
+        f"AdamW lr {card['lr']}, wd {card['weight_decay']}, {card['threads']} CPU threads, "
+        f"{card['train_seconds']} s)",
+        f"- final training loss: {card['final_loss']}",
+        "",
+        "## Held-out scores",
+        "",
+        "| score | value | target |",
+        "| --- | --- | --- |",
+    ]
+    for key, value in card["scores"].items():
+        target = card["targets"].get(key)
+        lines.append(f"| {key} | {value:.4f} | {'' if target is None else f'>= {target}'} |")
+    lines += ["", "## Data", "", card["data"], ""]
+    (out / "card.md").write_text("\n".join(lines))

@@ -1,0 +1,113 @@
+import argparse
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from circuitfind.errors import ModelLoadError
+from circuitfind.tasks import get_task
+from circuitfind.zoo import card, list_zoo, resolve
+from circuitfind.zoo.cli import register
+from circuitfind.zoo.diagnostics import head_scores, repeated_tokens
+from circuitfind.zoo.report import load_hf
+from circuitfind.zoo.train import RECIPES, get_recipe, train
+
+ZOO = ["greater-than", "induction-2l", "ioi"]
+FRESH_SEED = 4242  # not the evaluation seed of any training run (those are seed + 1000)
+
+
+def test_the_zoo_ships_every_recipe():
+    assert set(ZOO) <= set(list_zoo())
+    with pytest.raises(ModelLoadError, match="the zoo has"):
+        resolve("nope")
+    assert resolve("zoo:ioi") == resolve("ioi")
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_model_loads_and_meets_its_targets(name):
+    path = resolve(name)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {
+        p.name for p in path.iterdir()
+    }
+    info = card(name)
+    rel = f"circuitfind/zoo/models/{name}"
+    assert info["command"] == f"circuitfind zoo train {name} --seed {info['seed']} --out {rel}"
+    assert info["meets_targets"]
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    assert model.config.model_type == get_recipe(name).family
+    recipe = get_recipe(name)
+    with torch.no_grad():
+        scores = recipe.evaluate(model, tok, FRESH_SEED)
+    for key, target in recipe.targets.items():
+        assert scores[key] >= target, (key, scores[key])
+
+
+@pytest.mark.parametrize(("name", "task"), [("induction-2l", "induction"), ("ioi", "ioi")])
+def test_builtin_tasks_run_on_the_zoo(name, task):
+    model, tok = load_hf(name)
+    t = get_task(task, tok, n=64, seed=FRESH_SEED, metric="accuracy")
+    assert t.score(model) >= 0.9
+
+
+def test_greater_than_builtin_on_the_zoo():
+    model, tok = load_hf("greater-than")
+    t = get_task("greater-than", tok, n=64, seed=FRESH_SEED)
+    assert t.score(model, metric="accuracy") >= 0.9 and t.score(model) > 0.5
+
+
+@pytest.mark.xfail(
+    reason="the shipped induction-2l copies through lagged heads (layer 0 attends 3-4 back), "
+    "not a canonical previous-token/induction pair; see reports/zoo.md",
+    strict=False,
+)
+def test_induction_model_has_previous_token_and_induction_heads():
+    model, _ = load_hf("induction-2l")
+    tokens = repeated_tokens(range(128), n=32, length=10, seed=FRESH_SEED)
+    scores = head_scores(model, tokens, 10)
+    assert scores["previous_token"][0].max() > 0.5
+    assert scores["induction"][1].max() > 0.5
+
+
+def test_ioi_model_is_llama_with_gqa():
+    cfg = AutoModelForCausalLM.from_pretrained(resolve("ioi")).config
+    assert cfg.num_key_value_heads < cfg.num_attention_heads and not cfg.tie_word_embeddings
+
+
+def test_quick_training_is_deterministic_and_loadable(tmp_path):
+    a = train("induction-2l", seed=3, out=tmp_path / "a", quick=True, progress=False)
+    train("induction-2l", seed=3, out=tmp_path / "b", quick=True, progress=False)
+    wa = load_file(tmp_path / "a" / "model.safetensors")
+    wb = load_file(tmp_path / "b" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["command"].endswith("--quick") and (tmp_path / "a" / "card.md").is_file()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "a")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "a")
+    assert model(torch.tensor([tok("t1 t2 t3")["input_ids"]])).logits.shape[-1] == len(tok)
+
+
+def test_zoo_cli(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["zoo", "list", "--json"])
+    assert args.func(args) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert set(ZOO) <= set(listed)
+    out = tmp_path / "gt"
+    args = parser.parse_args(["zoo", "train", "greater-than", "--seed", "1", "--out", str(out)])
+    args.quick = True
+    assert args.func(args) == 0
+    assert (out / "card.json").is_file() and "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_full_training_reproduces_the_shipped_model(name, tmp_path):
+    info = card(name)
+    result = train(name, seed=info["seed"], out=tmp_path, progress=False)
+    assert result["meets_targets"], result["scores"]
+    shipped = load_file(resolve(name) / "model.safetensors")
+    fresh = load_file(tmp_path / "model.safetensors")
+    assert all(torch.equal(shipped[k], fresh[k]) for k in shipped)
