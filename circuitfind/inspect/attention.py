@@ -57,16 +57,19 @@ def repeated_random_tokens(
 ) -> Tensor:
     """``n`` random sequences of ``seq_len`` tokens each followed by itself: [n, 2 * seq_len].
 
-    Tokens within one half are distinct where the vocabulary allows, so every repeat is planted.
+    Tokens within one half are distinct where the vocabulary allows, so every repeat is planted;
+    the tokenizer's special tokens are never drawn.
     """
     gen = torch.Generator().manual_seed(seed)
-    vocab = model.cfg.d_vocab
+    special = set(getattr(model.tokenizer, "all_special_ids", None) or [])
+    usable = torch.tensor([t for t in range(model.cfg.d_vocab) if t not in special])
     if model.cfg.positional == "learned" and model.cfg.n_ctx:
         seq_len = min(seq_len, model.cfg.n_ctx // 2)
-    if vocab >= seq_len:
-        half = torch.stack([torch.randperm(vocab, generator=gen)[:seq_len] for _ in range(n)])
+    if len(usable) >= seq_len:
+        picks = [torch.randperm(len(usable), generator=gen)[:seq_len] for _ in range(n)]
+        half = usable[torch.stack(picks)]
     else:
-        half = torch.randint(0, vocab, (n, seq_len), generator=gen)
+        half = usable[torch.randint(0, len(usable), (n, seq_len), generator=gen)]
     return torch.cat([half, half], dim=1).to(model.device)
 
 
