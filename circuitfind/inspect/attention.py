@@ -19,7 +19,7 @@ diagrams (``head_roles``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -86,29 +86,17 @@ def pattern_scores(
     Returns:
         ``{"previous_token", "duplicate_token", "induction"}``, each [n_layers, n_heads].
     """
-    batch, seq = tokens.shape
-    real = (
-        torch.ones(batch, seq, dtype=torch.bool, device=tokens.device)
-        if attention_mask is None
-        else attention_mask.bool().to(tokens.device)
-    )
-    q = torch.arange(seq, device=tokens.device)[:, None]
-    k = torch.arange(seq, device=tokens.device)[None, :]
-    both = real[:, :, None] & real[:, None, :]  # [batch, q, k]
-    prev = (k == q - 1)[None] & both
-    same = (tokens[:, :, None] == tokens[:, None, :]) & (k < q)[None] & both
-    # induction: key k follows an earlier occurrence of the query's token (tokens[k-1] == tokens[q])
-    shifted = torch.cat([tokens.new_full((batch, 1), -1), tokens[:, :-1]], dim=1)
-    ind = (tokens[:, :, None] == shifted[:, None, :]) & (k <= q)[None] & (k >= 1)[None] & both
-    ind = ind & real[:, None, :].roll(1, dims=2)  # the token before k is real too
+    # One definition of each score, shared with the head roles of circuit diagrams.
+    from circuitfind.roles import duplicate_token_score, induction_score, previous_token_score
 
-    def score(target: Tensor) -> Tensor:
-        rows = target.any(-1)  # [batch, q] queries that have a target
-        mass = (patterns.float() * target[None, :, None].float()).sum(-1)  # [L, b, h, q]
-        weight = rows[None, :, None].float()
-        return (mass * weight).sum((1, 3)) / weight.sum((1, 3)).clamp(min=1)
+    def per_layer(fn: Any, *args: Any) -> Tensor:
+        return torch.stack([fn(p, *args) for p in patterns]).nan_to_num(0.0)
 
-    return {"previous_token": score(prev), "duplicate_token": score(same), "induction": score(ind)}
+    return {
+        "previous_token": per_layer(previous_token_score, attention_mask),
+        "duplicate_token": per_layer(duplicate_token_score, tokens, attention_mask),
+        "induction": per_layer(induction_score, tokens, attention_mask),
+    }
 
 
 def copying_scores(model: Model) -> Tensor:
