@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -37,6 +38,7 @@ __all__ = [
     "make_ablation",
     "masked_forward",
     "readout_logits",
+    "save_checkpoint",
     "with_clean_logits",
 ]
 
@@ -96,6 +98,14 @@ def with_clean_logits(model: Model, task: Any) -> Any:
     if getattr(task, "clean_logits", None) is None and hasattr(task, "with_clean_logits"):
         return task.with_clean_logits(model)
     return task
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (a run killed mid-write leaves the previous one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------- ablations

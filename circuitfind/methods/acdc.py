@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from circuitfind.graph import Graph
 from circuitfind.model import Model
-from circuitfind.patching import Ablation, MaskEvaluator, with_clean_logits
+from circuitfind.patching import Ablation, MaskEvaluator, save_checkpoint, with_clean_logits
 
 __all__ = ["acdc"]
 
@@ -63,10 +63,9 @@ def acdc(
     def save(next_receiver: int) -> None:
         if checkpoint is None:
             return
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save({"mask": mask, "scores": scores, "next": next_receiver, "tau": tau}, tmp)
-        tmp.replace(checkpoint)
+        save_checkpoint(
+            checkpoint, {"mask": mask, "scores": scores, "next": next_receiver, "tau": tau}
+        )
 
     last_save = time.monotonic()
     done = int(graph.n_upstream[first + 1 :].sum())

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from circuitfind.graph import Graph
 from circuitfind.model import ForwardCache, Model, RunContext
-from circuitfind.patching import Ablation, batches, readout_logits, run_from
+from circuitfind.patching import Ablation, batches, readout_logits, run_from, save_checkpoint
 
 __all__ = ["exact_scores"]
 
@@ -124,10 +124,9 @@ def exact_scores(
     def save(batch_i: int, receiver: int) -> None:
         if checkpoint is None:
             return
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save({"totals": totals, "batch": batch_i, "receiver": receiver, "n": n}, tmp)
-        tmp.replace(checkpoint)
+        save_checkpoint(
+            checkpoint, {"totals": totals, "batch": batch_i, "receiver": receiver, "n": n}
+        )
 
     bar = tqdm(
         total=graph.n_edges * -(-n // batch_size),
