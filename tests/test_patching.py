@@ -195,7 +195,7 @@ def test_eap_approximates_exact_on_average():
 
 
 def test_acdc_limits():
-    model = cf.load(make_hf_model("gpt2"))
+    model = cf.load(make_hf_model("gpt_neox-sequential"))  # 46 edges: quick
     graph = cf.Graph.from_model(model)
     task = _random_task(n=4)
     abl = Ablation(model, task, "resample")
@@ -210,7 +210,7 @@ def test_acdc_limits():
 
 
 def test_exact_checkpoint_resumes_after_an_interruption(tmp_path):
-    model = cf.load(make_hf_model("gpt2"))
+    model = cf.load(make_hf_model("gpt_neox-sequential"))  # 46 edges: quick
     graph = cf.Graph.from_model(model)
     task = _random_task(n=6)
     abl = Ablation(model, task, "resample")
@@ -237,7 +237,7 @@ def test_exact_checkpoint_resumes_after_an_interruption(tmp_path):
         exact_scores(
             model,
             graph,
-            Interrupting(task, 40),
+            Interrupting(task, 12),
             abl,
             batch_size=3,
             progress=False,
@@ -251,7 +251,7 @@ def test_exact_checkpoint_resumes_after_an_interruption(tmp_path):
 
 
 def test_acdc_checkpoint_resumes_after_an_interruption(tmp_path):
-    model = cf.load(make_hf_model("gpt2"))
+    model = cf.load(make_hf_model("gpt_neox-sequential"))  # 46 edges: quick
     graph = cf.Graph.from_model(model)
     task = _random_task(n=4).with_clean_logits(model)
     abl = Ablation(model, task, "resample")
@@ -264,7 +264,7 @@ def test_acdc_checkpoint_resumes_after_an_interruption(tmp_path):
 
     def interrupting(self, mask, start_layer=0):
         calls["n"] += 1
-        if calls["n"] > 60:
+        if calls["n"] > 20:
             raise KeyboardInterrupt
         return original(self, mask, start_layer)
 
