@@ -10,7 +10,7 @@ from circuitfind.errors import ModelLoadError
 from circuitfind.tasks import get_task
 from circuitfind.zoo import card, list_zoo, resolve
 from circuitfind.zoo.cli import register
-from circuitfind.zoo.diagnostics import head_scores, repeated_tokens
+from circuitfind.zoo.diagnostics import ablate_heads, head_scores, repeated_tokens
 from circuitfind.zoo.report import load_hf
 from circuitfind.zoo.train import RECIPES, get_recipe, train
 
@@ -58,17 +58,20 @@ def test_greater_than_builtin_on_the_zoo():
     assert t.score(model, metric="accuracy") >= 0.9 and t.score(model) > 0.5
 
 
-@pytest.mark.xfail(
-    reason="the shipped induction-2l copies through lagged heads (layer 0 attends 3-4 back), "
-    "not a canonical previous-token/induction pair; see reports/zoo.md",
-    strict=False,
-)
 def test_induction_model_has_previous_token_and_induction_heads():
-    model, _ = load_hf("induction-2l")
+    model, tok = load_hf("induction-2l")
     tokens = repeated_tokens(range(128), n=32, length=10, seed=FRESH_SEED)
     scores = head_scores(model, tokens, 10)
-    assert scores["previous_token"][0].max() > 0.5
+    prev = scores["previous_token"][0]
+    assert prev.max() > 0.5
     assert scores["induction"][1].max() > 0.5
+    task = get_task("induction", tok, n=64, seed=FRESH_SEED, metric="accuracy")
+    clean = task.score(model)
+    assert clean >= 0.9
+    # ablating the layer-0 previous-token heads breaks the copying
+    heads = [(0, h) for h in range(prev.shape[0]) if prev[h] > 0.3]
+    with ablate_heads(model, heads):
+        assert task.score(model) < clean - 0.3
 
 
 def test_ioi_model_is_llama_with_gqa():
