@@ -13,15 +13,15 @@ attention-only pre-LN transformer (PyTorch default init) formed canonical heads 
 in every run (best previous-token 0.91-0.99, induction 0.93-0.97). Bisected towards GPT-2, the
 culprit is GPT-2's embedding init (wte and wpe N(0, 0.02)): with it the plain module failed too
 (copying through non-canonical heads, previous-token <= 0.07), while GPT-2's 0.02 init of the
-attention weights with N(0, 1) embeddings still formed the pair. Small embeddings let the
-layer-0 attention output swamp token and position in the residual stream. Also needed here: an
-untied unembedding with a small init (tied to N(0, 1) embeddings the logits start huge and
-nothing is learned), and the loss weighting above (the per-position form 4x on the repeat / 1x
-on filler formed the pair in 2 of 4 plain-module runs and 0 of 4 GPT-2 runs; it puts ~55% of the
-loss on the repeat instead of ~80%).
+attention weights with N(0, 1) embeddings still formed the pair. Presumably small embeddings let
+the layer-0 attention output swamp token and position in the residual stream. Also needed here:
+an untied unembedding with a small init (tied to N(0, 1) embeddings nothing was learned in 1,000
+steps, the initial logits being large), and the loss weighting above (the per-position form 4x
+on the repeat / 1x on filler formed the pair in 2 of 4 plain-module runs and 0 of 4 GPT-2 runs;
+it puts ~55% of the loss on the repeat instead of ~80%).
 Earlier, with std-0.02 embeddings, every variant (MLPs on or off, filler weights 0-1, untied,
 initializer_range 0.08, larger or sinusoidal positions, short-segment emphasis) copied through
-lagged heads (layer 0 attending 2-4 back) instead.
+lagged heads (layer 0 attending 2-4 back) or did not copy.
 """
 
 from __future__ import annotations
