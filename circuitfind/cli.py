@@ -176,7 +176,10 @@ def _discover(args: argparse.Namespace) -> int:
     out = Path(args.out or f"circuits/{_safe(args.model)}_{_safe(task.name)}_{method}")
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint"
-    args.partial = f"partial scores are kept in {checkpoint}"
+    if method in ("exact", "acdc"):  # the long sequential methods checkpoint and resume
+        args.partial = (
+            f"partial scores are kept in {checkpoint}; run the same command again to resume"
+        )
     options: dict[str, Any] = {"seed": args.seed}
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
@@ -188,6 +191,9 @@ def _discover(args: argparse.Namespace) -> int:
         top_n=args.top_n,
         threshold=args.threshold,
         target_faithfulness=args.target_faithfulness,
+        steps=args.steps,
+        tau=args.tau,
+        greedy_growth=args.greedy,
         progress=_progress(args),
         checkpoint_dir=checkpoint,
         **options,
@@ -380,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-faithfulness", type=float, metavar="F", help="smallest circuit reaching F"
     )
     d.add_argument("--batch-size", type=int, metavar="B", help="prompts per forward pass")
+    d.add_argument("--steps", type=int, default=5, help="integrated-gradient steps (eap-ig-*)")
+    d.add_argument("--tau", type=float, default=0.01, help="ACDC's threshold on the metric change")
+    d.add_argument(
+        "--greedy", action="store_true", help="with --top-n: grow from the logits (EAP-IG greedy)"
+    )
     d.add_argument("--out", metavar="DIR", help="output directory (default: circuits/...)")
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
     d.set_defaults(func=_discover)

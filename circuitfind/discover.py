@@ -103,7 +103,7 @@ def discover(
         greedy_growth: with ``top_n``, grow from the logits (EAP-IG's greedy) instead.
         steps: integrated-gradient steps (EAP-IG).
         tau, acdc_metric: ACDC's threshold and metric (``kl`` or ``task``).
-        checkpoint_dir: where long exact runs checkpoint and resume.
+        checkpoint_dir: where long runs (exact, acdc) checkpoint and resume.
 
     Returns:
         A ``Circuit`` with every edge's score and ``meta`` holding the metric of the full model,
@@ -138,7 +138,10 @@ def discover(
         scores = eap_scores(model, graph, task, abl, mode=method, steps=steps, **common)  # type: ignore[arg-type]
     elif method == "acdc":
         metric = acdc_metric if acdc_metric != "task" else None
-        scores, kept = acdc(model, graph, task, abl, tau=tau, metric=metric, **common)
+        ckpt = Path(checkpoint_dir) / "acdc_checkpoint.pt" if checkpoint_dir else None
+        scores, kept = acdc(
+            model, graph, task, abl, tau=tau, metric=metric, checkpoint=ckpt, **common
+        )
     else:
         node_level = node_scores(model, graph, task, abl, **common)
         scores = _node_edge_scores(graph, node_level)

@@ -46,6 +46,8 @@ class Evaluation:
     curve_abs: list[tuple[float, float]] = field(default_factory=list)
     cpr: float | None = None  # area under f, edges ranked by signed score
     cmd: float | None = None  # area under |1 - f|, edges ranked by |score|
+    roc_auc_edges: float | None = None  # vs a reference circuit, edges ranked by |score|
+    roc_auc_nodes: float | None = None  # nodes ranked by their largest |edge score|
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,6 +78,7 @@ def evaluate(
     curve: bool = False,
     batch_size: int = 32,
     metric: Any = None,
+    reference: Circuit | set[str] | None = None,
 ) -> Evaluation:
     """Faithfulness of ``circuit`` on ``task`` with everything outside it ablated.
 
@@ -83,6 +86,8 @@ def evaluate(
         ablation: resample / mean / mean-positional / zero; default: the circuit's own.
         curve: also compute the faithfulness curve over circuits holding CURVE_PERCENTS of the
             edges (ranked by |score| and by signed score) and MIB's CPR and CMD areas.
+        reference: a known circuit (a ``Circuit`` or a set of edge names, any spelling): the
+            ROC AUC of the circuit's scores for recovering its edges and its nodes.
     """
     from circuitfind.graph import Graph as _Graph
 
@@ -112,6 +117,16 @@ def evaluate(
         n_edges_total=graph.n_edges,
         ablation=kind,
     )
+    if reference is not None:
+        ref = _reference_mask(graph, reference)
+        result.roc_auc_edges = roc_auc(circuit.scores, ref, graph.valid)
+        node_scores = _node_scores(graph, circuit)
+        ref_nodes = _nodes_of(graph, ref)
+        names = [n.name for n in graph.senders if n.kind != "input"]
+        result.roc_auc_nodes = roc_auc(
+            torch.tensor([node_scores[n] for n in names]),
+            torch.tensor([n in ref_nodes for n in names]),
+        )
     if curve:
         scores = circuit.scores
         for pct in CURVE_PERCENTS:
@@ -123,6 +138,35 @@ def evaluate(
         result.cpr = _area(result.curve)
         result.cmd = _area(result.curve_abs, lambda y: np.abs(1 - y))
     return result
+
+
+def _reference_mask(graph: Graph, reference: Circuit | set[str]) -> Tensor:
+    if isinstance(reference, Circuit):
+        if reference.in_graph.shape != graph.valid.shape:
+            raise InputError("the reference circuit is for a model of another shape")
+        return reference.in_graph & graph.valid
+    mask = torch.zeros_like(graph.valid)
+    for name in reference:
+        e = graph.edge(name)
+        mask[e.sender_index, e.receiver_index] = True
+    return mask
+
+
+def _nodes_of(graph: Graph, edges: Tensor) -> set[str]:
+    s, r = edges.nonzero(as_tuple=True)
+    return {graph.senders[int(i)].name for i in s} | {graph.receivers[int(j)].node for j in r}
+
+
+def _node_scores(graph: Graph, circuit: Circuit) -> dict[str, float]:
+    """A node's score: its own (node methods) or its largest |score| over incident edges."""
+    if circuit.node_scores:
+        return {n.name: abs(circuit.node_scores.get(n.name, 0.0)) for n in graph.senders}
+    mag = circuit.scores.abs().nan_to_num(0.0) * graph.valid
+    out = {n.name: float(mag[i].max()) for i, n in enumerate(graph.senders)}
+    for j, rec in enumerate(graph.receivers):
+        if rec.node in out:
+            out[rec.node] = max(out[rec.node], float(mag[:, j].max()))
+    return out
 
 
 def roc_auc(scores: Tensor, reference: Tensor, valid: Tensor | None = None) -> float:

@@ -24,7 +24,8 @@ Weights are views of the Hugging Face parameters (no second copy); the family ad
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -276,6 +277,7 @@ class Model:
         self.w = weights
         self.tokenizer = tokenizer
         self._kv_index = torch.arange(cfg.n_heads) // cfg.group_size
+        self._installed: list[dict[str, Hook]] = []  # persistent hooks (``Model.hooked``)
 
     # ----------------------------------------------------------------- basics
     @property
@@ -433,6 +435,7 @@ class Model:
         *,
         q_index: Tensor | None = None,
         return_pattern: bool = False,
+        heads: list[int] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Layer ``layer``'s attention from residual-stream inputs (normalised here).
 
@@ -442,6 +445,8 @@ class Model:
             ctx: the run context (``Model.context``).
             q_index: only compute these query positions (keys/values use every position).
             return_pattern: also return the attention probabilities [batch, head, q, k].
+            heads: only compute these query heads (per-head inputs then have len(heads) heads);
+                the outputs' head axis follows this list.
 
         Returns:
             z [batch, q, head, d_head] (before W_O) and the pattern or None.
@@ -459,9 +464,20 @@ class Model:
 
         if q_index is not None:
             x_q = x_q[:, q_index]
-        q = self._project(ln(x_q), lw.W_Q, lw.b_Q, per_head, kv=False)
-        k = self._project(ln(x_k), lw.W_K, lw.b_K, per_head, kv=True)
-        v = self._project(ln(x_v), lw.W_V, lw.b_V, per_head, kv=True)
+        if heads is None:
+            q = self._project(ln(x_q), lw.W_Q, lw.b_Q, per_head, kv=False)
+            k = self._project(ln(x_k), lw.W_K, lw.b_K, per_head, kv=True)
+            v = self._project(ln(x_v), lw.W_V, lw.b_V, per_head, kv=True)
+        else:  # a subset of query heads, each with its own key/value group's weights
+            idx = torch.as_tensor(heads, device=lw.W_Q.device)
+            kv_idx = self._kv_index.to(idx.device)[idx]
+
+            def pick(b: Tensor | None, i: Tensor) -> Tensor | None:
+                return None if b is None else b[i]
+
+            q = self._project(ln(x_q), lw.W_Q[idx], pick(lw.b_Q, idx), True, kv=False)
+            k = self._project(ln(x_k), lw.W_K[kv_idx], pick(lw.b_K, kv_idx), True, kv=False)
+            v = self._project(ln(x_v), lw.W_V[kv_idx], pick(lw.b_V, kv_idx), True, kv=False)
         q = self._rotate(q, ctx, q_index)
         k = self._rotate(k, ctx)
         if k.shape[2] != q.shape[2]:  # shared input, grouped kv heads: expand to query heads
@@ -544,6 +560,41 @@ class Model:
         logits, _ = self._run(tokens, attention_mask, cache=None, hooks=hooks or {})
         return logits
 
+    @contextmanager
+    def hooked(self, hooks: dict[str, Hook]) -> Iterator[Model]:
+        """Apply ``hooks`` to every run of the model inside the block (forward, caches).
+
+        Hooks given to a single call run after these; nested blocks compose in order. Leaving
+        the block always removes them, also on errors.
+        """
+        unknown = set(hooks) - set(self.hook_points())
+        if unknown:
+            raise InputError(
+                f"unknown hook point(s) {sorted(unknown)}; valid: {self.hook_points()}"
+            )
+        self._installed.append(dict(hooks))  # popped in LIFO order: blocks nest
+        try:
+            yield self
+        finally:
+            self._installed.pop()
+
+    def _merged_hooks(self, hooks: dict[str, Hook] | None) -> dict[str, Hook]:
+        layers = [*self._installed, hooks or {}]
+        merged: dict[str, list[Hook]] = {}
+        for layer in layers:
+            for point, fn in layer.items():
+                merged.setdefault(point, []).append(fn)
+
+        def chain(fns: list[Hook]) -> Hook:
+            def run(x: Tensor) -> Tensor:
+                for fn in fns:
+                    x = fn(x)
+                return x
+
+            return run
+
+        return {p: fns[0] if len(fns) == 1 else chain(fns) for p, fns in merged.items()}
+
     def hook_points(self) -> list[str]:
         """Names accepted by ``forward(..., hooks=...)``."""
         points = ["embed"]
@@ -577,6 +628,21 @@ class Model:
         logits, _ = self._run(tokens, attention_mask, cache=cache, patterns=patterns, z=z)
         return logits, cache
 
+    def cache(
+        self,
+        tokens: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        patterns: bool = False,
+        z: bool = False,
+    ) -> ForwardCache:
+        """Like ``run_with_cache`` without the unembedding (cheaper when logits are not needed:
+        the unembedding is a large share of a small model's forward)."""
+        tokens = self.check_tokens(tokens, attention_mask)
+        cache = ForwardCache(self.cfg, input=torch.empty(0))
+        self._run(tokens, attention_mask, cache=cache, patterns=patterns, z=z, unembed=False)
+        return cache
+
     def _run(
         self,
         tokens: Tensor,
@@ -585,8 +651,9 @@ class Model:
         patterns: bool = False,
         z: bool = False,
         hooks: dict[str, Hook] | None = None,
+        unembed: bool = True,
     ) -> tuple[Tensor, ForwardCache | None]:
-        hooks = hooks or {}
+        hooks = self._merged_hooks(hooks) if self._installed else (hooks or {})
 
         def hook(point: str, x: Tensor) -> Tensor:
             fn = hooks.get(point)
@@ -631,4 +698,6 @@ class Model:
         resid = hook("resid_final", resid)
         if cache is not None:
             cache.resid_final = resid
+        if not unembed:
+            return resid, cache
         return self.unembed(resid), cache

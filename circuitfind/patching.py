@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -37,6 +38,7 @@ __all__ = [
     "make_ablation",
     "masked_forward",
     "readout_logits",
+    "save_checkpoint",
     "with_clean_logits",
 ]
 
@@ -98,6 +100,14 @@ def with_clean_logits(model: Model, task: Any) -> Any:
     return task
 
 
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (a run killed mid-write leaves the previous one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
 # ---------------------------------------------------------------------------- ablations
 class Ablation:
     """Where ablated sender outputs come from, for any batch of a task."""
@@ -117,8 +127,7 @@ class Ablation:
         total: Tensor | None = None
         count: Tensor | None = None
         for batch in batches(task, batch_size, self.model.device):
-            _, cache = self.model.run_with_cache(batch.clean, batch.attention_mask)
-            outs = cache.node_outputs()  # [S, b, p, d]
+            outs = self.model.cache(batch.clean, batch.attention_mask).node_outputs()  # [S,b,p,d]
             real = (
                 batch.attention_mask.to(outs.dtype)
                 if batch.attention_mask is not None
@@ -148,9 +157,7 @@ class Ablation:
         if self.kind == "resample":
             if corrupted_cache is None:
                 with torch.no_grad():
-                    _, corrupted_cache = self.model.run_with_cache(
-                        batch.corrupted, batch.attention_mask
-                    )
+                    corrupted_cache = self.model.cache(batch.corrupted, batch.attention_mask)
             return corrupted_cache.node_outputs()
         if self.kind == "zero":
             return torch.zeros(
@@ -338,7 +345,7 @@ class MaskEvaluator:
         self.n = len(task)
         with torch.no_grad():
             for batch in batches(task, batch_size, model.device):
-                _, cache = model.run_with_cache(batch.clean, batch.attention_mask)
+                cache = model.cache(batch.clean, batch.attention_mask)
                 A = ablation.outputs(batch)
                 self.prepared.append(_Prepared(batch, A, cache.node_outputs() - A))
 

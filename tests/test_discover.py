@@ -104,3 +104,15 @@ def test_roc_auc_closed_form():
     mixed = torch.tensor([True, False, True, False, False])
     # positives 0.9, 0.1 vs negatives 0.8, 0.05, 0.7: 0.9 beats 3, 0.1 beats 1 -> 4 of 6 pairs
     assert roc_auc(scores, mixed) == pytest.approx(4 / 6)
+
+
+def test_roc_auc_against_a_reference_circuit(setup):
+    model, task = setup
+    c = cf.discover(model, task, method="eap", top_n=20, progress=False)
+    # the 20 highest-|score| edges: the scores rank them above every other edge
+    reference = set(c.with_edges(top_n(c.graph, c.scores, 20)).edge_names)
+    ev = cf.evaluate(model, task, c, reference=reference)
+    assert ev.roc_auc_edges == pytest.approx(1.0)
+    assert 0.5 < ev.roc_auc_nodes <= 1.0
+    spelled = {name.replace("a", "L", 1) if name.startswith("a") else name for name in reference}
+    assert cf.evaluate(model, task, c, reference=spelled).roc_auc_edges == pytest.approx(1.0)

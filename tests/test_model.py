@@ -256,3 +256,43 @@ def test_hooks_fire_and_replace_values():
     torch.testing.assert_close(zeroed, expected.expand_as(zeroed), atol=1e-5, rtol=0)
     with pytest.raises(cf.InputError, match="unknown hook point"):
         model(tokens, hooks={"resid_pre.99": record})
+
+
+def test_installed_hooks_nest_compose_and_always_come_off():
+    model = cf.load(make_hf_model("gpt2"))
+    tokens = torch.randint(0, VOCAB, (1, 5))
+    base = model(tokens)
+    double = {"resid_final": lambda x: 2 * x}
+    plus = {"resid_final": lambda x: x + 1}
+    with model.hooked(double):
+        with model.hooked(plus):
+            nested = model(tokens, hooks={"resid_final": lambda x: x * 3})
+        only_double = model(tokens)
+    # (2x + 1) * 3, in installation order, then the call's own hook
+    expected = model(tokens, hooks={"resid_final": lambda x: (2 * x + 1) * 3})
+    torch.testing.assert_close(nested, expected)
+    torch.testing.assert_close(only_double, model(tokens, hooks=double))
+    with pytest.raises(RuntimeError), model.hooked(double):
+        raise RuntimeError("boom")
+    torch.testing.assert_close(model(tokens), base)
+    cache = model.cache(tokens)
+    logits, full = model.run_with_cache(tokens)
+    torch.testing.assert_close(cache.resid_final, full.resid_final)
+    torch.testing.assert_close(model.unembed(cache.resid_final), logits)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa-llama3rope", "qwen2-sliding-mqa"])
+def test_a_subset_of_heads_equals_those_heads_of_the_full_layer(name):
+    model = cf.load(make_hf_model(name))
+    tokens = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        ctx = model.context(model.check_tokens(tokens))
+        x = cache.resid_pre[1]
+        full, _ = model.attention(1, x, x, x, ctx)
+        subset = [model.cfg.n_heads - 1, 0]
+        part, _ = model.attention(1, x, x, x, ctx, heads=subset)
+        torch.testing.assert_close(part, full[:, :, subset], atol=1e-5, rtol=0)
+        per_head = x.unsqueeze(2).expand(-1, -1, 2, -1)
+        part2, _ = model.attention(1, per_head, x, per_head, ctx, heads=subset)
+        torch.testing.assert_close(part2, full[:, :, subset], atol=1e-5, rtol=0)

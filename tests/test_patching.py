@@ -195,7 +195,7 @@ def test_eap_approximates_exact_on_average():
 
 
 def test_acdc_limits():
-    model = cf.load(make_hf_model("gpt2"))
+    model = cf.load(make_hf_model("gpt_neox-sequential"))  # 46 edges: quick
     graph = cf.Graph.from_model(model)
     task = _random_task(n=4)
     abl = Ablation(model, task, "resample")
@@ -210,7 +210,7 @@ def test_acdc_limits():
 
 
 def test_exact_checkpoint_resumes_after_an_interruption(tmp_path):
-    model = cf.load(make_hf_model("gpt2"))
+    model = cf.load(make_hf_model("gpt_neox-sequential"))  # 46 edges: quick
     graph = cf.Graph.from_model(model)
     task = _random_task(n=6)
     abl = Ablation(model, task, "resample")
@@ -237,7 +237,7 @@ def test_exact_checkpoint_resumes_after_an_interruption(tmp_path):
         exact_scores(
             model,
             graph,
-            Interrupting(task, 40),
+            Interrupting(task, 12),
             abl,
             batch_size=3,
             progress=False,
@@ -248,3 +248,47 @@ def test_exact_checkpoint_resumes_after_an_interruption(tmp_path):
     resumed = exact_scores(model, graph, task, abl, batch_size=3, progress=False, checkpoint=ckpt)
     v = graph.valid
     torch.testing.assert_close(resumed[v], full[v], atol=1e-5, rtol=0)
+
+
+def test_acdc_checkpoint_resumes_after_an_interruption(tmp_path):
+    model = cf.load(make_hf_model("gpt_neox-sequential"))  # 46 edges: quick
+    graph = cf.Graph.from_model(model)
+    task = _random_task(n=4).with_clean_logits(model)
+    abl = Ablation(model, task, "resample")
+    scores, kept = acdc(model, graph, task, abl, tau=0.02, metric="kl", progress=False)
+
+    import circuitfind.patching as patching
+
+    calls = {"n": 0}
+    original = patching.MaskEvaluator.__call__
+
+    def interrupting(self, mask, start_layer=0):
+        calls["n"] += 1
+        if calls["n"] > 20:
+            raise KeyboardInterrupt
+        return original(self, mask, start_layer)
+
+    ckpt = tmp_path / "acdc.pt"
+    patching.MaskEvaluator.__call__ = interrupting
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            acdc(
+                model,
+                graph,
+                task,
+                abl,
+                tau=0.02,
+                metric="kl",
+                progress=False,
+                checkpoint=ckpt,
+                checkpoint_every_s=0.0,
+            )
+    finally:
+        patching.MaskEvaluator.__call__ = original
+    assert ckpt.is_file()
+    resumed_scores, resumed = acdc(
+        model, graph, task, abl, tau=0.02, metric="kl", progress=False, checkpoint=ckpt
+    )
+    assert torch.equal(resumed, kept)
+    v = graph.valid & ~torch.isnan(scores)
+    torch.testing.assert_close(resumed_scores[v], scores[v], atol=1e-6, rtol=0)

@@ -19,7 +19,7 @@ diagrams (``head_roles``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -57,16 +57,19 @@ def repeated_random_tokens(
 ) -> Tensor:
     """``n`` random sequences of ``seq_len`` tokens each followed by itself: [n, 2 * seq_len].
 
-    Tokens within one half are distinct where the vocabulary allows, so every repeat is planted.
+    Tokens within one half are distinct where the vocabulary allows, so every repeat is planted;
+    the tokenizer's special tokens are never drawn.
     """
     gen = torch.Generator().manual_seed(seed)
-    vocab = model.cfg.d_vocab
+    special = set(getattr(model.tokenizer, "all_special_ids", None) or [])
+    usable = torch.tensor([t for t in range(model.cfg.d_vocab) if t not in special])
     if model.cfg.positional == "learned" and model.cfg.n_ctx:
         seq_len = min(seq_len, model.cfg.n_ctx // 2)
-    if vocab >= seq_len:
-        half = torch.stack([torch.randperm(vocab, generator=gen)[:seq_len] for _ in range(n)])
+    if len(usable) >= seq_len:
+        picks = [torch.randperm(len(usable), generator=gen)[:seq_len] for _ in range(n)]
+        half = usable[torch.stack(picks)]
     else:
-        half = torch.randint(0, vocab, (n, seq_len), generator=gen)
+        half = usable[torch.randint(0, len(usable), (n, seq_len), generator=gen)]
     return torch.cat([half, half], dim=1).to(model.device)
 
 
@@ -83,29 +86,17 @@ def pattern_scores(
     Returns:
         ``{"previous_token", "duplicate_token", "induction"}``, each [n_layers, n_heads].
     """
-    batch, seq = tokens.shape
-    real = (
-        torch.ones(batch, seq, dtype=torch.bool, device=tokens.device)
-        if attention_mask is None
-        else attention_mask.bool().to(tokens.device)
-    )
-    q = torch.arange(seq, device=tokens.device)[:, None]
-    k = torch.arange(seq, device=tokens.device)[None, :]
-    both = real[:, :, None] & real[:, None, :]  # [batch, q, k]
-    prev = (k == q - 1)[None] & both
-    same = (tokens[:, :, None] == tokens[:, None, :]) & (k < q)[None] & both
-    # induction: key k follows an earlier occurrence of the query's token (tokens[k-1] == tokens[q])
-    shifted = torch.cat([tokens.new_full((batch, 1), -1), tokens[:, :-1]], dim=1)
-    ind = (tokens[:, :, None] == shifted[:, None, :]) & (k <= q)[None] & (k >= 1)[None] & both
-    ind = ind & real[:, None, :].roll(1, dims=2)  # the token before k is real too
+    # One definition of each score, shared with the head roles of circuit diagrams.
+    from circuitfind.roles import duplicate_token_score, induction_score, previous_token_score
 
-    def score(target: Tensor) -> Tensor:
-        rows = target.any(-1)  # [batch, q] queries that have a target
-        mass = (patterns.float() * target[None, :, None].float()).sum(-1)  # [L, b, h, q]
-        weight = rows[None, :, None].float()
-        return (mass * weight).sum((1, 3)) / weight.sum((1, 3)).clamp(min=1)
+    def per_layer(fn: Any, *args: Any) -> Tensor:
+        return torch.stack([fn(p, *args) for p in patterns]).nan_to_num(0.0)
 
-    return {"previous_token": score(prev), "duplicate_token": score(same), "induction": score(ind)}
+    return {
+        "previous_token": per_layer(previous_token_score, attention_mask),
+        "duplicate_token": per_layer(duplicate_token_score, tokens, attention_mask),
+        "induction": per_layer(induction_score, tokens, attention_mask),
+    }
 
 
 def copying_scores(model: Model) -> Tensor:

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -56,35 +56,8 @@ def hooked(model: Model, hooks: dict[str, Hook]) -> Iterator[Model]:
     Hooks given to a call are applied after these. Nested blocks compose; leaving a block
     always restores the model, also on errors.
     """
-    unknown = set(hooks) - set(model.hook_points())
-    if unknown:
-        raise InputError(f"unknown hook point(s) {sorted(unknown)}; valid: {model.hook_points()}")
-    had_own = "_run" in model.__dict__
-    previous = model.__dict__.get("_run")
-    inner = model._run
-
-    def run(
-        tokens: Tensor,
-        attention_mask: Tensor | None,
-        cache: Any,
-        patterns: bool = False,
-        z: bool = False,
-        hooks: dict[str, Hook] | None = None,
-    ) -> Any:
-        merged = dict(installed)
-        for point, fn in (hooks or {}).items():
-            merged[point] = _compose(merged[point], fn) if point in merged else fn
-        return inner(tokens, attention_mask, cache, patterns, z, merged)
-
-    installed = dict(hooks)
-    model._run = run  # type: ignore[method-assign]
-    try:
+    with model.hooked(hooks):
         yield model
-    finally:
-        if had_own:
-            model._run = previous  # type: ignore[method-assign,assignment]
-        else:
-            del model.__dict__["_run"]
 
 
 def activations_at(

@@ -9,6 +9,9 @@ start at the current receiver's layer from the clean cache.
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,9 +20,11 @@ from tqdm.auto import tqdm
 
 from circuitfind.graph import Graph
 from circuitfind.model import Model
-from circuitfind.patching import Ablation, MaskEvaluator, with_clean_logits
+from circuitfind.patching import Ablation, MaskEvaluator, save_checkpoint, with_clean_logits
 
 __all__ = ["acdc"]
+
+logger = logging.getLogger(__name__)
 
 
 def acdc(
@@ -32,18 +37,43 @@ def acdc(
     metric: Any = "kl",
     batch_size: int = 32,
     progress: bool = True,
+    checkpoint: Path | None = None,
+    checkpoint_every_s: float = 60.0,
 ) -> tuple[Tensor, Tensor]:
     """Run ACDC. Returns (scores [S, R]: the metric change measured when each edge was tried,
-    NaN for edges never tried; kept [S, R] bool)."""
+    NaN for edges never tried; kept [S, R] bool).
+
+    With ``checkpoint``, the state (mask, scores, receivers done) is saved there every
+    ``checkpoint_every_s`` seconds, and a later call with the same file resumes.
+    """
     task = with_clean_logits(model, task)
     evaluator = MaskEvaluator(model, graph, task, ablation, batch_size, metric=metric)
     name = metric if isinstance(metric, str) else getattr(metric, "name", "")
     one_sided = name == "kl"
     mask = graph.valid.clone().to(torch.float32)
     scores = torch.full((graph.n_senders, graph.n_receivers), float("nan"))
+    first = graph.n_receivers - 1  # receivers are visited from the last to the first
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=True)
+        if tuple(state["mask"].shape) == tuple(mask.shape) and state["tau"] == tau:
+            mask, scores, first = state["mask"], state["scores"], int(state["next"])
+            logger.info("resuming ACDC from %s", checkpoint)
     current = evaluator(mask)
-    bar = tqdm(total=graph.n_edges, desc="acdc", disable=not progress, unit="edge")
-    for r in reversed(range(graph.n_receivers)):
+
+    def save(next_receiver: int) -> None:
+        if checkpoint is None:
+            return
+        save_checkpoint(
+            checkpoint, {"mask": mask, "scores": scores, "next": next_receiver, "tau": tau}
+        )
+
+    last_save = time.monotonic()
+    done = int(graph.n_upstream[first + 1 :].sum())
+    bar = tqdm(total=graph.n_edges, initial=done, desc="acdc", disable=not progress, unit="edge")
+    for r in reversed(range(first + 1)):
+        if checkpoint is not None and time.monotonic() - last_save > checkpoint_every_s:
+            save(r)
+            last_save = time.monotonic()
         rec = graph.receivers[r]
         upstream = int(graph.n_upstream[r])
         if rec.node != "logits":
@@ -65,4 +95,5 @@ def acdc(
                 mask[s, r] = 1
             bar.update(1)
     bar.close()
+    save(-1)
     return scores, mask.bool() & graph.valid

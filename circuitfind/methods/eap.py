@@ -38,10 +38,15 @@ def _probed_forward(
     *,
     embed: Tensor | None,
     targets: Tensor | None,
+    record: list[Tensor] | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
-    """Readout logits and the probes [one per receiver group] whose gradients are receiver-input
-    gradients. ``embed`` overrides the input node's output; ``targets`` [S, b, p, d] pins every
-    node's output value (the gradient still flows through the node)."""
+    """Readout logits and the probes whose gradients are the receiver-input gradients.
+
+    Probes come in receiver order per layer (q [b,p,H,d], k, v, MLP [b,p,d]) and then the
+    logits. ``embed`` overrides the input node's output; ``targets`` [S, b, p, d] pins every
+    node's output value (the gradient still flows through the node). ``record`` collects the
+    node outputs of this run (detached), in sender order, for the caller.
+    """
     cfg = model.cfg
     b, p = tokens.shape
     H, d = cfg.n_heads, cfg.d_model
@@ -55,12 +60,15 @@ def _probed_forward(
 
     def pin(out: Tensor, index: int | slice) -> Tensor:
         """The node's output with its value set to the target, its gradient path kept."""
-        if targets is None:
-            return out
-        return out + (_target(targets, index, out) - out).detach()
+        if targets is not None:
+            out = out + (_target(targets, index, out) - out).detach()
+        if record is not None:
+            record.append(
+                out.detach().permute(2, 0, 1, 3) if out.dim() == 4 else out.detach()[None]
+            )
+        return out
 
-    resid = model.embed(tokens, ctx) if embed is None else embed
-    resid = pin(resid, 0)
+    resid = pin(model.embed(tokens, ctx) if embed is None else embed, 0)
     for layer in range(cfg.n_layers):
         base = 1 + layer * (H + 1)
         x = resid.unsqueeze(2)
@@ -101,6 +109,25 @@ def _group_grads(grads: list[Tensor]) -> Tensor:
     return torch.cat(out, dim=0)
 
 
+def _contract(graph: Graph, diff: Tensor, grads: Tensor) -> Tensor:
+    """scores[s, r] = <diff_s, grad_r> over prompts, positions and d_model, for valid edges only:
+    receivers sharing an upstream count form one block against that prefix of senders."""
+    S, R = graph.n_senders, graph.n_receivers
+    out = torch.zeros(S, R, dtype=torch.float64)
+    flat_d = diff.reshape(S, -1).float()
+    flat_g = grads.reshape(R, -1).float()
+    upstream = graph.n_upstream.tolist()
+    start = 0
+    while start < R:
+        stop = start
+        while stop < R and upstream[stop] == upstream[start]:
+            stop += 1
+        up = upstream[start]
+        out[:up, start:stop] = (flat_d[:up] @ flat_g[start:stop].T).double().cpu()
+        start = stop
+    return out
+
+
 def eap_scores(
     model: Model,
     graph: Graph,
@@ -113,7 +140,12 @@ def eap_scores(
     metric: Any = None,
     progress: bool = True,
 ) -> Tensor:
-    """Attribution scores for every edge: [S, R] (NaN outside ``graph.valid``)."""
+    """Attribution scores for every edge: [S, R] (NaN outside ``graph.valid``).
+
+    Cost per batch: the ablated run (for resample, the corrupted forward, no unembedding), then
+    one probed forward + backward per step; the clean node outputs are recorded from the clean
+    pass itself (alpha = 1), so EAP costs 2 forwards + 1 backward.
+    """
     if mode == "eap":
         alphas = [1.0]
     else:
@@ -125,35 +157,47 @@ def eap_scores(
     n_batches = -(-len(task) // batch_size)
     bar = tqdm(total=n_batches * len(alphas), desc=mode, disable=not progress, unit="pass")
     for batch in batches(task, batch_size, model.device):
-        with torch.no_grad():
-            _, cache = model.run_with_cache(batch.clean, batch.attention_mask)
-            clean = cache.node_outputs()  # [S, b, p, d]
-            A = ablation.outputs(batch).expand_as(clean)
         ctx = model.context(batch.clean, batch.attention_mask)
+        b, p = batch.clean.shape
+        with torch.no_grad():
+            A = ablation.outputs(batch)  # [S, b|1, p|1, d]
+            clean: Tensor | None = None
+            if mode == "eap-ig-activations":
+                clean = model.cache(batch.clean, batch.attention_mask).node_outputs()
+            elif mode == "eap-ig-inputs":
+                embed_clean = model.embed(batch.clean, ctx)
+        A_full = A.expand(S, b, p, model.cfg.d_model)
         grad_sum: Tensor | None = None
         for alpha in alphas:
             embed = targets = None
+            record: list[Tensor] | None = [] if alpha == 1.0 and clean is None else None
             if mode == "eap-ig-inputs":
-                embed = A[0] + alpha * (clean[0] - A[0])
+                embed = A_full[0] + alpha * (embed_clean - A_full[0])
             elif mode == "eap-ig-activations":
-                targets = A + alpha * (clean - A)
+                assert clean is not None
+                targets = A_full + alpha * (clean - A_full)
             with torch.enable_grad():
                 logits, probes = _probed_forward(
-                    model, ctx, batch.clean, batch.readout, embed=embed, targets=targets
+                    model,
+                    ctx,
+                    batch.clean,
+                    batch.readout,
+                    embed=embed,
+                    targets=targets,
+                    record=record,
                 )
                 value = task.metric_fn(
                     logits.float(), batch.idx, reduce="none", metric=metric
                 ).sum()
                 grads = torch.autograd.grad(value, probes)
+            if record is not None:  # the alpha = 1 pass is the clean run
+                clean = torch.cat(record, dim=0)
             g = _group_grads(list(grads))
-            grad_sum = g if grad_sum is None else grad_sum + g
+            grad_sum = g if grad_sum is None else grad_sum.add_(g)
             bar.update(1)
-        assert grad_sum is not None
+        assert grad_sum is not None and clean is not None
         with torch.no_grad():
-            grad_mean = grad_sum / len(alphas)
-            totals += (
-                torch.einsum("sbpd,rbpd->sr", (A - clean).float(), grad_mean.float()).double().cpu()
-            )
+            totals += _contract(graph, A_full - clean, grad_sum / len(alphas))
     bar.close()
     scores = (totals / len(task)).float()
     scores[~graph.valid] = float("nan")

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from circuitfind.graph import Graph
 from circuitfind.model import ForwardCache, Model, RunContext
-from circuitfind.patching import Ablation, batches, readout_logits, run_from
+from circuitfind.patching import Ablation, batches, readout_logits, run_from, save_checkpoint
 
 __all__ = ["exact_scores"]
 
@@ -71,8 +71,10 @@ def _patched_logits(
         x = _tile(cache.resid_pre[layer], V)
         shifted = x + delta
         inputs = [shifted if t == rec.qkv else x for t in ("q", "k", "v")]
-        z, _ = model.attention(layer, inputs[0], inputs[1], inputs[2], ctx_v, q_index=pos)
-        new_head = torch.einsum("bpe,em->bpm", z[:, :, head], model.w.layers[layer].W_O[head])
+        z, _ = model.attention(
+            layer, inputs[0], inputs[1], inputs[2], ctx_v, q_index=pos, heads=[head]
+        )
+        new_head = torch.einsum("bpe,em->bpm", z[:, :, 0], model.w.layers[layer].W_O[head])
         clean_head = cache.heads[layer][:, :, head]
         if pos is not None:
             clean_head, after = clean_head[:, pos], after[:, pos]
@@ -122,10 +124,9 @@ def exact_scores(
     def save(batch_i: int, receiver: int) -> None:
         if checkpoint is None:
             return
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save({"totals": totals, "batch": batch_i, "receiver": receiver, "n": n}, tmp)
-        tmp.replace(checkpoint)
+        save_checkpoint(
+            checkpoint, {"totals": totals, "batch": batch_i, "receiver": receiver, "n": n}
+        )
 
     bar = tqdm(
         total=graph.n_edges * -(-n // batch_size),
@@ -139,7 +140,7 @@ def exact_scores(
             if batch_i < done_batches:
                 bar.update(graph.n_edges)
                 continue
-            _, cache = model.run_with_cache(batch.clean, batch.attention_mask)
+            cache = model.cache(batch.clean, batch.attention_mask)
             A = ablation.outputs(batch)
             diff = cache.node_outputs() - A.expand(-1, *cache.input.shape)  # [S, b, p, d]
             ctx = model.context(batch.clean, batch.attention_mask)

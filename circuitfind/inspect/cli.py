@@ -1,0 +1,470 @@
+"""The inspection subcommands: ``circuitfind lens | dla | attention | probe | sae | steer |
+attribute``. Each takes ``--model SRC`` (hub name, local dir or ``zoo:NAME``), prints a table
+(or JSON with ``--json``) and writes a plot with ``--plot FILE.{png,svg,pdf}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from circuitfind.errors import InputError
+
+if TYPE_CHECKING:
+    from circuitfind.model import Model
+
+__all__ = ["register"]
+
+
+# ----------------------------------------------------------------------------- shared
+def _common(p: argparse.ArgumentParser, *, prompt: bool = True) -> None:
+    p.add_argument("--model", required=True, help="hub name, local directory or zoo:NAME")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+    if prompt:
+        p.add_argument(
+            "--prompt", action="append", default=None, help="prompt text (repeat for a batch)"
+        )
+        p.add_argument(
+            "--tokens", default=None, help="token ids instead of text: '5,8,13' (';' between rows)"
+        )
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--plot", default=None, metavar="FILE", help="write a plot (.png/.svg/.pdf)")
+
+
+def _load(args: argparse.Namespace) -> Model:
+    from circuitfind.loading import load
+
+    return load(args.model, device=args.device, dtype=args.dtype)
+
+
+def _tokens(model: Model, args: argparse.Namespace, *, required: bool = True) -> Any:
+    if getattr(args, "tokens", None):
+        rows = [[int(t) for t in row.split(",") if t.strip()] for row in args.tokens.split(";")]
+        if len({len(r) for r in rows}) != 1:
+            raise InputError("--tokens rows must have equal lengths")
+        return torch.tensor(rows)
+    if getattr(args, "prompt", None):
+        return args.prompt if len(args.prompt) > 1 else args.prompt[0]
+    if required:
+        raise InputError("give --prompt TEXT (or --tokens IDS for a model without tokenizer)")
+    return None
+
+
+def _answer(value: str | None) -> Any:
+    if value is None:
+        return None
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _decode(model: Model, ids: Any) -> list[str]:
+    ids = [int(i) for i in ids]
+    if model.tokenizer is None:
+        return [str(i) for i in ids]
+    return [model.tokenizer.decode([i]) for i in ids]
+
+
+def _lines(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"file {path} does not exist")
+    return [ln for ln in p.read_text().splitlines() if ln.strip()]
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data) if args.json else text)
+
+
+# ----------------------------------------------------------------------------- lens
+def _lens(args: argparse.Namespace) -> int:
+    from circuitfind.inspect._common import as_tokens
+    from circuitfind.inspect.lens import TunedLens, lens_kl, logit_lens, train_tuned_lens
+
+    model = _load(args)
+    lens = None
+    if args.train_tuned:
+        corpus = _lines(args.corpus) if args.corpus else None
+        if corpus is None:
+            raise InputError("--train-tuned needs --corpus FILE (one text a line)")
+        ids, _ = as_tokens(model, corpus)
+        lens = train_tuned_lens(model, ids, epochs=args.epochs, progress=True)
+        lens.save(args.train_tuned)
+    elif args.tuned:
+        lens = TunedLens.load(args.tuned).to(model.device)
+    ids, mask = as_tokens(model, _tokens(model, args))
+    logp = logit_lens(model, ids, mask, lens=lens)[:, 0]  # first prompt: [layer, pos, vocab]
+    kl = lens_kl(model, ids, mask, lens=lens).tolist()
+    words = _decode(model, ids[0])
+    top = [_decode(model, row.argmax(-1)) for row in logp]
+    names = [f"L{i}" for i in range(model.cfg.n_layers)] + ["out"]
+    data = {
+        "tokens": words,
+        "layers": [
+            {"layer": n, "top": t, "kl": k, "p_top": row.exp().amax(-1).tolist()}
+            for n, t, k, row in zip(names, top, kl, logp)
+        ],
+        "tuned": lens is not None,
+    }
+    width = max(8, *(len(w) for w in words))
+    text = "\n".join(
+        [f"{'':>5} {'KL':>7}  " + " ".join(f"{w[:width]:>{width}}" for w in words)]
+        + [
+            f"{n:>5} {k:7.3f}  " + " ".join(f"{w[:width]:>{width}}" for w in t)
+            for n, k, t in zip(names, kl, top)
+        ]
+    )
+    if args.plot:
+        from circuitfind.inspect.plots import plot_lens
+
+        plot_lens(logp, words, top, args.plot)
+    _emit(args, data, text)
+    return 0
+
+
+# ----------------------------------------------------------------------------- dla
+def _dla(args: argparse.Namespace) -> int:
+    from circuitfind.inspect.dla import dla
+
+    model = _load(args)
+    parts = dla(model, _tokens(model, args), _answer(args.answer), _answer(args.wrong))
+    means = {k: float(v.mean()) for k, v in parts.items()}
+    total = sum(means.values())
+    ranked = sorted(means.items(), key=lambda kv: -abs(kv[1]))
+    shown = ranked[: args.top]
+    text = "\n".join(
+        [f"{'node':>10} {'contribution':>13}"]
+        + [f"{k:>10} {v:13.4f}" for k, v in shown]
+        + [f"{'total':>10} {total:13.4f}  (= the model's logit{' diff' if args.wrong else ''})"]
+    )
+    if args.plot:
+        from circuitfind.inspect.plots import plot_dla
+
+        plot_dla(means, args.plot, top=args.top)
+    _emit(args, {"contributions": means, "total": total}, text)
+    return 0
+
+
+# ----------------------------------------------------------------------------- attention
+def _attention(args: argparse.Namespace) -> int:
+    from circuitfind.inspect._common import as_tokens
+    from circuitfind.inspect.attention import attention_patterns, head_roles, head_scores
+
+    model = _load(args)
+    tokens = _tokens(model, args, required=False)
+    scores = head_scores(model, tokens, n=args.n, seq_len=args.seq_len, seed=args.seed)
+    roles = head_roles(scores)
+    data = {"scores": {k: v.tolist() for k, v in scores.items()}, "roles": roles}
+    short = {"previous_token": "prev-token", "duplicate_token": "duplicate"}
+    header = f"{'head':>6} " + " ".join(f"{short.get(r, r):>12}" for r in scores) + "  role"
+    rows = [header]
+    for layer in range(model.cfg.n_layers):
+        for h in range(model.cfg.n_heads):
+            vals = " ".join(f"{float(s[layer, h]):12.3f}" for s in scores.values())
+            rows.append(f"{f'L{layer}H{h}':>6} {vals}  {roles.get(f'a{layer}.h{h}', '')}")
+    if args.plot:
+        from circuitfind.inspect import plots
+
+        if tokens is not None:
+            ids, mask = as_tokens(model, tokens)
+            pats = attention_patterns(model, ids, mask)[:, 0]
+            plots.plot_attention_grid(pats, _decode(model, ids[0]), args.plot)
+        else:
+            plots.plot_head_scores(scores, args.plot)
+    _emit(args, data, "\n".join(rows))
+    return 0
+
+
+# ----------------------------------------------------------------------------- probe
+def _probe(args: argparse.Namespace) -> int:
+    from circuitfind.inspect.probe import load_labelled, train_probes
+
+    model = _load(args)
+    texts, labels = load_labelled(args.data)
+    sites = args.site or None
+    res = train_probes(model, texts, labels, sites=sites, test_fraction=args.test_fraction)
+    text = "\n".join(
+        [f"{'site':>14} {'train':>7} {'held-out':>9}"]
+        + [f"{s:>14} {res.train_accuracy[s]:7.3f} {res.test_accuracy[s]:9.3f}" for s in res.sites]
+        + [f"majority-class accuracy {res.chance:.3f}; best site {res.best_site()}"]
+    )
+    if args.save_directions:
+        from safetensors.torch import save_file
+
+        save_file({s: d.contiguous() for s, d in res.directions.items()}, str(args.save_directions))
+    if args.plot:
+        from circuitfind.inspect.plots import plot_probe
+
+        plot_probe(res.test_accuracy, args.plot, chance=res.chance)
+    _emit(args, res.to_dict(), text)
+    return 0
+
+
+# ----------------------------------------------------------------------------- sae
+def _sae(args: argparse.Namespace) -> int:
+    from circuitfind.inspect._common import as_tokens
+    from circuitfind.inspect.sae import (
+        SAE,
+        SAEConfig,
+        evaluate_sae,
+        site_activations,
+        splice_metrics,
+        top_activations,
+        train_sae,
+    )
+
+    model = _load(args)
+    if args.data:
+        ids, mask = as_tokens(model, _lines(args.data))
+    else:
+        gen = torch.Generator().manual_seed(0)
+        ids, mask = torch.randint(0, model.cfg.d_vocab, (args.random, 32), generator=gen), None
+    acts = torch.cat(list(site_activations(model, ids, args.site, attention_mask=mask)))
+    if args.load:
+        sae = SAE.load(args.load)
+    else:
+        cfg = SAEConfig(
+            d_in=acts.shape[-1],
+            d_sae=args.d_sae or 4 * acts.shape[-1],
+            architecture=args.arch,
+            k=args.k,
+            l1_coefficient=args.l1,
+            hook_name=args.site,
+            model_name=args.model,
+        )
+        sae = train_sae(acts, cfg, steps=args.steps, batch_size=args.batch_size, progress=True)
+    metrics = evaluate_sae(sae, acts)
+    metrics.update(splice_metrics(model, sae, ids, args.site, attention_mask=mask))
+    data: dict[str, Any] = {"metrics": metrics}
+    if args.out:
+        data["saved"] = str(sae.save(args.out))
+    if args.feature is not None:
+        data["feature"] = top_activations(model, sae, ids, args.site, args.feature, k=10)
+    text = "\n".join(f"{k:>20}: {v:.4f}" for k, v in metrics.items())
+    if "feature" in data:
+        text += f"\nfeature {args.feature} top activations:\n" + "\n".join(
+            f"  {r['activation']:8.3f}  {r['context']!r}" for r in data["feature"]
+        )
+    if args.plot:
+        from circuitfind.inspect.plots import _plt, _save
+
+        plt = _plt()
+        with torch.no_grad():
+            freq = (sae.encode(acts) > 0).float().mean(0).clamp(min=1e-6)
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.hist(freq.log10().numpy(), bins=40)
+        ax.set_xlabel("log10 feature firing frequency")
+        ax.set_ylabel("features")
+        _save(fig, args.plot)
+    _emit(args, data, text)
+    return 0
+
+
+# ----------------------------------------------------------------------------- steer
+def _steer(args: argparse.Namespace) -> int:
+    from circuitfind.inspect import steer
+
+    model = _load(args)
+    if args.vector:
+        from safetensors.torch import load_file
+
+        vecs = load_file(args.vector)
+        key = args.vector_key or next(iter(vecs))
+        if key not in vecs:
+            raise InputError(f"{args.vector} has no vector {key!r}; it has {sorted(vecs)}")
+        vector = vecs[key].reshape(-1, model.cfg.d_model)[0]
+    elif args.positive and args.negative:
+        vector = steer.steering_vector(
+            model, _lines(args.positive), _lines(args.negative), layer=args.layer
+        )
+    else:
+        raise InputError("give --positive FILE and --negative FILE, or --vector FILE")
+    data: dict[str, Any] = {"layer": args.layer, "norm": float(vector.norm())}
+    lines = []
+    if args.orthogonalize_out:
+        steer.orthogonalize_weights(model, vector, args.orthogonalize_out)
+        data["saved"] = args.orthogonalize_out
+        lines.append(f"orthogonalized weights saved to {args.orthogonalize_out}")
+    prompt = _tokens(model, args, required=not args.orthogonalize_out)
+    if prompt is not None:
+        if args.ablate:
+            plain = steer.generate(model, prompt, max_new_tokens=args.max_new_tokens)
+            with steer.directional_ablation(model, vector):
+                abl = steer.generate(model, prompt, max_new_tokens=args.max_new_tokens)
+            n = len(plain[0]) - args.max_new_tokens
+            gens: dict[str, Any] = {
+                "plain": _decode(model, plain[0, n:]),
+                "ablated": _decode(model, abl[0, n:]),
+            }
+        else:
+            coeffs = [0.0, *(args.coeff or [4.0])]
+            out = steer.compare_generations(
+                model, prompt, vector, layer=args.layer, coeffs=coeffs,
+                max_new_tokens=args.max_new_tokens,
+            )  # fmt: skip
+            gens = {f"coeff {c:g}": v for c, v in out.items()}
+        data["generations"] = {
+            k: v if isinstance(v, str) else "".join(map(str, v)) for k, v in gens.items()
+        }
+        lines += [f"{k:>12}: {v}" for k, v in data["generations"].items()]
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
+# ----------------------------------------------------------------------------- attribute
+def _attribute(args: argparse.Namespace) -> int:
+    from circuitfind.inspect._common import as_tokens
+    from circuitfind.inspect.attribute import attribute
+
+    model = _load(args)
+    ids, mask = as_tokens(model, _tokens(model, args))
+    scores = attribute(
+        model, ids, _answer(args.answer), _answer(args.wrong), method=args.method,
+        attention_mask=mask, steps=args.steps,
+    )  # fmt: skip
+    words = _decode(model, ids[0])
+    data = {"tokens": words, "scores": scores[0].tolist(), "method": args.method}
+    text = "\n".join(f"{w!r:>16} {s:+9.4f}" for w, s in zip(words, scores[0].tolist()))
+    if args.plot:
+        from circuitfind.inspect.plots import plot_attribution
+
+        plot_attribution(words, scores[0], args.plot)
+    _emit(args, data, text)
+    return 0
+
+
+# ----------------------------------------------------------------------------- wiring
+def register(sub: Any) -> None:
+    """Add the inspection subcommands to the ``circuitfind`` parser's subparsers."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "lens",
+        help="logit lens / tuned lens: each layer's next-token guess",
+        description="Read the residual stream before each layer through the final norm and "
+        "unembedding (logit lens), or through trained per-layer translators (tuned lens). "
+        "Prints the top token at each position per layer, and the KL to the final layer.\n\n"
+        "  circuitfind lens --model zoo:induction-2l --prompt 'a b c a b' --plot lens.png\n"
+        "  circuitfind lens --model M --train-tuned lens/ --corpus texts.txt --prompt '...'",
+        formatter_class=fmt,
+    )
+    _common(p)
+    p.add_argument("--tuned", metavar="DIR", help="use a tuned lens saved in DIR")
+    p.add_argument("--train-tuned", metavar="DIR", help="train a tuned lens and save it to DIR")
+    p.add_argument("--corpus", metavar="FILE", help="training texts for --train-tuned")
+    p.add_argument("--epochs", type=int, default=3)
+    p.set_defaults(func=_lens)
+
+    p = sub.add_parser(
+        "dla",
+        help="direct logit attribution of every head and MLP",
+        description="Each node's direct contribution to logit(answer) − logit(wrong) at the last "
+        "position, with the final norm's scale frozen; contributions plus 'bias' sum to the "
+        "model's logit difference.\n\n"
+        "  circuitfind dla --model zoo:ioi --prompt '...' --answer ' Mary' --wrong ' John'",
+        formatter_class=fmt,
+    )
+    _common(p)
+    p.add_argument("--answer", required=True, help="answer token (text or id)")
+    p.add_argument("--wrong", default=None, help="contrasting token (text or id)")
+    p.add_argument("--top", type=int, default=15, help="rows to show")
+    p.set_defaults(func=_dla)
+
+    p = sub.add_parser(
+        "attention",
+        help="per-head previous-token / duplicate / induction / copying scores",
+        description="Score every head on repeated random tokens (or your prompt) and name its "
+        "role. --plot draws the patterns of the prompt, or the score heatmaps without one.",
+        formatter_class=fmt,
+    )
+    _common(p)
+    p.add_argument("--n", type=int, default=16, help="random sequences (without --prompt)")
+    p.add_argument("--seq-len", type=int, default=20, help="length of each random half")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_attention)
+
+    p = sub.add_parser(
+        "probe",
+        help="linear probes per layer on a labelled prompt set",
+        description="Train a logistic-regression probe on each layer's residual stream (or "
+        "given sites) at the last token, report held-out accuracy, optionally save the probe "
+        "directions for `circuitfind steer --vector`.\n\n"
+        '  data.jsonl: {"text": "...", "label": "positive"} one a line',
+        formatter_class=fmt,
+    )
+    _common(p, prompt=False)
+    p.add_argument("--data", required=True, metavar="FILE.jsonl")
+    p.add_argument("--site", action="append", help="resid_pre.L, resid_final, a1.h2, m0 ...")
+    p.add_argument("--test-fraction", type=float, default=0.25)
+    p.add_argument("--save-directions", metavar="FILE.safetensors")
+    p.set_defaults(func=_probe)
+
+    p = sub.add_parser(
+        "sae",
+        help="train / evaluate a sparse autoencoder on a site's activations",
+        description="Train a ReLU+L1 or TopK SAE on the activations at a site (resid_pre.L, "
+        "mlp_out.L, m0, a1.h2, ...), report MSE, explained variance, L0, dead features and the "
+        "loss with the reconstruction spliced in; save in SAELens's layout.",
+        formatter_class=fmt,
+    )
+    _common(p, prompt=False)
+    p.add_argument("--site", required=True)
+    p.add_argument("--data", metavar="FILE", help="texts, one a line (default: random tokens)")
+    p.add_argument("--random", type=int, default=256, help="random sequences without --data")
+    p.add_argument("--arch", choices=["standard", "topk"], default="topk")
+    p.add_argument("--d-sae", type=int, default=None, help="features (default 4 × d_in)")
+    p.add_argument("--k", type=int, default=16, help="TopK's k")
+    p.add_argument("--l1", type=float, default=1e-3, help="ReLU SAE's L1 coefficient")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--out", metavar="DIR", help="save sae_weights.safetensors + cfg.json")
+    p.add_argument("--load", metavar="DIR", help="evaluate a saved SAE instead of training")
+    p.add_argument("--feature", type=int, default=None, help="show a feature's top activations")
+    p.set_defaults(func=_sae)
+
+    p = sub.add_parser(
+        "steer",
+        help="steering vectors, directional ablation, weight orthogonalization",
+        description="Build a steering vector (difference of means of contrastive prompt files, "
+        "or a saved probe direction), then generate with and without it side by side; or "
+        "project it out (--ablate), or out of the weights and save a HF model "
+        "(--orthogonalize-out DIR).",
+        formatter_class=fmt,
+    )
+    _common(p)
+    p.add_argument("--layer", type=int, default=0, help="layer whose resid_pre is steered")
+    p.add_argument("--positive", metavar="FILE", help="prompts, one a line")
+    p.add_argument("--negative", metavar="FILE", help="prompts, one a line")
+    p.add_argument("--vector", metavar="FILE.safetensors", help="e.g. from probe")
+    p.add_argument("--vector-key", help="which vector in --vector (default: the first)")
+    p.add_argument("--coeff", type=float, action="append", default=None, help="repeatable")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--ablate", action="store_true", help="directional ablation instead")
+    p.add_argument("--orthogonalize-out", metavar="DIR")
+    p.set_defaults(func=_steer)
+
+    p = sub.add_parser(
+        "attribute",
+        help="per-token input attribution (integrated gradients, ...)",
+        description="Attribute logit(answer) − logit(wrong) at the last position to the input "
+        "tokens.",
+        formatter_class=fmt,
+    )
+    _common(p)
+    p.add_argument("--answer", default=None, help="answer token (text or id)")
+    p.add_argument("--wrong", default=None)
+    p.add_argument(
+        "--method",
+        default="integrated_gradients",
+        choices=[
+            "gradient",
+            "grad_x_input",
+            "integrated_gradients",
+            "occlusion",
+            "rollout",
+            "shap",
+        ],
+    )
+    p.add_argument("--steps", type=int, default=32, help="integrated-gradients steps")
+    p.set_defaults(func=_attribute)
