@@ -378,9 +378,14 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> dict[str, Any]:
     )
     report.add(
         *md_table(
-            ["ablation", "reference edges", "max |score| off the circuit", "min |score| on it"],
+            ["ablation", "reference edges", "largest abs. score off the circuit", "smallest on it"],
             [
-                [a, c["n_circuit_edges"], c["max_abs_off_circuit"], c["min_abs_on_circuit"]]
+                [
+                    a,
+                    c["n_circuit_edges"],
+                    f"{c['max_abs_off_circuit']:.1e}",
+                    f"{c['min_abs_on_circuit']:.3f}",
+                ]
                 for a, c in planted["construction_check"].items()
             ],
         )
