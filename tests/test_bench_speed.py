@@ -1,0 +1,105 @@
+"""The speed suite runs end to end on a tiny config and writes its report; the auto-circuit
+comparison says "unavailable" when its environment is missing, and never fails the suite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from circuitfind.bench.speed import (
+    QUICK,
+    Shape,
+    SpeedConfig,
+    autocircuit_edge_name,
+    run,
+    spearman,
+)
+
+TINY = Shape(2, 2, 32)
+
+
+def _tiny(tmp_path: Path) -> SpeedConfig:
+    return SpeedConfig(
+        shape=TINY,
+        prompts=4,
+        tokens=6,
+        repeat=1,
+        max_full_s=30.0,
+        scaling_shape=TINY,
+        scaling_prompts=(2, 4),
+        scaling_shapes=(Shape(1, 2, 32), TINY),
+        zoo=("induction-2l",),
+        zoo_prompts=4,
+        build_venv=False,
+        autocircuit_venv=tmp_path / "no-such-venv",
+        autocircuit_shape=TINY,
+        autocircuit_small_shape=TINY,
+    )
+
+
+def test_tiny_suite_writes_report(tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    r = run(out, quick=True, seed=0, config=_tiny(tmp_path))
+    for name in ("speed.md", "speed.json", "speed_prompts.png", "speed_graph_size.png"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "speed.json").read_text())
+    assert saved["seed"] == 0 and saved["machine"]["cores"]
+    main, zoo = r["cases"]
+    assert main["edges"] == 46 and zoo["case"] == "zoo:induction-2l"
+    assert set(main["methods"]) == {
+        "exact",
+        "acdc",
+        "eap",
+        "eap-ig-inputs",
+        "eap-ig-activations",
+        "node",
+    }
+    for m in main["methods"].values():
+        assert m["seconds"] > 0 and m["how"]
+    assert main["methods"]["eap"]["baseline"] == "2F + B"
+    assert "met" in main["methods"]["exact"]
+    assert [p["prompts"] for p in r["scaling"]["prompts"]] == [2, 4]
+    assert [p["edges"] for p in r["scaling"]["graph_size"]] == [13, 46]
+    ac = r["autocircuit"]
+    assert ac["available"] is False and "no auto-circuit environment" in ac["reason"]
+    md = (out / "speed.md").read_text()
+    assert "Command: `" in md and "Seed: 0" in md and "torch" in md
+    assert "auto-circuit unavailable" in md and "median" in md
+
+
+def test_extrapolation_is_labelled(tmp_path: Path) -> None:
+    cfg = _tiny(tmp_path)
+    from dataclasses import replace
+
+    cfg = replace(cfg, max_full_s=0.0, zoo=(), autocircuit=False, scaling_shapes=(TINY,))
+    r = run(tmp_path / "r", quick=True, seed=1, config=cfg)
+    methods = r["cases"][0]["methods"]
+    for name in ("exact", "acdc", "node"):
+        assert methods[name]["how"].startswith("extrapolated"), name
+    assert "disabled" in r["autocircuit"]["reason"]
+
+
+def test_autocircuit_edge_names() -> None:
+    assert autocircuit_edge_name("Resid Start->A1.2.Q") == "input->a1.h2<q>"
+    assert autocircuit_edge_name("A0.3->A1.0.K") == "a0.h3->a1.h0<k>"
+    assert autocircuit_edge_name("MLP 0->A1.1.V") == "m0->a1.h1<v>"
+    assert autocircuit_edge_name("A0.3->MLP 1") == "a0.h3->m1"
+    assert autocircuit_edge_name("MLP 11->Resid End") == "m11->logits"
+    with pytest.raises(ValueError):
+        autocircuit_edge_name("Resid Mid 0->MLP 0")
+
+
+def test_spearman_over_common_finite_edges() -> None:
+    ours = {"a": 1.0, "b": 2.0, "c": 3.0, "d": float("nan"), "e": 5.0}
+    theirs = {"a": -10.0, "b": -20.0, "c": -30.0, "d": 1.0}
+    rho = spearman(ours, theirs)
+    assert rho["edges"] == 3
+    assert rho["signed"] == pytest.approx(-1.0) and rho["abs"] == pytest.approx(1.0)
+    assert spearman({"a": 1.0}, {"a": 1.0})["signed"] is None
+
+
+def test_quick_config_is_gpt2_small() -> None:
+    assert (QUICK.shape.layers, QUICK.shape.heads, QUICK.shape.d_model) == (12, 12, 768)
+    assert QUICK.prompts == 32 and QUICK.tokens == 16
