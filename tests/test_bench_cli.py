@@ -74,3 +74,15 @@ def test_a_failing_suite_sets_exit_1(monkeypatch, tmp_path, capsys) -> None:
 
 def test_speed_suite_is_registered_lazily() -> None:
     assert bench.SUITES["speed"][0] == "circuitfind.bench.speed"
+
+
+def test_suites_that_take_a_command_get_the_real_one(monkeypatch, tmp_path) -> None:
+    from circuitfind.bench import common
+
+    fake = ModuleType("circuitfind.bench._fake_cmd")
+    fake.run = lambda out_dir, *, quick, seed, command=None: {"command": command}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "circuitfind.bench._fake_cmd", fake)
+    monkeypatch.setitem(bench.SUITES, "cmd", ("circuitfind.bench._fake_cmd", "test"))
+    monkeypatch.setattr(common, "_COMMAND", [])
+    assert main(["benchmark", "--suite", "cmd", "--out", str(tmp_path), "--json"]) == 0
+    assert common.command_line() == f"circuitfind benchmark --suite cmd --out {tmp_path} --json"

@@ -29,6 +29,7 @@ def run_suites(
     Returns ``{suite: {"status": ok|failed|missing|skipped, "seconds", "summary" | "error"}}``.
     """
     from circuitfind.bench import SuiteMissingError, get_suite
+    from circuitfind.bench.common import command_line
 
     results: dict[str, Any] = {}
     for name in names:
@@ -38,8 +39,11 @@ def run_suites(
         try:
             module = get_suite(name)
             kwargs: dict[str, Any] = {"quick": quick, "seed": seed}
-            if model is not None and "model" in inspect.signature(module.run).parameters:
+            params = inspect.signature(module.run).parameters
+            if model is not None and "model" in params:
                 kwargs["model"] = model
+            if "command" in params:  # suites that stamp their own reports get the real command
+                kwargs["command"] = command_line()
             summary = module.run(out, **kwargs) or {}
             status = "skipped" if summary.get("skipped") else "ok"
             results[name] = {"status": status, "summary": summary}
