@@ -33,7 +33,12 @@ logger = logging.getLogger(__name__)
 METHODS: tuple[str, ...] = tuple(_ENGINE_METHODS)
 METHOD_ALIASES = {"eap-ig": "eap-ig-inputs", "eapig": "eap-ig-inputs", "patching": "exact"}
 ABLATIONS: tuple[str, ...] = tuple(_ENGINE_ABLATIONS)
-PLUGINS = ("circuitfind.tasks.cli", "circuitfind.zoo.cli", "circuitfind.inspect.cli")
+PLUGINS = (
+    "circuitfind.tasks.cli",
+    "circuitfind.zoo.cli",
+    "circuitfind.inspect.cli",
+    "circuitfind.bench.cli",
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,285 @@
+"""Method comparison on the zoo (IOI, induction, greater-than): faithfulness curves, MIB-style
+CPR/CMD, and stability over resamples of the prompt set.
+
+For every task and method, each of R prompt sets (seeds ``seed .. seed+R-1``) is scored with
+resample ablation, and the faithfulness of the top-x% edges is measured at
+``circuitfind.evaluate.CURVE_PERCENTS``:
+
+- CMD: area under |1 - f| with edges ranked by |score| (lower is better);
+- CPR: area under f with edges ranked by their *contribution* (higher is better). circuitfind's
+  patching and attribution scores are ``metric(edge ablated) - metric(clean)``, so for a metric
+  where higher is better an edge that helps has a negative score; the contribution is ``-score``
+  for exact / EAP / EAP-IG (``+score`` for lower-is-better metrics), ACDC's score (the KL increase)
+  and the node method's |score| as they are;
+- stability: per-edge inclusion frequency of the top ``TOP_PCT``% edges across the resamples
+  (union, intersection, mean pairwise Jaccard), and the spread of f at fixed sizes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from circuitfind.bench.common import Report, md_table, stamp, timed
+
+__all__ = ["TASKS", "contribution", "run"]
+
+logger = logging.getLogger(__name__)
+
+TASKS: tuple[tuple[str, str], ...] = (
+    ("ioi", "zoo:ioi"),
+    ("induction", "zoo:induction-2l"),
+    ("greater-than", "zoo:greater-than"),
+)
+FULL_METHODS = ("exact", "acdc", "eap", "eap-ig-inputs", "eap-ig-activations", "node")
+QUICK_METHODS = ("exact", "eap", "eap-ig-inputs", "node")
+TOP_PCT = 10.0  # stability: the top 10% of edges by |score|
+SPREAD_PCTS = (2.0, 5.0, 10.0, 20.0)
+_ATTRIBUTION = ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")
+
+
+def contribution(circuit: Any, higher_is_better: bool) -> Tensor:
+    """Scores oriented so that larger means "helps the task" (see the module docstring)."""
+    method = circuit.meta.get("method")
+    if method in _ATTRIBUTION:
+        return -circuit.scores if higher_is_better else circuit.scores.clone()
+    return circuit.scores.clone()
+
+
+def _top_edges(graph: Any, scores: Tensor, pct: float) -> set[int]:
+    k = max(1, round(graph.n_edges * pct / 100))
+    s = scores.abs().nan_to_num(0.0)
+    s = torch.where(graph.valid, s, torch.full_like(s, -1.0)).flatten()
+    return set(s.topk(k).indices.tolist())
+
+
+def _one(model: Any, task: Any, method: str) -> dict[str, Any]:
+    """Score, then measure both curves of one method on one prompt set."""
+    import circuitfind
+    from circuitfind.circuit import Circuit
+
+    circuit = circuitfind.discover(
+        model, task, method=method, ablation="resample", top_n=1, progress=False, seed=0
+    )
+    higher = getattr(task.metric, "higher_is_better", True)
+    oriented = Circuit(
+        circuit.graph, contribution(circuit, higher), circuit.in_graph, dict(circuit.meta)
+    )
+    ev = circuitfind.evaluate(model, task, oriented, curve=True)
+    return {
+        "scores": circuit.scores,
+        "curve": ev.curve,
+        "curve_abs": ev.curve_abs,
+        "cpr": ev.cpr,
+        "cmd": ev.cmd,
+        "metric_full": ev.metric_full,
+        "metric_empty": ev.metric_empty,
+        "scoring_time_s": circuit.meta.get("scoring_time_s"),
+    }
+
+
+def _stability(graph: Any, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    tops = [_top_edges(graph, r["scores"], TOP_PCT) for r in runs]
+    counts: dict[int, int] = {}
+    for t in tops:
+        for i in t:
+            counts[i] = counts.get(i, 0) + 1
+    jac = [len(a & b) / len(a | b) for a, b in itertools.combinations(tops, 2) if a | b]
+    R = graph.n_receivers
+    freq = {
+        graph.edge_name(i // R, i % R): c / len(runs)
+        for i, c in sorted(counts.items(), key=lambda kv: -kv[1])
+    }
+    spread = {}
+    for pct in SPREAD_PCTS:
+        vals = [f for r in runs for p, f in r["curve_abs"] if p == pct]
+        if vals:
+            spread[str(pct)] = {
+                "mean": float(np.mean(vals)),
+                "std": float(np.std(vals)),
+                "min": float(np.min(vals)),
+                "max": float(np.max(vals)),
+            }
+    return {
+        "k": len(tops[0]) if tops else 0,
+        "union": len(counts),
+        "in_all": sum(c == len(runs) for c in counts.values()),
+        "mean_jaccard": float(np.mean(jac)) if jac else float("nan"),
+        "inclusion_frequency": freq,
+        "faithfulness_spread": spread,
+    }
+
+
+def _plot(path: Path, title: str, per_method: dict[str, list[dict[str, Any]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key, label in (
+        (axes[0], "curve_abs", "edges ranked by |score| (CMD: area under |1 - f|)"),
+        (axes[1], "curve", "edges ranked by contribution (CPR: area under f)"),
+    ):
+        for method, runs in per_method.items():
+            if not runs:
+                continue
+            xs = [p for p, _ in runs[0][key]]
+            ys = np.array([[f for _, f in r[key]] for r in runs])
+            (line,) = ax.plot(xs, ys.mean(0), marker="o", ms=3, label=method)
+            if len(runs) > 1:
+                ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
+        ax.set_xscale("log")
+        ax.axhline(1.0, color="grey", lw=0.6, ls="--")
+        ax.axhline(0.0, color="grey", lw=0.6)
+        ax.set_xlabel("% of edges kept")
+        ax.set_title(label, fontsize=9)
+    axes[0].set_ylabel("faithfulness f")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _mean_std(values: list[float]) -> str:
+    vals = [v for v in values if v is not None and np.isfinite(v)]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return f"{vals[0]:.3f}"
+    return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
+
+
+def run(out_dir: Path, *, quick: bool, seed: int) -> dict[str, Any]:
+    """Write ``method_comparison.md``/``.json`` and one PNG a task under ``out_dir``."""
+    import circuitfind
+    from circuitfind.graph import Graph
+
+    methods = QUICK_METHODS if quick else FULL_METHODS
+    n_prompts = 16 if quick else 32
+    n_resamples = 3 if quick else 5
+    report = Report("method_comparison", "Method comparison on the zoo models", stamp(seed, quick))
+    report.add(
+        f"Resample ablation, each task's own metric, {n_prompts} prompts a prompt set, "
+        f"{n_resamples} prompt sets (seeds {seed}..{seed + n_resamples - 1}) per task and "
+        "method. Faithfulness f = (m(C) - m(empty)) / (m(full) - m(empty)) of the top-x% "
+        "edges. CMD: area under |1 - f| by |score| (lower is better); CPR: area under f with "
+        "edges ranked by contribution (-score for exact/EAP/EAP-IG on higher-is-better metrics, "
+        "ACDC's KL increase, the node method's |score|; higher is better); both as mean ± std "
+        "over the prompt sets. Stability: the top "
+        f"{TOP_PCT:g}% edges by |score| of each prompt set; union / in all = edges chosen by at "
+        "least one / by every prompt set; Jaccard: mean over pairs of prompt sets.",
+        "",
+    )
+    if quick:
+        skipped = [m for m in FULL_METHODS if m not in methods]
+        report.add(
+            f"**--quick**: {n_prompts} prompts (full: 32), {n_resamples} prompt sets (full: 5); "
+            f"methods skipped: {', '.join(skipped)}.",
+            "",
+        )
+    data: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    for task_name, source in TASKS:
+        model = circuitfind.load(source)
+        graph = Graph.from_model(model)
+        per_method: dict[str, list[dict[str, Any]]] = {}
+        failures: list[dict[str, Any]] = []
+        tasks = [
+            circuitfind.get_task(task_name, model, n=n_prompts, seed=seed + i)
+            for i in range(n_resamples)
+        ]
+        for method in methods:
+            runs = []
+            for i, task in enumerate(tasks):
+                out = timed(partial(_one, model, task, method), what=f"{task_name}/{method}/{i}")
+                if out.ok:
+                    runs.append({**out.value, "seconds": out.seconds})
+                else:
+                    failures.append({"method": method, "resample": i, **out.to_dict()})
+            per_method[method] = runs
+        png = report.plot_path(out_dir, task_name)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _plot(png, f"{task_name} ({source}): faithfulness vs circuit size", per_method)
+
+        rows, stab_rows = [], []
+        task_data: dict[str, Any] = {
+            "model": source,
+            "n_edges": graph.n_edges,
+            "metric": tasks[0].metric.name,
+            "failures": failures,
+            "methods": {},
+        }
+        for method, runs in per_method.items():
+            n_failed = sum(f["method"] == method for f in failures)
+            status = "ok" if not n_failed else f"FAILED on {n_failed} of {n_resamples}"
+            if n_failed:
+                err = next(f["error"] for f in failures if f["method"] == method)
+                status += f": {err}"
+            stab = _stability(graph, runs) if runs else None
+            rows.append(
+                [
+                    method,
+                    _mean_std([r["cpr"] for r in runs]),
+                    _mean_std([r["cmd"] for r in runs]),
+                    *[
+                        _mean_std([f for r in runs for p, f in r["curve_abs"] if p == pct])
+                        for pct in (5.0, 10.0)
+                    ],
+                    _mean_std([r["seconds"] for r in runs]),
+                    status,
+                ]
+            )
+            if stab is not None:
+                spread = stab["faithfulness_spread"]
+                stab_rows.append(
+                    [
+                        method,
+                        stab["k"],
+                        stab["union"],
+                        stab["in_all"],
+                        stab["mean_jaccard"],
+                        *[
+                            (
+                                f"{spread[str(p)]['min']:.3f} – {spread[str(p)]['max']:.3f}"
+                                if str(p) in spread
+                                else "n/a"
+                            )
+                            for p in SPREAD_PCTS
+                        ],
+                    ]
+                )
+            task_data["methods"][method] = {
+                "runs": [
+                    {k: v for k, v in r.items() if k != "scores"} | {"seed": seed + i}
+                    for i, r in enumerate(runs)
+                ],
+                "stability": stab,
+            }
+        data[task_name] = task_data
+        summary[task_name] = {r[0]: {"cpr": r[1], "cmd": r[2]} for r in rows}
+        report.add(
+            f"## {task_name} (`{source}`, {graph.n_edges} edges, metric {tasks[0].metric.name})",
+            "",
+            f"![{task_name}]({png.name})",
+            "",
+            *md_table(["method", "CPR ↑", "CMD ↓", "f @ 5%", "f @ 10%", "time s", "status"], rows),
+            f"Stability over {n_resamples} prompt sets:",
+            "",
+            *md_table(
+                ["method", "k", "union", "in all", "Jaccard"]
+                + [f"f @ {p:g}% (min – max)" for p in SPREAD_PCTS],
+                stab_rows,
+            ),
+        )
+    report.data["tasks"] = data
+    files = report.write(out_dir)
+    return {"files": files, "summary": summary}
