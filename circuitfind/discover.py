@@ -190,6 +190,12 @@ def discover(
         "steps": steps if method.startswith("eap-ig") else None,
         "pruning": pruning,
         "metrics": {"full": m_full, "circuit": m_circuit, "empty": m_empty},
+        # orientation * score > 0 for an edge that helps (its ablation moves the metric from the
+        # full model's value toward the empty circuit's); ACDC's KL changes and node-derived
+        # magnitudes are already so oriented.
+        "score_orientation": 1.0
+        if method == "node" or (method == "acdc" and acdc_metric == "kl")
+        else (1.0 if m_empty >= m_full else -1.0),
         "faithfulness": faithfulness(m_circuit, m_full, m_empty),
         "n_edges": int(keep.sum()),
         "n_edges_total": graph.n_edges,

@@ -128,11 +128,16 @@ def evaluate(
             torch.tensor([n in ref_nodes for n in names]),
         )
     if curve:
-        scores = circuit.scores
+        scores = circuit.scores.nan_to_num(0.0)  # an edge never scored (ACDC) has no evidence
+        # rank the signed curve by helpfulness (see discover's meta["score_orientation"])
+        orientation = circuit.meta.get("score_orientation")
+        if orientation is None:
+            orientation = 1.0 if m_empty >= m_full else -1.0
+        signed = scores * float(orientation)
         for pct in CURVE_PERCENTS:
             n = max(1, round(graph.n_edges * pct / 100))
             f_abs = faithfulness(ev(top_n(graph, scores, n).float()), m_full, m_empty)
-            f_sig = faithfulness(ev(_signed_top(graph, scores, n).float()), m_full, m_empty)
+            f_sig = faithfulness(ev(_signed_top(graph, signed, n).float()), m_full, m_empty)
             result.curve_abs.append((pct, f_abs))
             result.curve.append((pct, f_sig))
         result.cpr = _area(result.curve)

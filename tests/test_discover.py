@@ -116,3 +116,17 @@ def test_roc_auc_against_a_reference_circuit(setup):
     assert 0.5 < ev.roc_auc_nodes <= 1.0
     spelled = {name.replace("a", "L", 1) if name.startswith("a") else name for name in reference}
     assert cf.evaluate(model, task, c, reference=spelled).roc_auc_edges == pytest.approx(1.0)
+
+
+def test_the_signed_curve_ranks_helpful_edges_first_for_every_method(setup):
+    """CPR must not depend on a method's sign convention: the edges that help most come first."""
+    model, task = setup
+    cprs = {}
+    for method in ("exact", "eap", "acdc"):
+        c = cf.discover(model, task, method=method, top_n=20, tau=0.02, progress=False)
+        ev = cf.evaluate(model, task, c, curve=True)
+        cprs[method] = ev.cpr
+        # at 100% every edge is in; the first points must not be worse than empty on average
+        assert ev.curve[-1][1] == pytest.approx(1.0, abs=1e-5)
+    assert cprs["exact"] == pytest.approx(cprs["eap"], abs=0.35)
+    assert cprs["exact"] > 0.3
