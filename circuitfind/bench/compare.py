@@ -70,7 +70,10 @@ def _one(model: Any, task: Any, method: str) -> dict[str, Any]:
     )
     higher = getattr(task.metric, "higher_is_better", True)
     oriented = Circuit(
-        circuit.graph, contribution(circuit, higher), circuit.in_graph, dict(circuit.meta)
+        circuit.graph,
+        contribution(circuit, higher),
+        circuit.in_graph,
+        {**circuit.meta, "score_orientation": 1.0},  # already oriented: helps = larger
     )
     ev = circuitfind.evaluate(model, task, oriented, curve=True)
     return {
