@@ -486,10 +486,12 @@ def measure_case(case: Case, cfg: SpeedConfig, seed: int) -> dict[str, Any]:
     """HF baseline, our forward and every method on ``case``; the baseline is timed before and
     after the methods and its median over both is the denominator of every ratio."""
     before = hf_baseline(case, cfg.repeat)
-    ours_F = time_it(
-        lambda: case.model(case.task.clean.to(case.model.device), case.task.attention_mask),
-        cfg.repeat,
-    )
+
+    def ours_forward() -> None:
+        with torch.no_grad():  # like the HF forward it is compared with
+            case.model(case.task.clean.to(case.model.device), case.task.attention_mask)
+
+    ours_F = time_it(ours_forward, max(2, cfg.repeat))
     methods = time_methods(case, cfg, seed)
     after = hf_baseline(case, cfg.repeat)
     F = statistics.median(before["F"].runs + after["F"].runs)
