@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitfind import prune
 from circuitfind.circuit import Circuit
 from circuitfind.errors import InputError
 from circuitfind.evaluate import faithfulness
@@ -18,7 +19,6 @@ from circuitfind.graph import Graph
 from circuitfind.methods import acdc, eap_scores, exact_scores, node_scores
 from circuitfind.model import Model
 from circuitfind.patching import ABLATIONS, Ablation, MaskEvaluator, with_clean_logits
-from circuitfind.prune import greedy, remove_dangling, threshold, top_n
 
 __all__ = ["METHODS", "discover"]
 
@@ -128,6 +128,9 @@ def discover(
     task = with_clean_logits(model, task)
     abl = Ablation(model, task, ablation, batch_size)
     common: dict[str, Any] = {"batch_size": batch_size, "progress": progress}
+    # clean and ablated runs of every batch, prepared once: ACDC, node ablation and the
+    # pruning search below all score masks against them
+    evaluator = MaskEvaluator(model, graph, task, abl, batch_size)
 
     node_level: dict[str, float] | None = None
     kept: Tensor | None = None
@@ -140,26 +143,35 @@ def discover(
         metric = acdc_metric if acdc_metric != "task" else None
         ckpt = Path(checkpoint_dir) / "acdc_checkpoint.pt" if checkpoint_dir else None
         scores, kept = acdc(
-            model, graph, task, abl, tau=tau, metric=metric, checkpoint=ckpt, **common
+            model,
+            graph,
+            task,
+            abl,
+            tau=tau,
+            metric=metric,
+            checkpoint=ckpt,
+            evaluator=evaluator,
+            **common,
         )
     else:
-        node_level = node_scores(model, graph, task, abl, **common)
+        node_level = node_scores(model, graph, task, abl, evaluator=evaluator, **common)
         scores = _node_edge_scores(graph, node_level)
     scoring_time = time.perf_counter() - t0
 
-    evaluator = MaskEvaluator(model, graph, task, abl, batch_size)
     m_full = evaluator(graph.valid.float())
     m_empty = evaluator(torch.zeros(graph.n_senders, graph.n_receivers))
 
     def select(n: int) -> Tensor:
         if node_level is not None:
-            return remove_dangling(graph, _node_selection(graph, node_level, n))
-        chosen_edges = greedy(graph, scores, n) if greedy_growth else _top(graph, scores, n)
-        return remove_dangling(graph, chosen_edges)
+            return prune.remove_dangling(graph, _node_selection(graph, node_level, n))
+        chosen_edges = (
+            prune.greedy(graph, scores, n) if greedy_growth else prune.top_n(graph, scores, n)
+        )
+        return prune.remove_dangling(graph, chosen_edges)
 
     pruning: dict[str, Any]
     if kept is not None:
-        keep = remove_dangling(graph, kept)
+        keep = prune.remove_dangling(graph, kept)
         pruning = {"rule": "acdc", "tau": tau, "metric": acdc_metric}
     elif top_n is not None:
         keep = select(top_n)
@@ -169,7 +181,7 @@ def discover(
             n_nodes = sum(abs(v) >= threshold for v in node_level.values())
             keep = select(n_nodes)
         else:
-            keep = remove_dangling(graph, _threshold(graph, scores, threshold))
+            keep = prune.remove_dangling(graph, prune.threshold(graph, scores, threshold))
         pruning = {"rule": "threshold", "threshold": threshold}
     else:
         assert target_faithfulness is not None
@@ -205,14 +217,6 @@ def discover(
         "versions": _versions(),
     }
     return Circuit(graph, scores, keep, meta, node_level)
-
-
-def _top(graph: Graph, scores: Tensor, n: int) -> Tensor:
-    return top_n(graph, scores, n)
-
-
-def _threshold(graph: Graph, scores: Tensor, tau: float) -> Tensor:
-    return threshold(graph, scores, tau)
 
 
 def _search(

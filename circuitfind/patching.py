@@ -17,6 +17,7 @@ run), exactly.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,6 @@ __all__ = [
     "Batch",
     "MaskEvaluator",
     "batches",
-    "make_ablation",
     "masked_forward",
     "readout_logits",
     "save_checkpoint",
@@ -177,10 +177,6 @@ def _pad_pos(x: Tensor, width: int) -> Tensor:
         return x
     pad = torch.zeros(x.shape[0], width - x.shape[1], *x.shape[2:], dtype=x.dtype, device=x.device)
     return torch.cat([x, pad], dim=1)
-
-
-def make_ablation(model: Model, task: Any, kind: str, batch_size: int = 32) -> Ablation:
-    return Ablation(model, task, kind, batch_size)
 
 
 # ---------------------------------------------------------------------------- masked forward
@@ -375,6 +371,12 @@ class MaskEvaluator:
                     )
                 )
         return torch.cat(out)
+
+    def with_metric(self, metric: Any) -> MaskEvaluator:
+        """The same prepared runs scored with another metric (nothing is recomputed)."""
+        other = copy.copy(self)
+        other.metric = metric
+        return other
 
     def __call__(self, mask: Tensor, start_layer: int = 0) -> float:
         return float(self.per_prompt(mask, start_layer).mean())

@@ -39,15 +39,19 @@ def acdc(
     progress: bool = True,
     checkpoint: Path | None = None,
     checkpoint_every_s: float = 60.0,
+    evaluator: MaskEvaluator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run ACDC. Returns (scores [S, R]: the metric change measured when each edge was tried,
     NaN for edges never tried; kept [S, R] bool).
 
     With ``checkpoint``, the state (mask, scores, receivers done) is saved there every
-    ``checkpoint_every_s`` seconds, and a later call with the same file resumes.
+    ``checkpoint_every_s`` seconds, and a later call with the same file resumes. ``evaluator``
+    reuses prepared runs of the same task and ablation (its metric is replaced by ``metric``).
     """
-    task = with_clean_logits(model, task)
-    evaluator = MaskEvaluator(model, graph, task, ablation, batch_size, metric=metric)
+    if evaluator is None:
+        task = with_clean_logits(model, task)
+        evaluator = MaskEvaluator(model, graph, task, ablation, batch_size)
+    evaluator = evaluator.with_metric(metric)
     name = metric if isinstance(metric, str) else getattr(metric, "name", "")
     one_sided = name == "kl"
     mask = graph.valid.clone().to(torch.float32)

@@ -23,9 +23,13 @@ def node_scores(
     batch_size: int = 32,
     metric: Any = None,
     progress: bool = True,
+    evaluator: MaskEvaluator | None = None,
 ) -> dict[str, float]:
-    """metric(node ablated) - metric(clean) for every node but ``input`` and ``logits``."""
-    evaluator = MaskEvaluator(model, graph, task, ablation, batch_size, metric=metric)
+    """metric(node ablated) - metric(clean) for every node but ``input`` and ``logits``
+    (``evaluator``: prepared runs of the same task and ablation to reuse)."""
+    if evaluator is None:
+        evaluator = MaskEvaluator(model, graph, task, ablation, batch_size)
+    evaluator = evaluator.with_metric(metric)
     full = graph.valid.clone().to(torch.float32)
     clean = evaluator(full)
     out: dict[str, float] = {}
