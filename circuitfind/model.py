@@ -436,6 +436,7 @@ class Model:
         q_index: Tensor | None = None,
         return_pattern: bool = False,
         heads: list[int] | None = None,
+        probes: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Layer ``layer``'s attention from residual-stream inputs (normalised here).
 
@@ -447,6 +448,10 @@ class Model:
             return_pattern: also return the attention probabilities [batch, head, q, k].
             heads: only compute these query heads (per-head inputs then have len(heads) heads);
                 the outputs' head axis follows this list.
+            probes: tensors [batch, pos, head, d_head] added to the projected queries, keys
+                and values of each query head (keys/values already expanded to query heads,
+                before rotary). Their gradients are the gradients w.r.t. each head's own
+                projections, which EAP maps back to the receivers' inputs.
 
         Returns:
             z [batch, q, head, d_head] (before W_O) and the pattern or None.
@@ -478,6 +483,11 @@ class Model:
             q = self._project(ln(x_q), lw.W_Q[idx], pick(lw.b_Q, idx), True, kv=False)
             k = self._project(ln(x_k), lw.W_K[kv_idx], pick(lw.b_K, kv_idx), True, kv=False)
             v = self._project(ln(x_v), lw.W_V[kv_idx], pick(lw.b_V, kv_idx), True, kv=False)
+        if probes is not None:
+            if k.shape[2] != q.shape[2]:
+                k = k.repeat_interleave(cfg.group_size, dim=2)
+                v = v.repeat_interleave(cfg.group_size, dim=2)
+            q, k, v = q + probes[0], k + probes[1], v + probes[2]
         q = self._rotate(q, ctx, q_index)
         k = self._rotate(k, ctx)
         if k.shape[2] != q.shape[2]:  # shared input, grouped kv heads: expand to query heads

@@ -292,3 +292,38 @@ def test_acdc_checkpoint_resumes_after_an_interruption(tmp_path):
     assert torch.equal(resumed, kept)
     v = graph.valid & ~torch.isnan(scores)
     torch.testing.assert_close(resumed_scores[v], scores[v], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_eap_equals_the_gradient_of_a_float_edge_mask(family_config, padded):
+    """An independent EAP: make every edge's mask weight m a variable of ``masked_forward``
+    (receiver input = A + sum_s m_sr (out_s - A_s)); then score(s -> r) = -dm/dm_sr at m = 1,
+    averaged over prompts. Checks the probes, the norm vector-Jacobian products, GQA groups
+    and the contraction on every family."""
+    _, hf = family_config
+    model = cf.load(hf)
+    graph = cf.Graph.from_model(model)
+    task = _random_task(n=5, padded=padded)
+    abl = Ablation(model, task, "resample")
+    eap = eap_scores(model, graph, task, abl, mode="eap", batch_size=3, progress=False)
+
+    # just below 1, so masked_forward takes its weighted path (the gradient moves by O(1e-6))
+    mask = (graph.valid.float() * (1 - 1e-6)).requires_grad_(True)
+    total = 0.0
+    for batch in cf.patching.batches(task, 5, model.device):
+        logits = masked_forward(
+            model,
+            graph,
+            batch.clean,
+            batch.attention_mask,
+            abl.outputs(batch),
+            mask,
+            readout=batch.readout,
+        )
+        total = total + task.metric_fn(logits, batch.idx, reduce="none").sum()
+    (grad,) = torch.autograd.grad(total, mask)
+    reference = -grad / len(task)
+    v = graph.valid
+    scale = reference[v].abs().max()
+    assert scale > 1e-3
+    torch.testing.assert_close(eap[v], reference[v], atol=2e-5 * float(scale) + 1e-6, rtol=1e-3)

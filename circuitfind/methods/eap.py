@@ -9,12 +9,17 @@ the first-order estimate of metric(edge ablated) - metric(clean), for every edge
 - ``eap-ig-activations``: the gradient averaged over runs in which every node's output is set to
   A + alpha (clean - A) (gradients still flow through each node), as MIB's EAP-IG-activations.
 
-With ``steps=1`` both IG variants equal ``eap``. Gradients w.r.t. each receiver's own input are
-taken through zero "probe" tensors added to that receiver's input only.
+With ``steps=1`` both IG variants equal ``eap``. The run itself is a plain forward (one shared
+stream per layer): gradients w.r.t. each receiver's own input come from zero "probe" tensors on
+each head's q/k/v projections (and on the MLP and logits inputs), mapped back through the
+projection and the norm's Jacobian in closed form (``_InputGrads``), so no per-head copies of
+the residual stream are ever formed. Scores are contracted layer by layer over valid senders.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -30,6 +35,15 @@ __all__ = ["eap_scores"]
 Mode = Literal["eap", "eap-ig-inputs", "eap-ig-activations"]
 
 
+@dataclass
+class _Probed:
+    """One probed run: readout logits, the probes, and what maps their gradients back."""
+
+    logits: Tensor
+    probes: list[Tensor]  # per layer: q, k, v [b, p, H, d_head], MLP input [b, p, d]; final
+    attn_inputs: list[Tensor]  # per layer: the stream entering q/k/v (detached) [b, p, d]
+
+
 def _probed_forward(
     model: Model,
     ctx: RunContext,
@@ -38,47 +52,58 @@ def _probed_forward(
     *,
     embed: Tensor | None,
     targets: Tensor | None,
-    record: list[Tensor] | None = None,
-) -> tuple[Tensor, list[Tensor]]:
-    """Readout logits and the probes whose gradients are the receiver-input gradients.
+    ablated: Tensor | None = None,
+    diff: Tensor | None = None,
+) -> _Probed:
+    """A plain forward (one shared stream per layer, no per-head copies) with zero probes.
 
-    Probes come in receiver order per layer (q [b,p,H,d], k, v, MLP [b,p,d]) and then the
-    logits. ``embed`` overrides the input node's output; ``targets`` [S, b, p, d] pins every
-    node's output value (the gradient still flows through the node). ``record`` collects the
-    node outputs of this run (detached), in sender order, for the caller.
+    A head's q/k/v receivers read the shared stream through the layer's norm and their own
+    projection, so the gradient w.r.t. a receiver's input is the norm's vector-Jacobian
+    product of W (gradient at the head's projection): the probes sit on the projections
+    ([b, p, H, d_head], keys and values already per query head, so GQA groups do not mix), and
+    ``_InputGrads`` applies the rest. MLP and logits receivers get [b, p, d] probes on their
+    inputs. ``embed`` overrides the input node's output; ``targets`` [S, b, p, d] pins every
+    node's output value (the gradient still flows through the node). With ``diff`` [S, b, p, d]
+    (float32), the run writes ``ablated - output`` of every node into it, in sender order.
     """
     cfg = model.cfg
     b, p = tokens.shape
     H, d = cfg.n_heads, cfg.d_model
     dtype = model.dtype
     probes: list[Tensor] = []
+    attn_inputs: list[Tensor] = []
 
     def probe(*shape: int) -> Tensor:
         t = torch.zeros(*shape, dtype=dtype, device=tokens.device, requires_grad=True)
         probes.append(t)
         return t
 
-    def pin(out: Tensor, index: int | slice) -> Tensor:
+    def pin(out: Tensor, index: int) -> Tensor:
         """The node's output with its value set to the target, its gradient path kept."""
         if targets is not None:
-            out = out + (_target(targets, index, out) - out).detach()
-        if record is not None:
-            record.append(
-                out.detach().permute(2, 0, 1, 3) if out.dim() == 4 else out.detach()[None]
-            )
+            out = out + (targets[index].expand_as(out) - out).detach()
+        if diff is not None:
+            assert ablated is not None
+            torch.sub(ablated[index], out.detach(), out=diff[index])
         return out
 
     resid = pin(model.embed(tokens, ctx) if embed is None else embed, 0)
     for layer in range(cfg.n_layers):
         base = 1 + layer * (H + 1)
-        x = resid.unsqueeze(2)
-        xq, xk, xv = (x + probe(b, p, H, d) for _ in range(3))
-        z, _ = model.attention(layer, xq, xk, xv, ctx)
-        heads = pin(model.head_results(layer, z), slice(base, base + H))
-        attn = heads.sum(2)
-        bias = model.attn_bias(layer)
-        if bias is not None:
-            attn = attn + bias
+        attn_inputs.append(resid.detach())
+        qkv = (probe(b, p, H, cfg.d_head), probe(b, p, H, cfg.d_head), probe(b, p, H, cfg.d_head))
+        z, _ = model.attention(layer, resid, resid, resid, ctx, probes=qkv)
+        attn = model.attn_out(layer, z)  # the heads' sum plus the constant b_O
+        if targets is not None:  # pin the sum: the same value and gradient as pinning each head
+            value = targets[base : base + H].sum(0).expand_as(attn)
+            bias = model.attn_bias(layer)
+            value = value + bias if bias is not None else value
+            attn = attn + (value - attn).detach()
+        if diff is not None:
+            assert ablated is not None
+            with torch.no_grad():
+                heads = model.head_results(layer, z.detach()).permute(2, 0, 1, 3)
+                torch.sub(ablated[base : base + H], heads, out=diff[base : base + H])
         if cfg.parallel_attn_mlp:
             mlp = pin(model.mlp(layer, resid + probe(b, p, d)), base + H)
             resid = resid + attn + mlp
@@ -87,45 +112,76 @@ def _probed_forward(
             mlp = pin(model.mlp(layer, resid + probe(b, p, d)), base + H)
             resid = resid + mlp
     final = resid + probe(b, p, d)
-    return readout_logits(model, final, readout), probes
+    return _Probed(readout_logits(model, final, readout), probes, attn_inputs)
 
 
-def _target(targets: Tensor, index: int | slice, out: Tensor) -> Tensor:
-    if isinstance(index, slice):
-        return targets[index].permute(1, 2, 0, 3).expand_as(out)  # [b, p, h, d]
-    return targets[index].expand_as(out)
+class _InputGrads:
+    """Receiver-input gradients from probe gradients, one layer's block at a time.
+
+    A q/k/v receiver of head h reads x through the norm and W_h [d, d_head], so with g the
+    gradient at its projection, dm/dx = J^T (W_h g), J the norm's Jacobian at x. For both norms
+    J^T (W_h g) = r (W'_h g - xh (xh . W'_h g) / d), with r the inverse scale, xh the normalised
+    x and W'_h = w * W_h (the norm's weight folded in); LayerNorm also centres the columns of
+    W'_h (its mean subtraction). One batched matmul per layer then gives every head's
+    gradient, and one fused pass applies the xh term.
+    """
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self._weights: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def _layer_weights(self, layer: int) -> tuple[Tensor, Tensor]:
+        """W' transposed [3H, d_head, d] and W' [3H, d, d_head] (q heads, k, v per query head)."""
+        if layer not in self._weights:
+            lw = self.model.w.layers[layer]
+            kv = self.model._kv_index.to(lw.W_Q.device)
+            W = torch.cat([lw.W_Q, lw.W_K[kv], lw.W_V[kv]]).float() * lw.ln1_w.float()[:, None]
+            if self.model.cfg.norm == "layernorm":
+                W = W - W.mean(1, keepdim=True)
+            self._weights[layer] = (W.transpose(1, 2).contiguous(), W)
+        return self._weights[layer]
+
+    def blocks(self, run: _Probed, grads: list[Tensor]) -> Iterator[Tensor]:
+        """[3H + 1, b, p, d] per layer (q[H], k[H], v[H], MLP), then the logits' [1, b, p, d]."""
+        cfg = self.model.cfg
+        H = cfg.n_heads
+        for layer, stream in enumerate(run.attn_inputs):
+            b, p, d = stream.shape
+            gq, gk, gv, gm = grads[4 * layer : 4 * layer + 4]
+            x = stream.float().reshape(b * p, d)
+            if cfg.norm == "layernorm":
+                x = x - x.mean(-1, keepdim=True)
+            eps = self.model.w.layers[layer].ln1_eps
+            r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [bp, 1]
+            xh = x * r
+            g = torch.stack([gq, gk, gv]).float()  # [3, b, p, H, d_head]
+            g = g.permute(0, 3, 1, 2, 4).reshape(3 * H, b * p, cfg.d_head)
+            Wt, W = self._layer_weights(layer)
+            out = torch.empty(3 * H + 1, b * p, d, device=stream.device)
+            torch.bmm(g * r, Wt, out=out[: 3 * H])  # r W' g
+            c = (torch.matmul(xh, W) * g).sum(-1, keepdim=True) * (r / d)  # [3H, bp, 1]
+            out[: 3 * H].addcmul_(c, xh, value=-1.0)
+            out[3 * H] = gm.reshape(b * p, d)
+            yield out.view(3 * H + 1, b, p, d)
+        yield grads[-1].float()[None]
 
 
-def _group_grads(grads: list[Tensor]) -> Tensor:
-    """Probe gradients in receiver order: [R, b, p, d]."""
-    out = []
-    L = (len(grads) - 1) // 4
-    for layer in range(L):
-        q, k, v, m = grads[4 * layer : 4 * layer + 4]
-        for g in (q, k, v):
-            out.append(g.permute(2, 0, 1, 3))  # [H, b, p, d]
-        out.append(m.unsqueeze(0))
-    out.append(grads[-1].unsqueeze(0))
-    return torch.cat(out, dim=0)
-
-
-def _contract(graph: Graph, diff: Tensor, grads: Tensor) -> Tensor:
-    """scores[s, r] = <diff_s, grad_r> over prompts, positions and d_model, for valid edges only:
-    receivers sharing an upstream count form one block against that prefix of senders."""
-    S, R = graph.n_senders, graph.n_receivers
-    out = torch.zeros(S, R, dtype=torch.float64)
-    flat_d = diff.reshape(S, -1).float()
-    flat_g = grads.reshape(R, -1).float()
-    upstream = graph.n_upstream.tolist()
+def _contract(graph: Graph, diff: Tensor, grads: Tensor, first: int, out: Tensor) -> None:
+    """out[s, r] += <diff_s, grad_r> over prompts, positions and d_model, for the receivers
+    ``first ..`` of ``grads`` [n, b, p, d] and their valid senders only: receivers sharing an
+    upstream count form one block against that prefix of senders."""
+    flat_d = diff.reshape(diff.shape[0], -1)
+    flat_g = grads.reshape(grads.shape[0], -1)
+    upstream = graph.n_upstream[first : first + grads.shape[0]].tolist()
     start = 0
-    while start < R:
+    while start < len(upstream):
         stop = start
-        while stop < R and upstream[stop] == upstream[start]:
+        while stop < len(upstream) and upstream[stop] == upstream[start]:
             stop += 1
         up = upstream[start]
-        out[:up, start:stop] = (flat_d[:up] @ flat_g[start:stop].T).double().cpu()
+        block = flat_d[:up] @ flat_g[start:stop].T
+        out[:up, first + start : first + stop] += block.double().cpu()
         start = stop
-    return out
 
 
 def eap_scores(
@@ -154,6 +210,7 @@ def eap_scores(
         alphas = [k / steps for k in range(1, steps + 1)]
     S, R = graph.n_senders, graph.n_receivers
     totals = torch.zeros(S, R, dtype=torch.float64)
+    input_grads = _InputGrads(model)
     n_batches = -(-len(task) // batch_size)
     bar = tqdm(total=n_batches * len(alphas), desc=mode, disable=not progress, unit="pass")
     for batch in batches(task, batch_size, model.device):
@@ -167,37 +224,53 @@ def eap_scores(
             elif mode == "eap-ig-inputs":
                 embed_clean = model.embed(batch.clean, ctx)
         A_full = A.expand(S, b, p, model.cfg.d_model)
-        grad_sum: Tensor | None = None
+        diff: Tensor | None = None  # [S, b, p, d] ablated - clean, float32
+        if clean is not None:
+            diff = (A_full - clean).float()
+        grad_sum: Tensor | None = None  # [R, b, p, d], summed over the IG steps
         for alpha in alphas:
             embed = targets = None
-            record: list[Tensor] | None = [] if alpha == 1.0 and clean is None else None
+            record = diff is None and alpha == 1.0  # the alpha = 1 pass is the clean run
+            if record:
+                diff = torch.empty(S, b, p, model.cfg.d_model, device=model.device)
             if mode == "eap-ig-inputs":
                 embed = A_full[0] + alpha * (embed_clean - A_full[0])
             elif mode == "eap-ig-activations":
                 assert clean is not None
                 targets = A_full + alpha * (clean - A_full)
             with torch.enable_grad():
-                logits, probes = _probed_forward(
+                run = _probed_forward(
                     model,
                     ctx,
                     batch.clean,
                     batch.readout,
                     embed=embed,
                     targets=targets,
-                    record=record,
+                    ablated=A_full if record else None,
+                    diff=diff if record else None,
                 )
                 value = task.metric_fn(
-                    logits.float(), batch.idx, reduce="none", metric=metric
+                    run.logits.float(), batch.idx, reduce="none", metric=metric
                 ).sum()
-                grads = torch.autograd.grad(value, probes)
-            if record is not None:  # the alpha = 1 pass is the clean run
-                clean = torch.cat(record, dim=0)
-            g = _group_grads(list(grads))
-            grad_sum = g if grad_sum is None else grad_sum.add_(g)
+                grads = list(torch.autograd.grad(value, run.probes))
+            with torch.no_grad():
+                first = 0
+                for block in input_grads.blocks(run, grads):
+                    n = block.shape[0]
+                    if len(alphas) == 1:  # contract each layer's block at once: no [R, ...]
+                        assert diff is not None
+                        _contract(graph, diff, block, first, totals)
+                    else:
+                        if grad_sum is None:
+                            grad_sum = block.new_zeros(R, *block.shape[1:])
+                        grad_sum[first : first + n] += block
+                    first += n
+            del run, grads
             bar.update(1)
-        assert grad_sum is not None and clean is not None
-        with torch.no_grad():
-            totals += _contract(graph, A_full - clean, grad_sum / len(alphas))
+        if grad_sum is not None:
+            assert diff is not None
+            with torch.no_grad():
+                _contract(graph, diff, grad_sum.div_(len(alphas)), 0, totals)
     bar.close()
     scores = (totals / len(task)).float()
     scores[~graph.valid] = float("nan")
