@@ -171,7 +171,7 @@ def test_induction_repeats_and_fresh_corruption(tok_fn):
         first = c[:6]
         assert len(set(first)) == 6 and not special & set(c)
         assert c[6:] == first[:5] and task.answer[i] == first[5]
-        assert x[:6] == first and not set(x[6:]) & set(first)
+        assert x[6:] == c[6:] and not set(x[:6]) & set(first)  # fresh first half
     again = get_task("induction", tok, n=16, seed=0, length=6)
     assert torch.equal(again.clean, task.clean)
 

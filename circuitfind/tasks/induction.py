@@ -1,10 +1,15 @@
 """Induction: a random token sequence, then its repeat; predict the next token of the repeat.
 
-Clean: ``[prefix] A_1 ... A_L A_1 ... A_{L-1}`` -> ``A_L``. Corrupted: ``[prefix] A_1 ... A_L
-B_1 ... B_{L-1}`` with fresh tokens B (none of them in A), so nothing repeats. The tokens of A are
-distinct, drawn from the model's vocabulary without special tokens; ``prefix`` is what the
-tokenizer puts before any text (a BOS for Llama-style tokenizers, nothing for GPT-2).
-Metric: log-probability of the answer (there is no natural wrong answer).
+Clean: ``[prefix] A_1 ... A_L A_1 ... A_{L-1}`` -> ``A_L``. Corrupted: ``[prefix] B_1 ... B_L
+A_1 ... A_{L-1}`` with fresh tokens B (none of them in A): the second half and the final query
+are the same, but nothing repeats and the answer appears nowhere. What differs between the two
+runs is exactly the earlier occurrence that induction reads: the previous-token information at
+the attended keys (K-composition) and the copied token (the induction head's value), so
+resample ablation exposes the whole mechanism. (Sharing the first half instead, and corrupting
+the second, would leave the keys the same in both runs and hide the K-composition edges.)
+The tokens of A are distinct, drawn from the model's vocabulary without special tokens;
+``prefix`` is what the tokenizer puts before any text (a BOS for Llama-style tokenizers,
+nothing for GPT-2). Metric: log-probability of the answer (there is no natural wrong answer).
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ def induction(
         tokens = rng.sample(candidates, 2 * length)
         a, b = tokens[:length], tokens[length:]
         clean.append(prefix + a + a[:-1])
-        corrupted.append(prefix + a + b[:-1])
+        corrupted.append(prefix + b + a[:-1])
         answer.append(a[-1])
     task = Task.from_tokens(
         clean,

@@ -24,13 +24,34 @@ from tqdm.auto import tqdm
 
 from circuitfind.errors import InputError
 
-__all__ = ["RECIPES", "Recipe", "get_recipe", "register_recipe", "train", "write_card"]
+__all__ = [
+    "RECIPES",
+    "Consolidation",
+    "Recipe",
+    "get_recipe",
+    "register_recipe",
+    "train",
+    "write_card",
+]
 
 log = logging.getLogger(__name__)
 
 Sampler = Callable[[torch.Generator, int], tuple[Tensor, Tensor]]
 """``sample(gen, batch) -> (tokens [batch, T], loss_weight [batch, T-1])``: one training batch;
 ``loss_weight[:, i]`` weights the loss of predicting ``tokens[:, i + 1]`` (0 = no loss)."""
+
+
+@dataclass(frozen=True)
+class Consolidation:
+    """A second phase after the main training: ``steps`` more steps at a constant ``lr`` (fresh
+    AdamW) with ``weight * penalty(model)`` added to the loss, e.g. a sparsity penalty that
+    concentrates a redundant circuit in as few heads as possible."""
+
+    steps: int
+    lr: float
+    weight: float
+    penalty: Callable[[Any], Tensor]
+    description: str
 
 
 @dataclass(frozen=True)
@@ -52,6 +73,7 @@ class Recipe:
     batch: int = 64
     warmup: int = 100
     shipped_seed: int = 0
+    consolidation: Consolidation | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -131,6 +153,23 @@ def train(
         running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
         if step % 25 == 0:
             bar.set_postfix(loss=f"{running:.3f}")
+    consolidation = recipe.consolidation
+    if consolidation is not None:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=consolidation.lr, weight_decay=recipe.weight_decay)
+        extra_steps = recipe.quick_steps if quick else consolidation.steps
+        bar = tqdm(range(extra_steps), desc=f"zoo:{name} consolidation", disable=not progress)
+        for step in bar:
+            tokens, weight = sample(gen, recipe.batch)
+            loss = _loss(model, tokens, weight)
+            opt.zero_grad(set_to_none=True)
+            (loss + consolidation.weight * consolidation.penalty(model)).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            running = 0.98 * running + 0.02 * loss.item()
+            if step % 25 == 0:
+                bar.set_postfix(loss=f"{running:.3f}")
+        steps += extra_steps
     train_s = time.time() - start
     model.eval()
     with torch.no_grad():
@@ -155,7 +194,8 @@ def train(
         "targets": recipe.targets,
         "meets_targets": all(scores.get(k, -math.inf) >= v for k, v in recipe.targets.items()),
         "n_params": sum(p.numel() for p in model.parameters()),
-        "data": recipe.data,
+        "data": recipe.data
+        + (f" Consolidation: {consolidation.description}." if consolidation else ""),
         "versions": {
             "torch": torch.__version__,
             "python": platform.python_version(),
