@@ -28,6 +28,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -734,7 +735,17 @@ def against_autocircuit(cfg: SpeedConfig, seed: int, ours_main: dict[str, Any] |
             return {"available": False, "reason": "auto-circuit run timed out"}
         if proc.returncode != 0 or not (work / "result.json").is_file():
             tail = proc.stderr.strip().splitlines()[-5:]
-            return {"available": False, "reason": "auto-circuit run failed: " + " | ".join(tail)}
+            if proc.returncode < 0:  # killed by a signal; SIGKILL is usually the OOM killer
+                sig = signal.Signals(-proc.returncode).name
+                why = f"killed by {sig}" + (
+                    " (out of memory? auto-circuit needs about 14 GB at GPT-2-small size)"
+                    if sig == "SIGKILL"
+                    else ""
+                )
+            else:
+                why = f"exit code {proc.returncode}"
+            detail = " | ".join(tail) or "no error output"
+            return {"available": False, "reason": f"auto-circuit run failed ({why}): {detail}"}
         theirs = json.loads((work / "result.json").read_text())
     finally:
         shutil.rmtree(work, ignore_errors=True)
