@@ -114,3 +114,29 @@ def test_full_training_reproduces_the_shipped_model(name, tmp_path):
     shipped = load_file(resolve(name) / "model.safetensors")
     fresh = load_file(tmp_path / "model.safetensors")
     assert all(torch.equal(shipped[k], fresh[k]) for k in shipped)
+
+
+def test_known_suite_reference_is_the_heads_that_write():
+    """The known-circuits suite's induction reference (patterns + ablation) against a structural
+    fact: after consolidation only heads with a non-negligible W_O write anything, so the
+    reference must be exactly the pattern-fitting heads among them."""
+    from circuitfind.bench.known import PATTERN_MIN, induction_reference
+
+    model, tok = load_hf("induction-2l")
+    ref = induction_reference(model, tok, seed=FRESH_SEED)
+    H = model.config.n_head
+    writes = {}
+    for layer, block in enumerate(model.transformer.h):
+        W = block.attn.c_proj.weight.detach().view(H, -1, model.config.n_embd)
+        norms = W.pow(2).sum((1, 2)).sqrt()
+        writes.update({f"a{layer}.h{h}": bool(norms[h] > 0.1 * norms.max()) for h in range(H)})
+    prev = [
+        f"a0.h{h}"
+        for h in range(H)
+        if ref["previous_token"][0][h] >= PATTERN_MIN and writes[f"a0.h{h}"]
+    ]
+    ind = [
+        f"a1.h{h}" for h in range(H) if ref["induction"][1][h] >= PATTERN_MIN and writes[f"a1.h{h}"]
+    ]
+    assert ref["previous_token_heads"] == prev and len(prev) == 1
+    assert ref["induction_heads"] == ind and len(ind) == 1

@@ -272,8 +272,11 @@ def induction_reference(hf: Any, tok: Any, *, seed: int, n: int = 64) -> dict[st
                 drop[layer, head] = base - accuracy()
 
     def role(score: Tensor, layers: range) -> tuple[list[tuple[int, int]], float]:
-        """Heads whose pattern fits the role, if ablating them (alone, or together when they
-        are redundant copies of each other) costs induction accuracy."""
+        """Heads whose pattern fits the role and that carry the task: ablating the fitting heads
+        together must cost induction accuracy, and each head counts if ablating it alone costs
+        accuracy or if, with the other fitting heads ablated, it alone restores accuracy
+        (redundant copies are each cheap to lose; a head whose output nobody uses restores
+        nothing, whatever its pattern)."""
         fits = [(lay, h) for lay in layers for h in range(n_heads) if score[lay, h] >= PATTERN_MIN]
         if not fits:
             return [], 0.0
@@ -281,7 +284,17 @@ def induction_reference(hf: Any, tok: Any, *, seed: int, n: int = 64) -> dict[st
             group_drop = base - accuracy()
         if group_drop < ABLATION_MIN:
             return [], group_drop
-        return fits, group_drop
+        keep = []
+        for head in fits:
+            others = [f for f in fits if f != head]
+            if others:
+                with ablate_heads(hf, others):
+                    restores = group_drop - (base - accuracy())
+            else:
+                restores = group_drop
+            if drop[head] >= ABLATION_MIN or restores >= ABLATION_MIN:
+                keep.append(head)
+        return keep, group_drop
 
     prev, prev_drop = role(scores["previous_token"], range(n_layers - 1))
     ind, ind_drop = role(scores["induction"], range(1, n_layers))
@@ -402,11 +415,13 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> dict[str, Any]:
     d = ind["diagnostics"]
     report.add(
         f"Reference found at run time: previous-token heads (layer < last, previous-token score "
-        f">= {PATTERN_MIN}; zero-ablating the role's heads together costs >= {ABLATION_MIN} of "
-        "induction accuracy, since redundant heads can each be cheap to lose alone) and "
-        "induction heads (induction score >= the same, same ablation test, above a previous-token "
-        f"head). Unablated accuracy on repeated tokens: {d['accuracy']:.3f}; ablating the "
-        "previous-token-pattern heads together costs "
+        f">= {PATTERN_MIN}; zero-ablating the fitting heads together costs >= {ABLATION_MIN} of "
+        "induction accuracy, and each head counts if ablating it alone costs that much or if it "
+        "alone restores that much with the other fitting heads ablated: redundant copies are "
+        "each cheap to lose, and a head whose output nobody reads restores nothing) and "
+        "induction heads (induction score >= the same, same ablation tests, above a "
+        "previous-token head). Unablated accuracy on repeated tokens: "
+        f"{d['accuracy']:.3f}; ablating the previous-token-pattern heads together costs "
         f"{d['group_ablation_drop']['previous_token']:.3f}, the induction-pattern heads "
         f"{d['group_ablation_drop']['induction']:.3f}.",
         "",
