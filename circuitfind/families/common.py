@@ -7,7 +7,17 @@ from typing import Any
 from torch import Tensor
 from transformers.activations import ACT2FN
 
-__all__ = ["act_fn", "by_head", "by_head_out", "check_causal_lm", "heads_in"]
+from circuitfind.model import LayerWeights, ModelWeights
+
+__all__ = [
+    "act_fn",
+    "by_head",
+    "by_head_out",
+    "check_causal_lm",
+    "gpt2_style_norms",
+    "gpt2_style_weights",
+    "heads_in",
+]
 
 
 def act_fn(name: str) -> Any:
@@ -36,3 +46,29 @@ def check_causal_lm(hf_model: Any, base_attr: str) -> Any:
             f"{type(hf_model).__name__}"
         )
     return base
+
+
+def gpt2_style_norms(block: Any) -> dict[str, Any]:
+    """The ``ln_1`` / ``ln_2`` LayerNorm fields of a GPT-2-style block (GPT-2, GPT-Neo)."""
+    return {
+        "ln1_w": block.ln_1.weight,
+        "ln1_b": block.ln_1.bias,
+        "ln1_eps": block.ln_1.eps,
+        "ln2_w": block.ln_2.weight,
+        "ln2_b": block.ln_2.bias,
+        "ln2_eps": block.ln_2.eps,
+    }
+
+
+def gpt2_style_weights(hf: Any, base: Any, layers: list[LayerWeights]) -> ModelWeights:
+    """Embeddings, learned positions, ``ln_f`` and ``lm_head`` of a GPT-2-style model."""
+    return ModelWeights(
+        W_E=base.wte.weight,
+        W_pos=base.wpe.weight,
+        layers=layers,
+        lnf_w=base.ln_f.weight,
+        lnf_b=base.ln_f.bias,
+        lnf_eps=base.ln_f.eps,
+        W_U=hf.lm_head.weight.T,
+        b_U=getattr(hf.lm_head, "bias", None),
+    )

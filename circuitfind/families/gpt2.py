@@ -7,7 +7,12 @@ from typing import Any
 import torch
 
 from circuitfind.families import register
-from circuitfind.families.common import act_fn, check_causal_lm
+from circuitfind.families.common import (
+    act_fn,
+    check_causal_lm,
+    gpt2_style_norms,
+    gpt2_style_weights,
+)
 from circuitfind.model import LayerWeights, ModelConfig, ModelWeights
 
 
@@ -34,9 +39,7 @@ def adapt_gpt2(hf: Any) -> tuple[ModelConfig, ModelWeights]:
             b_Q, b_K, b_V = (b[j * d : (j + 1) * d].view(h, dh) for j in range(3))
             layers.append(
                 LayerWeights(
-                    ln1_w=block.ln_1.weight,
-                    ln1_b=block.ln_1.bias,
-                    ln1_eps=block.ln_1.eps,
+                    **gpt2_style_norms(block),
                     W_Q=W_Q,
                     W_K=W_K,
                     W_V=W_V,
@@ -45,9 +48,6 @@ def adapt_gpt2(hf: Any) -> tuple[ModelConfig, ModelWeights]:
                     b_K=b_K,
                     b_V=b_V,
                     b_O=block.attn.c_proj.bias,
-                    ln2_w=block.ln_2.weight,
-                    ln2_b=block.ln_2.bias,
-                    ln2_eps=block.ln_2.eps,
                     W_in=block.mlp.c_fc.weight,
                     b_in=block.mlp.c_fc.bias,
                     W_out=block.mlp.c_proj.weight,
@@ -55,16 +55,7 @@ def adapt_gpt2(hf: Any) -> tuple[ModelConfig, ModelWeights]:
                     act=act_fn(c.activation_function),
                 )
             )
-        weights = ModelWeights(
-            W_E=base.wte.weight,
-            W_pos=base.wpe.weight,
-            layers=layers,
-            lnf_w=base.ln_f.weight,
-            lnf_b=base.ln_f.bias,
-            lnf_eps=base.ln_f.eps,
-            W_U=hf.lm_head.weight.T,
-            b_U=getattr(hf.lm_head, "bias", None),
-        )
+        weights = gpt2_style_weights(hf, base, layers)
     cfg = ModelConfig(
         family="gpt2",
         n_layers=c.n_layer,

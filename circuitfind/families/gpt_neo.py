@@ -7,7 +7,14 @@ from typing import Any
 import torch
 
 from circuitfind.families import register
-from circuitfind.families.common import act_fn, by_head_out, check_causal_lm, heads_in
+from circuitfind.families.common import (
+    act_fn,
+    by_head_out,
+    check_causal_lm,
+    gpt2_style_norms,
+    gpt2_style_weights,
+    heads_in,
+)
 from circuitfind.model import LayerWeights, ModelConfig, ModelWeights
 
 
@@ -24,9 +31,7 @@ def adapt_gpt_neo(hf: Any) -> tuple[ModelConfig, ModelWeights]:
             windows.append(c.window_size if c.attention_layers[i] == "local" else None)
             layers.append(
                 LayerWeights(
-                    ln1_w=block.ln_1.weight,
-                    ln1_b=block.ln_1.bias,
-                    ln1_eps=block.ln_1.eps,
+                    **gpt2_style_norms(block),
                     W_Q=heads_in(attn.q_proj.weight, h, dh),
                     W_K=heads_in(attn.k_proj.weight, h, dh),
                     W_V=heads_in(attn.v_proj.weight, h, dh),
@@ -35,9 +40,6 @@ def adapt_gpt_neo(hf: Any) -> tuple[ModelConfig, ModelWeights]:
                     b_K=None,
                     b_V=None,
                     b_O=attn.out_proj.bias,
-                    ln2_w=block.ln_2.weight,
-                    ln2_b=block.ln_2.bias,
-                    ln2_eps=block.ln_2.eps,
                     W_in=block.mlp.c_fc.weight.T,
                     b_in=block.mlp.c_fc.bias,
                     W_out=block.mlp.c_proj.weight.T,
@@ -45,16 +47,7 @@ def adapt_gpt_neo(hf: Any) -> tuple[ModelConfig, ModelWeights]:
                     act=act_fn(c.activation_function),
                 )
             )
-        weights = ModelWeights(
-            W_E=base.wte.weight,
-            W_pos=base.wpe.weight,
-            layers=layers,
-            lnf_w=base.ln_f.weight,
-            lnf_b=base.ln_f.bias,
-            lnf_eps=base.ln_f.eps,
-            W_U=hf.lm_head.weight.T,
-            b_U=getattr(hf.lm_head, "bias", None),
-        )
+        weights = gpt2_style_weights(hf, base, layers)
     cfg = ModelConfig(
         family="gpt_neo",
         n_layers=c.num_layers,
