@@ -96,12 +96,19 @@ def repeated_tokens(
 
 def head_scores(model: Any, tokens: Tensor, length: int, offset: int = 0) -> dict[str, Tensor]:
     """Previous-token, duplicate-token and induction scores ``[layers, heads]`` on ``tokens``
-    from :func:`repeated_tokens` (``offset`` = prefix length, ``length`` = segment length)."""
+    from :func:`repeated_tokens` (``offset`` = prefix length, ``length`` = segment length).
+
+    The definitions are ``circuitfind.roles``' (the ones inspection and the diagrams use), with
+    the prefix masked out: on ``A A`` with distinct tokens they are the position rules in the
+    module docstring."""
+    from circuitfind.roles import duplicate_token_score, induction_score, previous_token_score
+
+    del length  # implied by the tokens: the scores find the repeats themselves
     pat = attention_patterns(model, tokens)  # [L, b, H, q, k]
-    total = tokens.shape[1]
-    q = torch.arange(offset + 1, total)
-    prev = pat[:, :, :, q, q - 1].mean(dim=(1, 3))
-    q2 = torch.arange(offset + length, total)
-    dup = pat[:, :, :, q2, q2 - length].mean(dim=(1, 3))
-    ind = pat[:, :, :, q2, q2 - length + 1].mean(dim=(1, 3))
-    return {"previous_token": prev, "duplicate_token": dup, "induction": ind}
+    mask = torch.ones_like(tokens)
+    mask[:, :offset] = 0
+    return {
+        "previous_token": torch.stack([previous_token_score(p, mask) for p in pat]),
+        "duplicate_token": torch.stack([duplicate_token_score(p, tokens, mask) for p in pat]),
+        "induction": torch.stack([induction_score(p, tokens, mask) for p in pat]),
+    }
