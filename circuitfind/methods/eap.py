@@ -201,6 +201,10 @@ def eap_scores(
     Cost per batch: the ablated run (for resample, the corrupted forward, no unembedding), then
     one probed forward + backward per step; the clean node outputs are recorded from the clean
     pass itself (alpha = 1), so EAP costs 2 forwards + 1 backward.
+
+    Memory per batch, float32: the sender differences [S, b, p, d]; with several IG steps also
+    the receiver gradients summed over steps [R, b, p, d] (EAP contracts each layer's block at
+    once instead). Lower ``batch_size`` if they do not fit.
     """
     if mode == "eap":
         alphas = [1.0]
