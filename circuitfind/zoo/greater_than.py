@@ -20,7 +20,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from circuitfind.tasks import Task
 from circuitfind.tasks import greater_than as gt_task
 from circuitfind.zoo.tokenizer import word_level_tokenizer
-from circuitfind.zoo.train import Recipe, Sampler, register_recipe
+from circuitfind.zoo.train import Recipe, Sampler, register_recipe, task_scores
 
 __all__ = ["CENTURIES", "split"]
 
@@ -118,18 +118,7 @@ def held_out_task(tok: Any, seed: int, n: int = 400) -> Task:
 
 
 def evaluate(model: Any, tok: Any, seed: int) -> dict[str, float]:
-    from circuitfind.tasks import get_task
-
-    held = held_out_task(tok, seed)
-    logits = held.run(model)
-    builtin = get_task("greater-than", tok, n=400, seed=seed)
-    b_logits = builtin.run(model)
-    return {
-        "held_out_accuracy": float(held.metric_fn(logits, metric="accuracy")),
-        "held_out_prob_diff": float(held.metric_fn(logits)),
-        "builtin_greater_than_accuracy": float(builtin.metric_fn(b_logits, metric="accuracy")),
-        "builtin_greater_than_prob_diff": float(builtin.metric_fn(b_logits)),
-    }
+    return task_scores(model, tok, held_out_task(tok, seed), "greater-than", seed, "prob_diff")
 
 
 register_recipe(

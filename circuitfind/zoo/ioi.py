@@ -19,7 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from circuitfind.tasks import Task
 from circuitfind.tasks import ioi as ioi_task
 from circuitfind.zoo.tokenizer import word_level_tokenizer
-from circuitfind.zoo.train import Recipe, Sampler, register_recipe
+from circuitfind.zoo.train import Recipe, Sampler, register_recipe, task_scores
 
 __all__ = ["ENDINGS", "MIDDLES", "NAMES", "OPENINGS", "split"]
 
@@ -189,18 +189,7 @@ def held_out_task(tok: Any, seed: int, n: int = 400) -> Task:
 
 
 def evaluate(model: Any, tok: Any, seed: int) -> dict[str, float]:
-    from circuitfind.tasks import get_task
-
-    held = held_out_task(tok, seed)
-    logits = held.run(model)
-    builtin = get_task("ioi", tok, n=400, seed=seed)
-    b_logits = builtin.run(model)
-    return {
-        "held_out_accuracy": float(held.metric_fn(logits, metric="accuracy")),
-        "held_out_logit_diff": float(held.metric_fn(logits)),
-        "builtin_ioi_accuracy": float(builtin.metric_fn(b_logits, metric="accuracy")),
-        "builtin_ioi_logit_diff": float(builtin.metric_fn(b_logits)),
-    }
+    return task_scores(model, tok, held_out_task(tok, seed), "ioi", seed, "logit_diff")
 
 
 register_recipe(

@@ -30,6 +30,7 @@ __all__ = [
     "Recipe",
     "get_recipe",
     "register_recipe",
+    "task_scores",
     "train",
     "write_card",
 ]
@@ -97,6 +98,25 @@ def get_recipe(name: str) -> Recipe:
 
 def _load_builtin_recipes() -> None:
     from circuitfind.zoo import greater_than, induction_2l, ioi  # noqa: F401 (they register)
+
+
+def task_scores(
+    model: Any, tok: Any, held: Any, builtin: str, seed: int, metric: str
+) -> dict[str, float]:
+    """Accuracy and ``metric`` on a recipe's held-out task and on the built-in task ``builtin``
+    (400 prompts drawn with ``seed``), keyed ``held_out_*`` and ``builtin_<name>_*``."""
+    from circuitfind.tasks import get_task
+
+    key = builtin.replace("-", "_")
+    logits = held.run(model)
+    task = get_task(builtin, tok, n=400, seed=seed)
+    b_logits = task.run(model)
+    return {
+        "held_out_accuracy": float(held.metric_fn(logits, metric="accuracy")),
+        f"held_out_{metric}": float(held.metric_fn(logits)),
+        f"builtin_{key}_accuracy": float(task.metric_fn(b_logits, metric="accuracy")),
+        f"builtin_{key}_{metric}": float(task.metric_fn(b_logits)),
+    }
 
 
 def _loss(model: Any, tokens: Tensor, weight: Tensor) -> Tensor:
