@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -738,7 +739,7 @@ def against_autocircuit(cfg: SpeedConfig, seed: int, ours_main: dict[str, Any] |
             if proc.returncode < 0:  # killed by a signal; SIGKILL is usually the OOM killer
                 sig = signal.Signals(-proc.returncode).name
                 why = f"killed by {sig}" + (
-                    " (out of memory? auto-circuit needs about 14 GB at GPT-2-small size)"
+                    " (out of memory? run the suite with nothing else on the machine)"
                     if sig == "SIGKILL"
                     else ""
                 )
@@ -747,10 +748,17 @@ def against_autocircuit(cfg: SpeedConfig, seed: int, ours_main: dict[str, Any] |
             detail = " | ".join(tail) or "no error output"
             return {"available": False, "reason": f"auto-circuit run failed ({why}): {detail}"}
         theirs = json.loads((work / "result.json").read_text())
+        # the largest finished child so far: the auto-circuit run (KiB on Linux)
+        theirs["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    out: dict[str, Any] = {"available": True, "versions": theirs["versions"], "rows": []}
+    out: dict[str, Any] = {
+        "available": True,
+        "versions": theirs["versions"],
+        "peak_rss_gb": theirs["peak_rss_gb"],
+        "rows": [],
+    }
 
     def named_theirs(scores: dict[str, float], flip: bool) -> dict[str, float]:
         # auto-circuit's mask gradients are of -(logit difference): flip to our sign.
@@ -1115,7 +1123,12 @@ def render_markdown(r: dict[str, Any], plots: dict[str, str]) -> str:
             f"{ac['big']['tl_vs_hf_max_abs_logit_diff']:.1e}. Its patchable forward on the big "
             f"model: {_fmt(ac['big']['their_patchable_forward_s'])} s (HF F "
             f"{_fmt(ac['big']['hf_F_s'])} s, F + B {_fmt(ac['big']['hf_FB_s'])} s). "
-            f"Edge counts: ours "
+            + (
+                f"Its peak memory: {ac['peak_rss_gb']:.1f} GB (resident). "
+                if "peak_rss_gb" in ac
+                else ""
+            )
+            + f"Edge counts: ours "
             f"{ac['big']['edges']:,}, theirs {ac['big']['their_edges']:,}. Spearman is over the "
             "edges both score, signed and on |score| (auto-circuit's gradients are of "
             "-(logit difference); they are sign-flipped). auto-circuit's EAP-IG interpolates "

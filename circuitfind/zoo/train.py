@@ -127,6 +127,38 @@ def _loss(model: Any, tokens: Tensor, weight: Tensor) -> Tensor:
     return (ce * weight).sum() / weight.sum().clamp(min=1.0)
 
 
+def _phase(
+    model: Any,
+    opt: torch.optim.Optimizer,
+    sample: Sampler,
+    gen: torch.Generator,
+    batch: int,
+    steps: int,
+    desc: str,
+    progress: bool,
+    *,
+    sched: Any = None,
+    penalty: Callable[[Any], Tensor] | None = None,
+    running: float = float("nan"),
+) -> float:
+    """``steps`` optimiser steps on fresh batches (gradient clipped at 1; ``penalty(model)``
+    added to the loss when given). Returns the running mean of the task loss."""
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for step in bar:
+        tokens, weight = sample(gen, batch)
+        loss = _loss(model, tokens, weight)
+        opt.zero_grad(set_to_none=True)
+        (loss if penalty is None else loss + penalty(model)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if sched is not None:
+            sched.step()
+        running = loss.item() if math.isnan(running) else 0.98 * running + 0.02 * loss.item()
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{running:.3f}")
+    return running
+
+
 def train(
     name: str,
     *,
@@ -160,35 +192,30 @@ def train(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     start = time.time()
-    bar = tqdm(range(steps), desc=f"zoo:{name}", disable=not progress)
-    running = float("nan")
-    for step in bar:
-        tokens, weight = sample(gen, recipe.batch)
-        loss = _loss(model, tokens, weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{running:.3f}")
+    running = _phase(
+        model, opt, sample, gen, recipe.batch, steps, f"zoo:{name}", progress, sched=sched
+    )
     consolidation = recipe.consolidation
     if consolidation is not None:
         trainable = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(trainable, lr=consolidation.lr, weight_decay=recipe.weight_decay)
         extra_steps = recipe.quick_steps if quick else consolidation.steps
-        bar = tqdm(range(extra_steps), desc=f"zoo:{name} consolidation", disable=not progress)
-        for step in bar:
-            tokens, weight = sample(gen, recipe.batch)
-            loss = _loss(model, tokens, weight)
-            opt.zero_grad(set_to_none=True)
-            (loss + consolidation.weight * consolidation.penalty(model)).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            running = 0.98 * running + 0.02 * loss.item()
-            if step % 25 == 0:
-                bar.set_postfix(loss=f"{running:.3f}")
+
+        def penalty(m: Any) -> Tensor:
+            return consolidation.weight * consolidation.penalty(m)
+
+        running = _phase(
+            model,
+            opt,
+            sample,
+            gen,
+            recipe.batch,
+            extra_steps,
+            f"zoo:{name} consolidation",
+            progress,
+            penalty=penalty,
+            running=running,
+        )
         steps += extra_steps
     train_s = time.time() - start
     model.eval()
