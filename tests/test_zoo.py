@@ -63,7 +63,7 @@ def test_greater_than_builtin_on_the_zoo():
 def test_induction_model_has_previous_token_and_induction_heads():
     model, tok = load_hf("induction-2l")
     tokens = repeated_tokens(range(128), n=32, length=10, seed=FRESH_SEED)
-    scores = head_scores(model, tokens, 10)
+    scores = head_scores(model, tokens)
     prev = scores["previous_token"][0]
     assert prev.max() > 0.5
     assert scores["induction"][1].max() > 0.5

@@ -255,7 +255,7 @@ def induction_reference(hf: Any, tok: Any, *, seed: int, n: int = 64) -> dict[st
     special = set(tok.all_special_ids) if tok is not None else set()
     candidates = [i for i in range(hf.config.vocab_size) if i not in special]
     tokens = repeated_tokens(candidates, n=n, length=segment, seed=seed)
-    scores = head_scores(hf, tokens, segment)
+    scores = head_scores(hf, tokens)
 
     def accuracy() -> float:
         with torch.no_grad():

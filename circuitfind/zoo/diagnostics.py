@@ -94,16 +94,15 @@ def repeated_tokens(
     return torch.stack(rows)
 
 
-def head_scores(model: Any, tokens: Tensor, length: int, offset: int = 0) -> dict[str, Tensor]:
+def head_scores(model: Any, tokens: Tensor, offset: int = 0) -> dict[str, Tensor]:
     """Previous-token, duplicate-token and induction scores ``[layers, heads]`` on ``tokens``
-    from :func:`repeated_tokens` (``offset`` = prefix length, ``length`` = segment length).
+    from :func:`repeated_tokens` (``offset`` = prefix length).
 
     The definitions are ``circuitfind.roles``' (the ones inspection and the diagrams use), with
     the prefix masked out: on ``A A`` with distinct tokens they are the position rules in the
     module docstring."""
     from circuitfind.roles import duplicate_token_score, induction_score, previous_token_score
 
-    del length  # implied by the tokens: the scores find the repeats themselves
     pat = attention_patterns(model, tokens)  # [L, b, H, q, k]
     mask = torch.ones_like(tokens)
     mask[:, :offset] = 0

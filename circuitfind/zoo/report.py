@@ -53,7 +53,7 @@ def model_report(name: str, seed: int) -> list[str]:
     special = set(tok.all_special_ids)
     candidates = [i for i in range(len(tok)) if i not in special]
     tokens = repeated_tokens(candidates, n=64, length=SEGMENT, seed=seed)
-    heads = head_scores(model, tokens, SEGMENT)
+    heads = head_scores(model, tokens)
     main_score = next(iter(recipe.targets))
     n_layers, n_heads = heads["previous_token"].shape
     ablated = torch.zeros(n_layers, n_heads)
