@@ -71,7 +71,8 @@ def _ablation(name: str) -> str:
 
 
 def _engine(name: str) -> Any:
-    """``circuitfind.discover`` / ``circuitfind.evaluate`` (looked up late: tests stub them)."""
+    """``circuitfind.discover`` / ``circuitfind.evaluate``, looked up at call time (so the CLI
+    wiring tests can substitute them)."""
     import circuitfind
 
     fn = getattr(circuitfind, name, None)

@@ -133,7 +133,7 @@ def test_plugin_subcommands_are_wired(capsys):
     assert "ioi" in json.loads(capsys.readouterr().out)["tasks"]
 
 
-# ------------------------------------------------------------------ discover (stub engine)
+# ---------------------------------------- discover (CLI wiring, engine faked; end to end below)
 @dataclass
 class FakeEvaluation:
     faithfulness: float = 0.9
@@ -162,7 +162,7 @@ class ToyTask:
 
 
 @pytest.fixture
-def stub_engine(monkeypatch):
+def fake_engine(monkeypatch):
     """A random GPT-2 model, a toy task, and stand-ins for discover() and evaluate()."""
     model = cf.load(make_hf_model("gpt2"))
     seq = torch.randint(0, 100, (4, 5))
@@ -188,14 +188,14 @@ def stub_engine(monkeypatch):
     return calls
 
 
-def test_discover_writes_everything_and_prints_a_summary(tmp_path, capsys, stub_engine):
+def test_discover_writes_everything_and_prints_a_summary(tmp_path, capsys, fake_engine):
     out = tmp_path / "run"
     argv = ["discover", "--model", "m", "--task", "toy", "--method", "eap-ig", "--out", str(out)]
     assert main([*argv, "--top-n", "20", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert stub_engine["discover"]["method"] == "eap-ig-inputs"
-    assert stub_engine["discover"]["top_n"] == 20
-    assert stub_engine["discover"]["checkpoint_dir"] == out / "checkpoint"
+    assert fake_engine["discover"]["method"] == "eap-ig-inputs"
+    assert fake_engine["discover"]["top_n"] == 20
+    assert fake_engine["discover"]["checkpoint_dir"] == out / "checkpoint"
     assert summary["faithfulness"] == 0.9 and summary["edges"] > 0
     assert summary["total_edges"] > summary["edges"]
     assert all(t["role"] for t in summary["top_heads"])
@@ -213,7 +213,7 @@ def test_discover_writes_everything_and_prints_a_summary(tmp_path, capsys, stub_
     assert "edges" in text and "faithfulness: 0.900" in text and "top heads:" in text
 
 
-def test_evaluate_prints_json(tmp_path, capsys, stub_engine):
+def test_evaluate_prints_json(tmp_path, capsys, fake_engine):
     c = cf.Circuit  # the saved circuit must fit the model's shape
     graph = cf.Graph.from_model(cf.load(make_hf_model("gpt2")))
     keep = graph.valid.clone()
