@@ -26,7 +26,29 @@ from circuitfind.model import ModelConfig
 if TYPE_CHECKING:
     import networkx as nx
 
-__all__ = ["Circuit", "graph_from_shape"]
+__all__ = ["Circuit", "EdgeScores", "graph_from_shape"]
+
+
+class EdgeScores(dict[str, float]):
+    """Edge name -> score; a lookup by any common spelling of the edge finds it too."""
+
+    def __init__(self, graph: Graph, scores: dict[str, float]) -> None:
+        super().__init__(scores)
+        self._cfg = graph.cfg
+
+    def __missing__(self, key: str) -> float:
+        canonical = parse_edge(key, self._cfg)
+        if canonical == key or not dict.__contains__(self, canonical):
+            raise KeyError(key)
+        return dict.__getitem__(self, canonical)
+
+    def __contains__(self, key: object) -> bool:
+        if dict.__contains__(self, key):
+            return True
+        try:
+            return isinstance(key, str) and dict.__contains__(self, parse_edge(key, self._cfg))
+        except InputError:
+            return False
 
 
 def graph_from_shape(n_layers: int, n_heads: int, parallel_attn_mlp: bool = False) -> Graph:
@@ -57,25 +79,27 @@ class Circuit:
 
     Attributes:
         graph: the model's graph.
-        scores: [sender, receiver] float tensor of edge scores (NaN where not scored; entries
-            outside ``graph.valid`` are ignored).
+        score_matrix: [sender, receiver] float tensor of edge scores (NaN where not scored;
+            entries outside ``graph.valid`` are ignored). ``circuit.scores`` is the same as a
+            mapping from edge names.
         in_graph: [sender, receiver] bool tensor, True for edges in the circuit.
         meta: model, task, method, ablation, metric values, timing, versions, seed, ...
         node_scores: optional per-node scores (node-level methods).
     """
 
     graph: Graph
-    scores: Tensor
+    score_matrix: Tensor
     in_graph: Tensor
     meta: dict[str, Any] = field(default_factory=dict)
     node_scores: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         shape = (self.graph.n_senders, self.graph.n_receivers)
-        if tuple(self.scores.shape) != shape or tuple(self.in_graph.shape) != shape:
-            raise ValueError(f"scores and in_graph must be {shape}")
-        self.scores = self.scores.detach().float().cpu()
+        if tuple(self.score_matrix.shape) != shape or tuple(self.in_graph.shape) != shape:
+            raise ValueError(f"score_matrix and in_graph must be {shape}")
+        self.score_matrix = self.score_matrix.detach().float().cpu()
         self.in_graph = self.in_graph.detach().bool().cpu() & self.graph.valid
+        self._scores: EdgeScores | None = None
 
     # ------------------------------------------------------------------ views
     @property
@@ -89,13 +113,24 @@ class Circuit:
         return int(self.in_graph.sum())
 
     @property
-    def edge_scores(self) -> dict[str, float]:
-        """Every scored edge's name and score (``circuit.scores`` as a mapping)."""
-        valid = self.graph.valid & ~torch.isnan(self.scores)
-        s, r = valid.nonzero(as_tuple=True)
-        return {
-            self.graph.edge_name(int(i), int(j)): float(self.scores[i, j]) for i, j in zip(s, r)
-        }
+    def scores(self) -> EdgeScores:
+        """Every scored edge's name and score: ``circuit.scores["a0.h3->a1.h0<k>"]``.
+
+        A ``dict`` keyed by canonical edge names; a lookup also accepts any common spelling
+        (``"L0H3->L1H0<k>"``, ``"0.3->1.0<k>"``). Edges never scored (ACDC skips some) are
+        absent. The tensor behind it is ``score_matrix``.
+        """
+        if self._scores is None:
+            valid = self.graph.valid & ~torch.isnan(self.score_matrix)
+            s, r = valid.nonzero(as_tuple=True)
+            values = self.score_matrix[s, r].tolist()
+            self._scores = EdgeScores(
+                self.graph,
+                {self.graph.edge_name(i, j): v for i, j, v in zip(s.tolist(), r.tolist(), values)},
+            )
+        return self._scores
+
+    edge_scores = scores
 
     @property
     def nodes(self) -> list[str]:
@@ -110,7 +145,7 @@ class Circuit:
     def top_edges(self, n: int = 10, *, in_circuit: bool = True) -> list[tuple[str, float]]:
         """The ``n`` edges with the largest |score| (only in-circuit edges by default)."""
         mask = self.in_graph if in_circuit else self.graph.valid
-        scores = torch.where(mask & ~torch.isnan(self.scores), self.scores.abs(), -1.0)
+        scores = torch.where(mask & ~torch.isnan(self.score_matrix), self.score_matrix.abs(), -1.0)
         flat = scores.flatten()
         k = min(n, int((flat >= 0).sum()))
         idx = flat.topk(k).indices
@@ -118,7 +153,7 @@ class Circuit:
         return [
             (
                 self.graph.edge_name(int(i) // n_recv, int(i) % n_recv),
-                float(self.scores.flatten()[i]),
+                float(self.score_matrix.flatten()[i]),
             )
             for i in idx
         ]
@@ -140,13 +175,15 @@ class Circuit:
                 key=recv.qkv or "",
                 name=self.graph.edge_name(i, j),
                 qkv=recv.qkv,
-                score=float(self.scores[i, j]),
+                score=float(self.score_matrix[i, j]),
             )
         return g
 
     def with_edges(self, in_graph: Tensor, **meta: Any) -> Circuit:
         """The same scores with another set of kept edges."""
-        return Circuit(self.graph, self.scores, in_graph, {**self.meta, **meta}, self.node_scores)
+        return Circuit(
+            self.graph, self.score_matrix, in_graph, {**self.meta, **meta}, self.node_scores
+        )
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
@@ -160,7 +197,7 @@ class Circuit:
             nodes[name] = entry
         edges: dict[str, Any] = {}
         s, r = g.valid.nonzero(as_tuple=True)
-        scores = self.scores[s, r].tolist()
+        scores = self.score_matrix[s, r].tolist()
         flags = self.in_graph[s, r].tolist()
         for i, j, score, flag in zip(s.tolist(), r.tolist(), scores, flags):
             edges[g.edge_name(i, j)] = {

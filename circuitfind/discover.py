@@ -214,6 +214,7 @@ def discover(
         "time_s": time.perf_counter() - t0,
         "scoring_time_s": scoring_time,
         "seed": seed,
+        "task_seed": getattr(task, "meta", {}).get("seed"),
         "versions": _versions(),
     }
     return Circuit(graph, scores, keep, meta, node_level)

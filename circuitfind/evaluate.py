@@ -119,7 +119,7 @@ def evaluate(
     )
     if reference is not None:
         ref = _reference_mask(graph, reference)
-        result.roc_auc_edges = roc_auc(circuit.scores, ref, graph.valid)
+        result.roc_auc_edges = roc_auc(circuit.score_matrix, ref, graph.valid)
         node_scores = _node_scores(graph, circuit)
         ref_nodes = _nodes_of(graph, ref)
         names = [n.name for n in graph.senders if n.kind != "input"]
@@ -128,7 +128,7 @@ def evaluate(
             torch.tensor([n in ref_nodes for n in names]),
         )
     if curve:
-        scores = circuit.scores.nan_to_num(0.0)  # an edge never scored (ACDC) has no evidence
+        scores = circuit.score_matrix.nan_to_num(0.0)  # an edge never scored (ACDC) has no evidence
         # rank the signed curve by helpfulness (see discover's meta["score_orientation"])
         orientation = circuit.meta.get("score_orientation")
         if orientation is None:
@@ -166,7 +166,7 @@ def _node_scores(graph: Graph, circuit: Circuit) -> dict[str, float]:
     """A node's score: its own (node methods) or its largest |score| over incident edges."""
     if circuit.node_scores:
         return {n.name: abs(circuit.node_scores.get(n.name, 0.0)) for n in graph.senders}
-    mag = circuit.scores.abs().nan_to_num(0.0) * graph.valid
+    mag = circuit.score_matrix.abs().nan_to_num(0.0) * graph.valid
     out = {n.name: float(mag[i].max()) for i, n in enumerate(graph.senders)}
     for j, rec in enumerate(graph.receivers):
         if rec.node in out:

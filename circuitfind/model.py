@@ -333,11 +333,19 @@ class Model:
         return tokens.to(self.device).long()
 
     # ----------------------------------------------------------------- run context
-    def context(self, tokens: Tensor, attention_mask: Tensor | None = None) -> RunContext:
+    def context(
+        self,
+        tokens: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> RunContext:
         """Positions, attention masks and rotary angles for a batch of tokens.
 
         With an attention mask, position ids count real tokens only (as in generation), so a
-        left-padded prompt gets the same positions as the unpadded one.
+        left-padded prompt gets the same positions as the unpadded one. ``position_ids``
+        ([batch, pos] or [pos]) overrides that, as in Hugging Face: HF's own forward without
+        them numbers every position 0..T-1, padding included, which differs from the unpadded
+        prompt for left-padded learned-position models (GPT-2, GPT-Neo).
         """
         batch, seq = tokens.shape
         device = tokens.device
@@ -350,7 +358,23 @@ class Model:
                 )
             if bool(attention_mask.all()):
                 attention_mask = None
-        if attention_mask is None:
+        if position_ids is not None:
+            positions = torch.as_tensor(position_ids, device=device).long()
+            if positions.ndim == 1:
+                positions = positions.unsqueeze(0)
+            if positions.shape[-1] != seq or positions.shape[0] not in (1, batch):
+                raise InputError(
+                    f"position_ids shape {tuple(positions.shape)} does not fit tokens shape "
+                    f"{tuple(tokens.shape)}; give [batch, pos] or [pos]"
+                )
+            positions = positions.expand(batch, seq)
+            learned = self.cfg.positional == "learned"
+            if learned and self.cfg.n_ctx and int(positions.max()) >= self.cfg.n_ctx:
+                raise InputError(
+                    f"position id {int(positions.max())} is outside the model's context "
+                    f"({self.cfg.n_ctx})"
+                )
+        elif attention_mask is None:
             positions = torch.arange(seq, device=device).unsqueeze(0).expand(batch, seq)
         else:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -550,6 +574,7 @@ class Model:
         tokens: Tensor,
         attention_mask: Tensor | None = None,
         *,
+        position_ids: Tensor | None = None,
         hooks: dict[str, Hook] | None = None,
     ) -> Tensor:
         """Logits [batch, pos, vocab], equal to the Hugging Face model's.
@@ -558,7 +583,7 @@ class Model:
         ``embed`` (the input node), ``resid_pre.{L}``, ``resid_mid.{L}`` (sequential families),
         ``attn_out.{L}`` (summed attention output incl. b_O), ``mlp_out.{L}``, ``resid_final``
         (before the final norm). All are [batch, pos, d_model]. Used by steering, directional
-        ablation and SAE splicing.
+        ablation and SAE splicing. ``position_ids``: see :meth:`context`.
         """
         if hooks:
             unknown = set(hooks) - set(self.hook_points())
@@ -567,7 +592,9 @@ class Model:
                     f"unknown hook point(s) {sorted(unknown)}; valid: embed, resid_pre.L, "
                     "resid_mid.L, attn_out.L, mlp_out.L, resid_final"
                 )
-        logits, _ = self._run(tokens, attention_mask, cache=None, hooks=hooks or {})
+        logits, _ = self._run(
+            tokens, attention_mask, cache=None, hooks=hooks or {}, position_ids=position_ids
+        )
         return logits
 
     @contextmanager
@@ -623,6 +650,7 @@ class Model:
         *,
         patterns: bool = False,
         z: bool = False,
+        position_ids: Tensor | None = None,
     ) -> tuple[Tensor, ForwardCache]:
         """Logits and a ``ForwardCache`` of every node output and receiver input.
 
@@ -635,7 +663,9 @@ class Model:
         )
         logger.info("cache for %s tokens: %.1f MiB", tuple(tokens.shape), size / 2**20)
         cache = ForwardCache(self.cfg, input=torch.empty(0))
-        logits, _ = self._run(tokens, attention_mask, cache=cache, patterns=patterns, z=z)
+        logits, _ = self._run(
+            tokens, attention_mask, cache=cache, patterns=patterns, z=z, position_ids=position_ids
+        )
         return logits, cache
 
     def cache(
@@ -645,12 +675,21 @@ class Model:
         *,
         patterns: bool = False,
         z: bool = False,
+        position_ids: Tensor | None = None,
     ) -> ForwardCache:
         """Like ``run_with_cache`` without the unembedding (cheaper when logits are not needed:
         the unembedding is a large share of a small model's forward)."""
         tokens = self.check_tokens(tokens, attention_mask)
         cache = ForwardCache(self.cfg, input=torch.empty(0))
-        self._run(tokens, attention_mask, cache=cache, patterns=patterns, z=z, unembed=False)
+        self._run(
+            tokens,
+            attention_mask,
+            cache=cache,
+            patterns=patterns,
+            z=z,
+            unembed=False,
+            position_ids=position_ids,
+        )
         return cache
 
     def _run(
@@ -662,6 +701,7 @@ class Model:
         z: bool = False,
         hooks: dict[str, Hook] | None = None,
         unembed: bool = True,
+        position_ids: Tensor | None = None,
     ) -> tuple[Tensor, ForwardCache | None]:
         hooks = self._merged_hooks(hooks) if self._installed else (hooks or {})
 
@@ -670,7 +710,7 @@ class Model:
             return x if fn is None else fn(x)
 
         tokens = self.check_tokens(tokens, attention_mask)
-        ctx = self.context(tokens, attention_mask)
+        ctx = self.context(tokens, attention_mask, position_ids)
         resid = hook("embed", self.embed(tokens, ctx))
         if cache is not None:
             cache.input = resid

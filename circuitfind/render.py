@@ -136,7 +136,7 @@ def dot_source(
                 s.node(m)
 
     s_idx, r_idx = circuit.in_graph.nonzero(as_tuple=True)
-    scores = circuit.scores[s_idx, r_idx]
+    scores = circuit.score_matrix[s_idx, r_idx]
     finite = scores[~scores.isnan()].abs()
     biggest = float(finite.max()) if len(finite) and float(finite.max()) > 0 else 1.0
     negative = False

@@ -56,7 +56,7 @@ def node_scores(circuit: Circuit) -> dict[str, float]:
     if circuit.node_scores:
         return {n: circuit.node_scores.get(n, float("nan")) for n in circuit.nodes}
     keep = circuit.in_graph
-    scores = circuit.scores.nan_to_num(0.0) * keep
+    scores = circuit.score_matrix.nan_to_num(0.0) * keep
     g = circuit.graph
     out: dict[str, float] = {}
     by_sender = scores.sum(1)

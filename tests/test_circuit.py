@@ -24,7 +24,7 @@ def test_json_round_trip(tmp_path):
     back = Circuit.from_json(path)
     assert back.edge_names == c.edge_names
     valid = c.graph.valid
-    torch.testing.assert_close(back.scores[valid], c.scores[valid])
+    torch.testing.assert_close(back.score_matrix[valid], c.score_matrix[valid])
     assert back.meta == c.meta
     data = json.loads(path.read_text())
     assert len(data["edges"]) == c.graph.n_edges
@@ -83,3 +83,20 @@ def test_top_edges_are_sorted_by_magnitude():
     mags = [abs(s) for _, s in top]
     assert mags == sorted(mags, reverse=True)
     assert all(name in c.edge_names for name, _ in top)
+
+
+def test_scores_map_every_scored_edge_name_to_its_score():
+    c = _circuit()
+    scores = c.score_matrix.clone()
+    scores[0, 0] = float("nan")  # an unscored edge (ACDC skips some) is absent
+    c = Circuit(c.graph, scores, c.in_graph)
+    s, r = (c.graph.valid & ~torch.isnan(c.score_matrix)).nonzero(as_tuple=True)
+    assert len(c.scores) == len(s) == c.graph.n_edges - 1
+    for i, j in zip(s.tolist(), r.tolist()):
+        assert c.scores[c.graph.edge_name(i, j)] == pytest.approx(float(c.score_matrix[i, j]))
+    name = "a0.h1->a1.h2<k>"
+    assert c.scores["L0H1->L1H2<k>"] == c.scores["0.1->1.2<K>"] == c.scores[name]
+    assert "A0.1->a1.h2<k>" in c.scores and "a0.h1->a0.h2<k>" not in c.scores
+    with pytest.raises(KeyError):
+        c.scores[c.graph.edge_name(0, 0)]
+    assert dict(c.scores) == c.edge_scores

@@ -110,7 +110,7 @@ def test_roc_auc_against_a_reference_circuit(setup):
     model, task = setup
     c = cf.discover(model, task, method="eap", top_n=20, progress=False)
     # the 20 highest-|score| edges: the scores rank them above every other edge
-    reference = set(c.with_edges(top_n(c.graph, c.scores, 20)).edge_names)
+    reference = set(c.with_edges(top_n(c.graph, c.score_matrix, 20)).edge_names)
     ev = cf.evaluate(model, task, c, reference=reference)
     assert ev.roc_auc_edges == pytest.approx(1.0)
     assert 0.5 < ev.roc_auc_nodes <= 1.0

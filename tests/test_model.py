@@ -84,6 +84,27 @@ def test_padded_batch_equals_unpadded_prompts(family_config, side):
         assert torch.isfinite(batched[i]).all()
 
 
+def test_explicit_position_ids_reproduce_hf_on_a_left_padded_batch(family_config):
+    """HF's forward without position_ids numbers padding too; passing the same ids to ours
+    gives HF's logits on every real token, whatever the family's positional scheme."""
+    _, hf = family_config
+    model = cf.load(hf)
+    tokens = torch.randint(0, VOCAB, (3, 10))
+    mask = torch.ones_like(tokens)
+    mask[1, :4] = 0
+    mask[2, :1] = 0
+    with torch.no_grad():
+        ours = model(tokens, attention_mask=mask, position_ids=torch.arange(10))
+        reference = _hf_logits(hf, tokens, mask)
+        shifted = _hf_logits(hf, tokens, mask, torch.arange(3, 13)[None].expand(3, 10))
+        ours_shifted = model(tokens, attention_mask=mask, position_ids=torch.arange(3, 13))
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], reference[real], atol=ATOL, rtol=0)
+    torch.testing.assert_close(ours_shifted[real], shifted[real], atol=ATOL, rtol=0)
+    with pytest.raises(cf.InputError, match="position_ids"):
+        model(tokens, position_ids=torch.arange(9))
+
+
 def test_residual_stream_is_the_sum_of_node_outputs(family_config):
     _, hf = family_config
     model = cf.load(hf)

@@ -49,8 +49,8 @@ def contribution(circuit: Any, higher_is_better: bool) -> Tensor:
     """Scores oriented so that larger means "helps the task" (see the module docstring)."""
     method = circuit.meta.get("method")
     if method in _ATTRIBUTION:
-        return -circuit.scores if higher_is_better else circuit.scores.clone()
-    return circuit.scores.clone()
+        return -circuit.score_matrix if higher_is_better else circuit.score_matrix.clone()
+    return circuit.score_matrix.clone()
 
 
 def _top_edges(graph: Any, scores: Tensor, pct: float) -> set[int]:
@@ -77,7 +77,7 @@ def _one(model: Any, task: Any, method: str) -> dict[str, Any]:
     )
     ev = circuitfind.evaluate(model, task, oriented, curve=True)
     return {
-        "scores": circuit.scores,
+        "scores": circuit.score_matrix,
         "curve": ev.curve,
         "curve_abs": ev.curve_abs,
         "cpr": ev.cpr,

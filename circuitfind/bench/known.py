@@ -80,7 +80,7 @@ def score_circuit(circuit: Any, ref_edges: Tensor, ref_nodes: set[str]) -> dict[
     from circuitfind.evaluate import roc_auc
 
     graph: Graph = circuit.graph
-    scores = circuit.scores
+    scores = circuit.score_matrix
     valid = graph.valid
     s_abs = scores.abs().nan_to_num(0.0)
     s_abs = torch.where(valid, s_abs, torch.zeros_like(s_abs))

@@ -103,7 +103,9 @@ def get_task(
     key = str(name_or_path)
     spec = TASKS.get(_ALIASES.get(key.lower(), key.lower()))
     if spec is not None:
-        return spec.build(model, n=n, seed=seed, metric=metric, **kwargs)
+        task = spec.build(model, n=n, seed=seed, metric=metric, **kwargs)
+        task.meta.setdefault("seed", seed)  # circuits found on it record the prompts' seed
+        return task
     path = Path(key)
     if path.suffix == ".jsonl" or path.is_file():
         from circuitfind.tasks.tokenize import resolve_tokenizer
