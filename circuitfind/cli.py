@@ -23,15 +23,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from circuitfind.discover import METHODS as _ENGINE_METHODS
+from circuitfind.discover import method_name
 from circuitfind.errors import CircuitfindError, InputError
 from circuitfind.patching import ABLATIONS as _ENGINE_ABLATIONS
+from circuitfind.patching import ablation_kind
 
 __all__ = ["METHODS", "build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
 METHODS: tuple[str, ...] = tuple(_ENGINE_METHODS)
-METHOD_ALIASES = {"eap-ig": "eap-ig-inputs", "eapig": "eap-ig-inputs", "patching": "exact"}
 ABLATIONS: tuple[str, ...] = tuple(_ENGINE_ABLATIONS)
 PLUGINS = (
     "circuitfind.tasks.cli",
@@ -53,23 +54,6 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
 
 
 # ---------------------------------------------------------------------------- helpers
-def _method(name: str) -> str:
-    key = name.lower()
-    key = METHOD_ALIASES.get(key, key)
-    if key not in METHODS:
-        raise InputError(
-            f"unknown method {name!r}; use one of {', '.join(METHODS)} (eap-ig = eap-ig-inputs)"
-        )
-    return key
-
-
-def _ablation(name: str) -> str:
-    key = name.lower().replace("_", "-")
-    if key not in ABLATIONS:
-        raise InputError(f"unknown ablation {name!r}; use one of {', '.join(ABLATIONS)}")
-    return key
-
-
 def _engine(name: str) -> Any:
     """``circuitfind.discover`` / ``circuitfind.evaluate``, looked up at call time (so the CLI
     wiring tests can substitute them)."""
@@ -165,8 +149,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- discover
 def _discover(args: argparse.Namespace) -> int:
-    method = _method(args.method)
-    ablation = _ablation(args.ablation)
+    method = method_name(args.method)
+    ablation = ablation_kind(args.ablation)
     from circuitfind.render import GraphvizNotFoundError, render
     from circuitfind.report import head_scores, write_report
     from circuitfind.roles import detect_roles
@@ -282,7 +266,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from circuitfind.circuit import Circuit
 
     circuit = Circuit.from_json(args.circuit)
-    ablation = None if args.ablation is None else _ablation(args.ablation)
+    ablation = None if args.ablation is None else ablation_kind(args.ablation)
     model, task = _load_model_and_task(args)
     _check_shape(circuit, model, args.circuit)
     evaluate = _engine("evaluate")

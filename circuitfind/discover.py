@@ -18,9 +18,9 @@ from circuitfind.evaluate import faithfulness
 from circuitfind.graph import Graph
 from circuitfind.methods import acdc, eap_scores, exact_scores, node_scores
 from circuitfind.model import Model
-from circuitfind.patching import ABLATIONS, Ablation, MaskEvaluator, with_clean_logits
+from circuitfind.patching import Ablation, MaskEvaluator, ablation_kind, with_clean_logits
 
-__all__ = ["METHODS", "discover"]
+__all__ = ["METHODS", "discover", "method_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,30 @@ METHODS: dict[str, str] = {
     "eap-ig-activations": "EAP with integrated gradients over every node's activations",
     "node": "node (head / MLP) ablation",
 }
-_ALIASES = {"eap-ig": "eap-ig-inputs", "eapig": "eap-ig-inputs", "patching": "exact"}
+_ALIASES = {
+    "eap-ig": "eap-ig-inputs",
+    "eapig": "eap-ig-inputs",
+    "eap-ig-input": "eap-ig-inputs",
+    "eap-ig-acts": "eap-ig-activations",
+    "eap-ig-activation": "eap-ig-activations",
+    "patching": "exact",
+    "activation-patching": "exact",
+    "edge-patching": "exact",
+    "node-ablation": "node",
+}
+
+
+def method_name(method: str) -> str:
+    """The canonical name of a method from any common spelling (``eap_ig``, ``EAP-IG``,
+    ``patching``); an unknown one is an error naming the choices."""
+    key = str(method).strip().lower().replace("_", "-").replace(" ", "-")
+    key = _ALIASES.get(key, key)
+    if key not in METHODS:
+        raise InputError(
+            f"unknown method {method!r}; choose one of {', '.join(METHODS)} "
+            "(eap-ig = eap-ig-inputs)"
+        )
+    return key
 
 
 def _versions() -> dict[str, str]:
@@ -109,11 +132,8 @@ def discover(
         A ``Circuit`` with every edge's score and ``meta`` holding the metric of the full model,
         the circuit and the empty circuit, its faithfulness and how it was found.
     """
-    method = _ALIASES.get(method, method)
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if ablation not in ABLATIONS:
-        raise InputError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
+    method = method_name(method)
+    ablation = ablation_kind(ablation)
     chosen = [x is not None for x in (top_n, threshold, target_faithfulness)]
     if sum(chosen) > 1:
         raise InputError("give at most one of top_n, threshold and target_faithfulness")

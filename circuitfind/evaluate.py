@@ -15,8 +15,8 @@ from circuitfind.circuit import Circuit
 from circuitfind.errors import InputError
 from circuitfind.graph import Graph
 from circuitfind.model import Model
-from circuitfind.patching import Ablation, MaskEvaluator, with_clean_logits
-from circuitfind.prune import top_n
+from circuitfind.patching import Ablation, MaskEvaluator, ablation_kind, with_clean_logits
+from circuitfind.prune import remove_dangling, top_n
 
 __all__ = ["CURVE_PERCENTS", "Evaluation", "evaluate", "faithfulness", "roc_auc"]
 
@@ -65,7 +65,8 @@ def _signed_top(graph: Graph, scores: Tensor, n: int) -> Tensor:
     """The n edges with the largest signed score."""
     s = torch.where(graph.valid & ~torch.isnan(scores), scores, torch.full_like(scores, -1e30))
     keep = torch.zeros(s.numel(), dtype=torch.bool)
-    keep[s.flatten().topk(n).indices] = True
+    if n:
+        keep[s.flatten().topk(min(n, s.numel())).indices] = True
     return keep.view_as(scores) & graph.valid
 
 
@@ -85,7 +86,8 @@ def evaluate(
     Args:
         ablation: resample / mean / mean-positional / zero; default: the circuit's own.
         curve: also compute the faithfulness curve over circuits holding CURVE_PERCENTS of the
-            edges (ranked by |score| and by signed score) and MIB's CPR and CMD areas.
+            edges (ranked by |score| and by signed score; int(pct * edges) of them, then pruned
+            to those on a path from input to logits, as MIB does) and MIB's CPR and CMD areas.
         reference: a known circuit (a ``Circuit`` or a set of edge names, any spelling): the
             ROC AUC of the circuit's scores for recovering its edges and its nodes.
     """
@@ -101,7 +103,7 @@ def evaluate(
             f"{circuit.graph.cfg.n_heads} heads; this model has {graph.cfg.n_layers} x "
             f"{graph.cfg.n_heads}"
         )
-    kind = ablation or circuit.meta.get("ablation", "resample")
+    kind = ablation_kind(ablation or circuit.meta.get("ablation", "resample"))
     task = with_clean_logits(model, task)
     abl = Ablation(model, task, kind, batch_size)
     ev = MaskEvaluator(model, graph, task, abl, batch_size, metric=metric)
@@ -135,9 +137,13 @@ def evaluate(
             orientation = 1.0 if m_empty >= m_full else -1.0
         signed = scores * float(orientation)
         for pct in CURVE_PERCENTS:
-            n = max(1, round(graph.n_edges * pct / 100))
-            f_abs = faithfulness(ev(top_n(graph, scores, n).float()), m_full, m_empty)
-            f_sig = faithfulness(ev(_signed_top(graph, signed, n).float()), m_full, m_empty)
+            # as MIB: int(pct * edges) edges, then only those on a path from input to logits
+            # (the pruning discover applies, so the curve agrees with its circuits)
+            n = int(graph.n_edges * pct / 100)
+            by_abs = remove_dangling(graph, top_n(graph, scores, n))
+            by_sign = remove_dangling(graph, _signed_top(graph, signed, n))
+            f_abs = faithfulness(ev(by_abs.float()), m_full, m_empty)
+            f_sig = faithfulness(ev(by_sign.float()), m_full, m_empty)
             result.curve_abs.append((pct, f_abs))
             result.curve.append((pct, f_sig))
         result.cpr = _area(result.curve)

@@ -35,6 +35,7 @@ __all__ = [
     "Ablation",
     "Batch",
     "MaskEvaluator",
+    "ablation_kind",
     "batches",
     "masked_forward",
     "readout_logits",
@@ -44,6 +45,26 @@ __all__ = [
 
 AblationKind = Literal["resample", "mean", "mean-positional", "zero"]
 ABLATIONS: tuple[str, ...] = ("resample", "mean", "mean-positional", "zero")
+_ABLATION_ALIASES = {
+    "patching": "resample",  # MIB's name
+    "counterfactual": "resample",
+    "corrupted": "resample",
+    "resample-ablation": "resample",
+    "mean-pos": "mean-positional",
+    "positional-mean": "mean-positional",
+    "zero-ablation": "zero",
+    "mean-ablation": "mean",
+}
+
+
+def ablation_kind(kind: str) -> str:
+    """The canonical name of an ablation from any common spelling (``mean_positional``,
+    MIB's ``patching``, ``counterfactual``); an unknown one is an error naming the choices."""
+    key = str(kind).strip().lower().replace("_", "-").replace(" ", "-")
+    key = _ABLATION_ALIASES.get(key, key)
+    if key not in ABLATIONS:
+        raise InputError(f"unknown ablation {kind!r}; choose one of {', '.join(ABLATIONS)}")
+    return key
 
 
 @dataclass
@@ -113,8 +134,7 @@ class Ablation:
     """Where ablated sender outputs come from, for any batch of a task."""
 
     def __init__(self, model: Model, task: Any, kind: str, batch_size: int = 32) -> None:
-        if kind not in ABLATIONS:
-            raise InputError(f"unknown ablation {kind!r}; choose one of {', '.join(ABLATIONS)}")
+        kind = ablation_kind(kind)
         self.kind = kind
         self.model = model
         self._mean: Tensor | None = None

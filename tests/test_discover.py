@@ -59,6 +59,12 @@ def test_full_and_empty_circuits_have_faithfulness_one_and_zero(setup):
     assert ev.curve[-1][1] == pytest.approx(1.0, abs=1e-5)
     assert ev.curve_abs[-1][1] == pytest.approx(1.0, abs=1e-5)
     assert ev.cpr is not None and ev.cmd is not None and ev.cmd >= 0
+    # each |score| point is the circuit discover keeps at that size (MIB's int(pct * edges))
+    for pct, f in ev.curve_abs:
+        n = int(graph.n_edges * pct / 100)
+        at_n = cf.discover(model, task, method="eap", top_n=n, progress=False)
+        assert f == pytest.approx(at_n.meta["faithfulness"], abs=1e-5), pct
+    assert ev.curve_abs[0][1] == pytest.approx(0.0, abs=1e-5)  # 0.1% of 262 edges: none
 
 
 def test_pruning_rules():
@@ -128,3 +134,17 @@ def test_the_signed_curve_ranks_helpful_edges_first_for_every_method(setup):
         flipped = c.with_edges(c.in_graph, score_orientation=-c.meta["score_orientation"])
         worse = cf.evaluate(model, task, flipped, curve=True)
         assert ev.cpr > worse.cpr, method
+
+
+def test_methods_and_ablations_accept_common_spellings(setup):
+    model, task = setup
+    c = cf.discover(
+        model, task, method="EAP_IG", ablation="mean_positional", top_n=5, progress=False
+    )
+    assert (c.meta["method"], c.meta["ablation"]) == ("eap-ig-inputs", "mean-positional")
+    ev = cf.evaluate(model, task, c, ablation="patching")  # MIB's name for resample
+    assert ev.ablation == "resample"
+    with pytest.raises(cf.InputError, match=r"unknown ablation 'avg'.*resample, mean"):
+        cf.discover(model, task, method="eap", ablation="avg", progress=False)
+    with pytest.raises(cf.InputError, match=r"unknown method 'eep'.*exact"):
+        cf.discover(model, task, method="eep", progress=False)
