@@ -131,6 +131,20 @@ def test_exact_single_edge_equals_brute_force_with_plain_hooks():
         assert got == pytest.approx(expected, abs=2e-4), edge.name
 
 
+def test_exact_scores_do_not_depend_on_how_variants_share_a_pass():
+    model = cf.load(make_hf_model("llama-gqa-llama3rope"))
+    graph = cf.Graph.from_model(model)
+    task = _random_task(n=5, padded=True)
+    abl = Ablation(model, task, "resample")
+    runs = [
+        exact_scores(model, graph, task, abl, batch_size=b, max_tokens_per_pass=t, progress=False)
+        for b, t in ((5, 1), (2, 100), (5, 10**6))  # one variant a pass ... all in one
+    ]
+    valid = graph.valid
+    for other in runs[1:]:
+        torch.testing.assert_close(other[valid], runs[0][valid], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["gpt_neox-parallel", "llama-gqa-llama3rope", "qwen2-sliding-mqa"])
 def test_exact_scores_equal_masked_runs_on_other_families(name):
     model = cf.load(make_hf_model(name))

@@ -80,8 +80,8 @@ class SpeedConfig:
     # are extrapolated from a stratified sample of their passes.
     max_full_s: float = 300.0
     exact_receivers_per_layer: int = 2
-    exact_sample_senders: int = 8  # senders per sampled receiver (one batched pass)
-    max_tokens_per_pass: int = 16384
+    exact_sample_senders: int = 8  # senders per sampled receiver (in the engine's passes)
+    max_tokens_per_pass: int | None = None  # None: the engine's default (tokens_per_pass)
     scaling_shape: Shape = GPT2_SMALL
     scaling_prompts: tuple[int, ...] = (8, 16, 32, 64)
     scaling_shapes: tuple[Shape, ...] = (
@@ -286,7 +286,7 @@ def exact_sample_rate(case: Case, cfg: SpeedConfig, seed: int) -> tuple[float, i
     ``exact_scores`` uses, one chunk of senders each; every receiver's edges are then costed at
     the per-edge rate of a sampled receiver of its layer and kind.
     """
-    from circuitfind.methods.exact import _patched_logits
+    from circuitfind.methods.exact import _patched_logits, tokens_per_pass
     from circuitfind.patching import batches
 
     model, graph, task = case.model, case.graph, case.task
@@ -294,7 +294,9 @@ def exact_sample_rate(case: Case, cfg: SpeedConfig, seed: int) -> tuple[float, i
     abl = _ablation(case)
     batch = next(batches(task, n, model.device))
     b, p = batch.clean.shape
-    chunk = min(cfg.exact_sample_senders, max(1, cfg.max_tokens_per_pass // (b * p)))
+    # the passes exact_scores makes: as many senders per pass as its token budget allows
+    per_pass = max(1, (cfg.max_tokens_per_pass or tokens_per_pass(model.device)) // (b * p))
+    chunk = max(per_pass, cfg.exact_sample_senders)
     rng = torch.Generator().manual_seed(seed)
     sample: list[int] = []
     for layer in range(model.cfg.n_layers):
@@ -315,11 +317,12 @@ def exact_sample_rate(case: Case, cfg: SpeedConfig, seed: int) -> tuple[float, i
         ctx = model.context(batch.clean, batch.attention_mask)
         for r in sample:
             senders = torch.arange(0, min(chunk, int(graph.n_upstream[r])))
-            delta = -diff[senders].reshape(len(senders) * b, p, -1)
 
-            def one(r: int = r, senders: Tensor = senders, delta: Tensor = delta) -> None:
-                logits = _patched_logits(model, graph, cache, ctx, batch.readout, r, delta)
-                task.metric_fn(logits.float(), batch.idx.repeat(len(senders)), reduce="none")
+            def one(r: int = r, senders: Tensor = senders) -> None:
+                for part in senders.split(per_pass):
+                    delta = -diff[part].reshape(len(part) * b, p, -1)
+                    logits = _patched_logits(model, graph, cache, ctx, batch.readout, r, delta)
+                    task.metric_fn(logits.float(), batch.idx.repeat(len(part)), reduce="none")
 
             rate[r] = time_it(one, 1, warmup=False).seconds / len(senders)
             edges += len(senders)

@@ -21,7 +21,7 @@ from circuitfind.graph import Graph
 from circuitfind.model import ForwardCache, Model, RunContext
 from circuitfind.patching import Ablation, batches, readout_logits, run_from, save_checkpoint
 
-__all__ = ["exact_scores"]
+__all__ = ["exact_scores", "tokens_per_pass"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,16 @@ def _patched_logits(
     return run_from(model, resid, ctx_v, layer + 1, readout)
 
 
+def tokens_per_pass(device: torch.device | str) -> int:
+    """How many tokens (variants x prompts x positions) one batched patched pass should hold.
+
+    Measured on 2 CPU cores with GPT-2 small (32 prompts x 16 tokens): per edge, passes of
+    ~2k tokens are 1.7x faster than 16k-token passes, whose activations (hundreds of MB a
+    tensor) go to fresh pages every time. On a GPU larger passes keep the device busy.
+    """
+    return 32768 if torch.device(device).type == "cuda" else 2048
+
+
 def exact_scores(
     model: Model,
     graph: Graph,
@@ -100,7 +110,7 @@ def exact_scores(
     *,
     batch_size: int = 32,
     metric: Any = None,
-    max_tokens_per_pass: int = 16384,
+    max_tokens_per_pass: int | None = None,
     progress: bool = True,
     checkpoint: Path | None = None,
     checkpoint_every_s: float = 60.0,
@@ -109,7 +119,10 @@ def exact_scores(
 
     With ``checkpoint``, the sums so far are saved there every ``checkpoint_every_s`` seconds
     and after each batch; a later call with the same file resumes where it stopped.
+    ``max_tokens_per_pass`` bounds each batched pass (default: :func:`tokens_per_pass`).
     """
+    if max_tokens_per_pass is None:
+        max_tokens_per_pass = tokens_per_pass(model.device)
     S, R = graph.n_senders, graph.n_receivers
     n = len(task)
     totals = torch.zeros(S, R, dtype=torch.float64)
