@@ -110,12 +110,20 @@ def test_zoo_cli(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ZOO)
 def test_full_training_reproduces_the_shipped_model(name, tmp_path):
+    """The recipe reproduces the shipped model: bit for bit on the CPU model that trained it
+    (float kernels differ between CPU models, so elsewhere the weights differ in their last
+    bits and drift apart over training), and to its card's behaviour everywhere."""
+    from circuitfind.bench.common import cpu_name
+
     info = card(name)
     result = train(name, seed=info["seed"], out=tmp_path, progress=False)
     assert result["meets_targets"], result["scores"]
-    shipped = load_file(resolve(name) / "model.safetensors")
-    fresh = load_file(tmp_path / "model.safetensors")
-    assert all(torch.equal(shipped[k], fresh[k]) for k in shipped)
+    for key, value in info["scores"].items():
+        assert result["scores"][key] == pytest.approx(value, rel=0.15, abs=0.05), key
+    if info.get("versions", {}).get("cpu") == cpu_name():
+        shipped = load_file(resolve(name) / "model.safetensors")
+        fresh = load_file(tmp_path / "model.safetensors")
+        assert all(torch.equal(shipped[k], fresh[k]) for k in shipped)
 
 
 def test_known_suite_reference_is_the_heads_that_write():

@@ -51,7 +51,8 @@ def command_line() -> str:
     return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -71,7 +72,7 @@ def machine() -> dict[str, Any]:
             "memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
         }
     return {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "arch": platform.machine(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

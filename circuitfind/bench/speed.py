@@ -43,6 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitfind.bench.common import cpu_name
+
 __all__ = ["FULL", "QUICK", "Shape", "SpeedConfig", "autocircuit_edge_name", "main", "run"]
 
 logger = logging.getLogger(__name__)
@@ -929,7 +931,7 @@ def machine() -> dict[str, Any]:
 
     return {
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuitfind.bench.common import cpu_name
 from circuitfind.errors import InputError
 
 __all__ = [
@@ -246,6 +247,8 @@ def train(
         "versions": {
             "torch": torch.__version__,
             "python": platform.python_version(),
+            # float results (and so the trained bits) are reproducible on the same CPU model
+            "cpu": cpu_name(),
         },
     }
     save(model, tokenizer, out)
