@@ -7,7 +7,10 @@ the first-order estimate of metric(edge ablated) - metric(clean), for every edge
 - ``eap-ig-inputs``: the gradient averaged over runs whose input embeddings move from the
   ablated to the clean ones (alpha = k/steps, k = 1..steps), as in Hanna et al. 2024.
 - ``eap-ig-activations``: the gradient averaged over runs in which every node's output is set to
-  A + alpha (clean - A) (gradients still flow through each node), as MIB's EAP-IG-activations.
+  A + alpha (clean - A) (gradients still flow through each node), all nodes at once: k passes,
+  EAP-IG's k(F + B) + F cost. EAP-IG's reference code (used by MIB) instead interpolates one
+  layer's output at a time (the rest of the run computed from it) and averages over (2L + 1) k
+  passes: a different estimator, equal to this one (and to ``eap``) at one step.
 
 With ``steps=1`` both IG variants equal ``eap``. The run itself is a plain forward (one shared
 stream per layer): gradients w.r.t. each receiver's own input come from zero "probe" tensors on
