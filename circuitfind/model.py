@@ -256,6 +256,17 @@ def _rms_norm(x: Tensor, w: Tensor, eps: float) -> Tensor:
     return w * x32.to(dtype)
 
 
+def _pick_positions(x: Tensor, index: Tensor) -> Tensor:
+    """x[:, index] for a shared [n] index, or row by row for a [batch, n] one (x: [batch,
+    pos, ...]; a batch-1 x is broadcast to the index's rows)."""
+    if index.dim() == 1:
+        return x[:, index]
+    if x.shape[0] != index.shape[0]:
+        x = x.expand(index.shape[0], *x.shape[1:])
+    rows = torch.arange(index.shape[0], device=index.device)[:, None]
+    return x[rows, index]
+
+
 def _rotate_half(x: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -441,7 +452,7 @@ class Model:
             return x
         cos, sin = ctx.cos, ctx.sin
         if q_index is not None:
-            cos, sin = cos[:, q_index], sin[:, q_index]
+            cos, sin = _pick_positions(cos, q_index), _pick_positions(sin, q_index)
         cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
         rot = cos.shape[-1]
         if rot == x.shape[-1]:
@@ -468,7 +479,9 @@ class Model:
             x_q, x_k, x_v: the query/key/value receivers' inputs, each [batch, pos, d_model]
                 or [batch, pos, head, d_model] (one per query head).
             ctx: the run context (``Model.context``).
-            q_index: only compute these query positions (keys/values use every position).
+            q_index: only compute these query positions (keys/values use every position):
+                [n_q] shared by every row, or [batch, n_q] per row (e.g. each prompt's
+                readout).
             return_pattern: also return the attention probabilities [batch, head, q, k].
             heads: only compute these query heads (per-head inputs then have len(heads) heads);
                 the outputs' head axis follows this list.
@@ -492,7 +505,7 @@ class Model:
             return normed[key]
 
         if q_index is not None:
-            x_q = x_q[:, q_index]
+            x_q = _pick_positions(x_q, q_index)
         if heads is None:
             q = self._project(ln(x_q), lw.W_Q, lw.b_Q, per_head, kv=False)
             k = self._project(ln(x_k), lw.W_K, lw.b_K, per_head, kv=True)
@@ -523,7 +536,11 @@ class Model:
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * cfg.attn_scale[layer]
         mask = ctx.masks[cfg.window[layer]]
         if q_index is not None:
-            mask = mask[:, :, q_index]
+            if q_index.dim() == 1:
+                mask = mask[:, :, q_index]
+            else:  # [b, 1, q, k] -> [b, 1, n_q, k], row by row
+                full = mask.expand(q_index.shape[0], *mask.shape[1:])
+                mask = _pick_positions(full[:, 0], q_index).unsqueeze(1)
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
         z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)

@@ -294,6 +294,23 @@ def masked_forward(
     return model.unembed(final)
 
 
+def readout_index(readout: Tensor, rows: int | None = None) -> Tensor:
+    """The readout positions as a query index for ``Model.attention``: shared ``[1]`` when
+    every prompt reads out at the same position, else ``[rows, 1]`` row by row (``rows``: a
+    multiple of the prompts when variants are stacked on the batch axis, variant-major)."""
+    if bool((readout == readout[0]).all()):
+        return readout[:1]
+    reps = 1 if rows is None else rows // readout.shape[0]
+    return readout.repeat(reps)[:, None]
+
+
+def at_readout(x: Tensor, q_index: Tensor) -> Tensor:
+    """x [b, p, ...] at the positions of ``readout_index``: [b, 1, ...]."""
+    if q_index.dim() == 1:
+        return x[:, q_index]
+    return x[torch.arange(x.shape[0], device=x.device), q_index[:, 0]].unsqueeze(1)
+
+
 def run_from(
     model: Model,
     resid: Tensor,
@@ -303,18 +320,16 @@ def run_from(
 ) -> Tensor:
     """Plain forward from ``resid`` (the stream entering ``start_layer``) to readout logits.
 
-    In the last layer only the readout queries are computed when all prompts read out at the
-    same position; the unembedding runs only at the readout positions.
+    In the last layer only each prompt's readout query is computed, and the unembedding runs
+    only at the readout positions.
     """
     cfg = model.cfg
     for layer in range(start_layer, cfg.n_layers):
-        last = layer == cfg.n_layers - 1
-        same = last and bool((readout == readout[0]).all())
-        if same:
-            q_index = readout[:1]
+        if layer == cfg.n_layers - 1:
+            q_index = readout_index(readout, resid.shape[0])
             z, _ = model.attention(layer, resid, resid, resid, ctx, q_index=q_index)
             attn = model.attn_out(layer, z)  # [b, 1, d]
-            here = resid[:, q_index]
+            here = at_readout(resid, q_index)
             if cfg.parallel_attn_mlp:
                 out = here + attn + model.mlp(layer, here)
             else:

@@ -317,3 +317,24 @@ def test_a_subset_of_heads_equals_those_heads_of_the_full_layer(name):
         per_head = x.unsqueeze(2).expand(-1, -1, 2, -1)
         part2, _ = model.attention(1, per_head, x, per_head, ctx, heads=subset)
         torch.testing.assert_close(part2, full[:, :, subset], atol=1e-5, rtol=0)
+
+
+def test_attention_at_per_row_query_positions_equals_the_full_pattern(family_config):
+    _, hf = family_config
+    model = cf.load(hf)
+    tokens = torch.randint(0, VOCAB, (3, 9))
+    mask = torch.ones_like(tokens)
+    mask[0, 6:] = 0  # right padding: each row reads out at its own last real token
+    mask[2, :2] = 0  # left padding
+    readout = torch.tensor([5, 8, 8])
+    with torch.no_grad():
+        ctx = model.context(tokens, mask)
+        x = model.embed(tokens, ctx)
+        for layer in range(model.cfg.n_layers):
+            full, _ = model.attention(layer, x, x, x, ctx)
+            rows, _ = model.attention(layer, x, x, x, ctx, q_index=readout[:, None])
+            shared, _ = model.attention(layer, x, x, x, ctx, q_index=torch.tensor([8]))
+            torch.testing.assert_close(
+                rows[:, 0], full[torch.arange(3), readout], atol=1e-5, rtol=0
+            )
+            torch.testing.assert_close(shared[:, 0], full[:, 8], atol=1e-5, rtol=0)

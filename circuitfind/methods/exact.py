@@ -19,7 +19,15 @@ from tqdm.auto import tqdm
 
 from circuitfind.graph import Graph
 from circuitfind.model import ForwardCache, Model, RunContext
-from circuitfind.patching import Ablation, batches, readout_logits, run_from, save_checkpoint
+from circuitfind.patching import (
+    Ablation,
+    at_readout,
+    batches,
+    readout_index,
+    readout_logits,
+    run_from,
+    save_checkpoint,
+)
 
 __all__ = ["exact_scores", "tokens_per_pass"]
 
@@ -54,16 +62,21 @@ def _patched_logits(
         return readout_logits(model, _tile(final, V) + delta, readout)
     layer = rec.layer
     assert layer is not None
-    last = layer == cfg.n_layers - 1 and bool((readout == readout[0]).all())
-    pos = readout[:1] if last else None  # last layer: only the readout position matters
+    # last layer: only each prompt's readout position matters (pos [1] shared, or [b, 1])
+    pos = readout_index(readout) if layer == cfg.n_layers - 1 else None
+    pos_v = None if pos is None or pos.dim() == 1 else readout_index(readout, V * len(readout))
+
+    def here(t: Tensor, tiled: bool = False) -> Tensor:
+        """t at the readout positions when only those are computed (rows tiled or not)."""
+        if pos is None:
+            return t
+        return at_readout(t, pos_v if tiled and pos_v is not None else pos)
+
     ctx_v = ctx.tile(V)
-    after = _after_layer(cache, layer, cfg.n_layers)
+    after = here(_after_layer(cache, layer, cfg.n_layers))
     if rec.qkv is None:  # an MLP
-        x = cache.receiver_input(layer, "mlp")
-        clean_mlp = cache.mlps[layer]
-        if pos is not None:
-            x, clean_mlp, after, delta = x[:, pos], clean_mlp[:, pos], after[:, pos], delta[:, pos]
-        new = model.mlp(layer, _tile(x, V) + delta)
+        x, clean_mlp = here(cache.receiver_input(layer, "mlp")), here(cache.mlps[layer])
+        new = model.mlp(layer, _tile(x, V) + here(delta, tiled=True))
         resid = _tile(after - clean_mlp, V) + new
     else:
         head = rec.head
@@ -71,21 +84,16 @@ def _patched_logits(
         x = _tile(cache.resid_pre[layer], V)
         shifted = x + delta
         inputs = [shifted if t == rec.qkv else x for t in ("q", "k", "v")]
+        q_index = pos if pos_v is None else pos_v
         z, _ = model.attention(
-            layer, inputs[0], inputs[1], inputs[2], ctx_v, q_index=pos, heads=[head]
+            layer, inputs[0], inputs[1], inputs[2], ctx_v, q_index=q_index, heads=[head]
         )
         new_head = torch.einsum("bpe,em->bpm", z[:, :, 0], model.w.layers[layer].W_O[head])
-        clean_head = cache.heads[layer][:, :, head]
-        if pos is not None:
-            clean_head, after = clean_head[:, pos], after[:, pos]
-        change = new_head - _tile(clean_head, V)
+        change = new_head - _tile(here(cache.heads[layer][:, :, head]), V)
         if cfg.parallel_attn_mlp:
             resid = _tile(after, V) + change
         else:
-            mid = cache.resid_mid[layer]
-            if pos is not None:
-                mid = mid[:, pos]
-            mid = _tile(mid, V) + change
+            mid = _tile(here(cache.resid_mid[layer]), V) + change
             resid = mid + model.mlp(layer, mid)
     if pos is not None:
         return model.unembed(resid[:, 0])
