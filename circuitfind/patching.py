@@ -229,6 +229,8 @@ def masked_forward(
         tokens: [b, p] token ids.
         ablated: [S, b|1, p|1, d] ablated sender outputs (``Ablation.outputs``).
         mask: [S, R] (bool or float in [0, 1]; fractional values interpolate) in graph order.
+            A receiver's input is formed from whichever is fewer, its ablated or its kept
+            edges, so gradients w.r.t. ``mask`` reach the weights strictly between 0 and 1.
         readout: [b] positions to unembed; None unembeds every position.
         prefix, start_layer: start at ``start_layer`` with ``prefix`` the differences
             ``out_s - A_s`` of the senders before it (from a run whose receivers before
@@ -254,16 +256,35 @@ def masked_forward(
     for s in range(1, A.shape[0]):
         a_cum = a_cum + A[s]
         a_prefix.append(a_cum)
+    # The sum of D over the senders so far, at the points receivers read it (the stream
+    # entering a layer, and after its heads): {number of senders: sum}. A receiver that keeps
+    # most of its edges then costs only its ablated ones, instead of a (memory-bound) sum over
+    # every upstream sender.
+    total = D[0]
+    for t in D[1:]:
+        total = total + t
+    sums = {len(D): total}
+
+    def weighted(rows: Tensor, weights: Tensor) -> Tensor:
+        """sum_s weights[s, c] D[rows[s]]: [b, p, c, d]."""
+        stacked = torch.stack([D[int(i)] for i in rows])  # [s, b, p, d]
+        return torch.einsum("sbpd,sc->bpcd", stacked, weights)
 
     def receiver_input(cols: list[int], upstream: int, constant: Tensor | float) -> Tensor:
         """Inputs of receivers ``cols`` (sharing ``upstream`` senders): [b, p, len(cols), d]
         or, when every column keeps every edge, the shared stream [b, p, d]."""
         base = a_prefix[upstream - 1] + constant
-        stacked = torch.stack(D[:upstream])  # [s, b, p, d]
+        d_total = sums[upstream]
         if bool(ones[:upstream, cols].all()):
-            return base + stacked.sum(0)
+            return base + d_total
         weights = mask[:upstream, cols]  # [s, c]
-        return base.unsqueeze(2) + torch.einsum("sbpd,sc->bpcd", stacked, weights)
+        off = (weights != 1).any(1).nonzero()[:, 0]  # senders some column does not keep whole
+        on = (weights != 0).any(1).nonzero()[:, 0]  # senders some column keeps at all
+        if len(off) <= len(on):  # the kept stream minus what is ablated
+            return (base + d_total).unsqueeze(2) - weighted(off, 1 - weights[off])
+        if len(on) == 0:
+            return base.unsqueeze(2).expand(*base.shape[:2], len(cols), base.shape[-1])
+        return base.unsqueeze(2) + weighted(on, weights[on])
 
     for layer in range(start_layer, cfg.n_layers):
         upstream = int(graph.n_upstream[graph.receiver_index[f"a{layer}.h0<q>"]])
@@ -277,12 +298,16 @@ def masked_forward(
         heads = model.head_results(layer, z)  # [b, p, h, d]
         for h in range(H):
             D.append(heads[:, :, h] - A[upstream + h])
+            total = total + D[-1]
+        sums = {upstream: sums[upstream], len(D): total}
         m_idx = graph.receiver_index[f"m{layer}"]
         m_up = int(graph.n_upstream[m_idx])
         x_mlp = receiver_input([m_idx], m_up, _layer_constant(model, layer, mlp=True))
         if x_mlp.dim() == 4:
             x_mlp = x_mlp[:, :, 0]
         D.append(model.mlp(layer, x_mlp) - A[upstream + H])
+        total = total + D[-1]
+        sums = {len(D): total}
 
     final = receiver_input(
         [graph.n_receivers - 1], graph.n_senders, _layer_constant(model, cfg.n_layers, mlp=False)
