@@ -256,7 +256,7 @@ def _rms_norm(x: Tensor, w: Tensor, eps: float) -> Tensor:
     return w * x32.to(dtype)
 
 
-def _pick_positions(x: Tensor, index: Tensor) -> Tensor:
+def pick_positions(x: Tensor, index: Tensor) -> Tensor:
     """x[:, index] for a shared [n] index, or row by row for a [batch, n] one (x: [batch,
     pos, ...]; a batch-1 x is broadcast to the index's rows)."""
     if index.dim() == 1:
@@ -452,7 +452,7 @@ class Model:
             return x
         cos, sin = ctx.cos, ctx.sin
         if q_index is not None:
-            cos, sin = _pick_positions(cos, q_index), _pick_positions(sin, q_index)
+            cos, sin = pick_positions(cos, q_index), pick_positions(sin, q_index)
         cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
         rot = cos.shape[-1]
         if rot == x.shape[-1]:
@@ -505,7 +505,7 @@ class Model:
             return normed[key]
 
         if q_index is not None:
-            x_q = _pick_positions(x_q, q_index)
+            x_q = pick_positions(x_q, q_index)
         if heads is None:
             q = self._project(ln(x_q), lw.W_Q, lw.b_Q, per_head, kv=False)
             k = self._project(ln(x_k), lw.W_K, lw.b_K, per_head, kv=True)
@@ -540,7 +540,7 @@ class Model:
                 mask = mask[:, :, q_index]
             else:  # [b, 1, q, k] -> [b, 1, n_q, k], row by row
                 full = mask.expand(q_index.shape[0], *mask.shape[1:])
-                mask = _pick_positions(full[:, 0], q_index).unsqueeze(1)
+                mask = pick_positions(full[:, 0], q_index).unsqueeze(1)
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
         z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from circuitfind.errors import InputError
 from circuitfind.graph import Graph
-from circuitfind.model import ForwardCache, Model, RunContext
+from circuitfind.model import ForwardCache, Model, RunContext, pick_positions
 
 __all__ = [
     "ABLATIONS",
@@ -329,13 +329,6 @@ def readout_index(readout: Tensor, rows: int | None = None) -> Tensor:
     return readout.repeat(reps)[:, None]
 
 
-def at_readout(x: Tensor, q_index: Tensor) -> Tensor:
-    """x [b, p, ...] at the positions of ``readout_index``: [b, 1, ...]."""
-    if q_index.dim() == 1:
-        return x[:, q_index]
-    return x[torch.arange(x.shape[0], device=x.device), q_index[:, 0]].unsqueeze(1)
-
-
 def run_from(
     model: Model,
     resid: Tensor,
@@ -354,7 +347,7 @@ def run_from(
             q_index = readout_index(readout, resid.shape[0])
             z, _ = model.attention(layer, resid, resid, resid, ctx, q_index=q_index)
             attn = model.attn_out(layer, z)  # [b, 1, d]
-            here = at_readout(resid, q_index)
+            here = pick_positions(resid, q_index)
             if cfg.parallel_attn_mlp:
                 out = here + attn + model.mlp(layer, here)
             else:

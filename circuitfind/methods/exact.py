@@ -18,10 +18,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitfind.graph import Graph
-from circuitfind.model import ForwardCache, Model, RunContext
+from circuitfind.model import ForwardCache, Model, RunContext, pick_positions
 from circuitfind.patching import (
     Ablation,
-    at_readout,
     batches,
     readout_index,
     readout_logits,
@@ -55,28 +54,29 @@ def _patched_logits(
     ([V*b, p, d], variant-major)."""
     cfg = model.cfg
     rec = graph.receivers[receiver]
-    V = delta.shape[0] // readout.shape[0]
+    b = readout.shape[0]
+    V = delta.shape[0] // b
     if rec.node == "logits":
         final = cache.resid_final
         assert final is not None
         return readout_logits(model, _tile(final, V) + delta, readout)
     layer = rec.layer
     assert layer is not None
-    # last layer: only each prompt's readout position matters (pos [1] shared, or [b, 1])
-    pos = readout_index(readout) if layer == cfg.n_layers - 1 else None
-    pos_v = None if pos is None or pos.dim() == 1 else readout_index(readout, V * len(readout))
+    # last layer: only each prompt's readout position matters ([1] shared, or one a row)
+    last = layer == cfg.n_layers - 1
+    pos, pos_v = (readout_index(readout), readout_index(readout, V * b)) if last else (None, None)
 
-    def here(t: Tensor, tiled: bool = False) -> Tensor:
-        """t at the readout positions when only those are computed (rows tiled or not)."""
-        if pos is None:
+    def here(t: Tensor) -> Tensor:
+        """t ([b or V*b, p, ...]) at the readout positions when only those are computed."""
+        if pos is None or pos_v is None:
             return t
-        return at_readout(t, pos_v if tiled and pos_v is not None else pos)
+        return pick_positions(t, pos if t.shape[0] == b else pos_v)
 
     ctx_v = ctx.tile(V)
     after = here(_after_layer(cache, layer, cfg.n_layers))
     if rec.qkv is None:  # an MLP
         x, clean_mlp = here(cache.receiver_input(layer, "mlp")), here(cache.mlps[layer])
-        new = model.mlp(layer, _tile(x, V) + here(delta, tiled=True))
+        new = model.mlp(layer, _tile(x, V) + here(delta))
         resid = _tile(after - clean_mlp, V) + new
     else:
         head = rec.head
@@ -84,9 +84,8 @@ def _patched_logits(
         x = _tile(cache.resid_pre[layer], V)
         shifted = x + delta
         inputs = [shifted if t == rec.qkv else x for t in ("q", "k", "v")]
-        q_index = pos if pos_v is None else pos_v
         z, _ = model.attention(
-            layer, inputs[0], inputs[1], inputs[2], ctx_v, q_index=q_index, heads=[head]
+            layer, inputs[0], inputs[1], inputs[2], ctx_v, q_index=pos_v, heads=[head]
         )
         new_head = torch.einsum("bpe,em->bpm", z[:, :, 0], model.w.layers[layer].W_O[head])
         change = new_head - _tile(here(cache.heads[layer][:, :, head]), V)
