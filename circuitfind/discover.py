@@ -13,7 +13,7 @@ from torch import Tensor
 
 from circuitfind import prune
 from circuitfind.circuit import Circuit
-from circuitfind.errors import InputError
+from circuitfind.errors import InputError, choose
 from circuitfind.evaluate import faithfulness
 from circuitfind.graph import Graph
 from circuitfind.methods import acdc, eap_scores, exact_scores, node_scores
@@ -48,14 +48,7 @@ _ALIASES = {
 def method_name(method: str) -> str:
     """The canonical name of a method from any common spelling (``eap_ig``, ``EAP-IG``,
     ``patching``); an unknown one is an error naming the choices."""
-    key = str(method).strip().lower().replace("_", "-").replace(" ", "-")
-    key = _ALIASES.get(key, key)
-    if key not in METHODS:
-        raise InputError(
-            f"unknown method {method!r}; choose one of {', '.join(METHODS)} "
-            "(eap-ig = eap-ig-inputs)"
-        )
-    return key
+    return choose(method, METHODS, _ALIASES, "method", " (eap-ig = eap-ig-inputs)")
 
 
 def _versions() -> dict[str, str]:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from circuitfind.errors import InputError
+from circuitfind.errors import choose
 from circuitfind.graph import Graph
 from circuitfind.model import ForwardCache, Model, RunContext, pick_positions
 
@@ -60,11 +60,7 @@ _ABLATION_ALIASES = {
 def ablation_kind(kind: str) -> str:
     """The canonical name of an ablation from any common spelling (``mean_positional``,
     MIB's ``patching``, ``counterfactual``); an unknown one is an error naming the choices."""
-    key = str(kind).strip().lower().replace("_", "-").replace(" ", "-")
-    key = _ABLATION_ALIASES.get(key, key)
-    if key not in ABLATIONS:
-        raise InputError(f"unknown ablation {kind!r}; choose one of {', '.join(ABLATIONS)}")
-    return key
+    return choose(kind, ABLATIONS, _ABLATION_ALIASES, "ablation")
 
 
 @dataclass
