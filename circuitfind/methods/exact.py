@@ -102,9 +102,11 @@ def _patched_logits(
 def tokens_per_pass(device: torch.device | str) -> int:
     """How many tokens (variants x prompts x positions) one batched patched pass should hold.
 
-    Measured on 2 CPU cores with GPT-2 small (32 prompts x 16 tokens): per edge, passes of
-    ~2k tokens are 1.7x faster than 16k-token passes, whose activations (hundreds of MB a
-    tensor) go to fresh pages every time. On a GPU larger passes keep the device busy.
+    Measured on 2 CPU cores with GPT-2 small, 32 prompts x 16 tokens
+    (``benchmarks/exact_pass_size.py``, ``reports/exact_pass_size.md``): per edge, passes of
+    ~2k tokens are 1.6x faster than 16k-token passes in early and middle layers (whose
+    activations, hundreds of MB a tensor, go to fresh pages every time) and as fast in the
+    last. On a GPU larger passes keep the device busy (not measured: no GPU was lent).
     """
     return 32768 if torch.device(device).type == "cuda" else 2048
 
