@@ -1,16 +1,20 @@
 """circuitfind: automated circuit discovery for transformer language models."""
 
 from circuitfind.circuit import Circuit
-from circuitfind.discover import METHODS, discover
+from circuitfind.discovery import discover
 from circuitfind.errors import CircuitfindError, InputError, ModelLoadError, UnsupportedModelError
-from circuitfind.evaluate import Evaluation, evaluate
+from circuitfind.evaluation import Evaluation, evaluate
 from circuitfind.graph import Edge, Graph, Node, parse_edge, parse_node
 from circuitfind.inspect import dla, logit_lens
 from circuitfind.loading import load
+from circuitfind.methods import METHODS
 from circuitfind.model import ForwardCache, Model, ModelConfig, cache_bytes
 from circuitfind.patching import ABLATIONS
 from circuitfind.render import render
 from circuitfind.roles import Role, detect_roles
+from circuitfind.runs import PreparedRuns
+from circuitfind.scoring import score
+from circuitfind.search import prune
 from circuitfind.tasks import Task, get_task
 from circuitfind.version import __version__
 
@@ -28,6 +32,7 @@ __all__ = [
     "ModelConfig",
     "ModelLoadError",
     "Node",
+    "PreparedRuns",
     "Role",
     "Task",
     "UnsupportedModelError",
@@ -42,5 +47,7 @@ __all__ = [
     "logit_lens",
     "parse_edge",
     "parse_node",
+    "prune",
     "render",
+    "score",
 ]

@@ -85,6 +85,8 @@ class Circuit:
         in_graph: [sender, receiver] bool tensor, True for edges in the circuit.
         meta: model, task, method, ablation, metric values, timing, versions, seed, ...
         node_scores: optional per-node scores (node-level methods).
+        runs: the prepared runs that scored it (``circuitfind.runs.PreparedRuns``; not saved),
+            reused by ``prune`` and ``evaluate`` on the same model and task.
     """
 
     graph: Graph
@@ -92,6 +94,7 @@ class Circuit:
     in_graph: Tensor
     meta: dict[str, Any] = field(default_factory=dict)
     node_scores: dict[str, float] | None = None
+    runs: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         shape = (self.graph.n_senders, self.graph.n_receivers)
@@ -143,7 +146,8 @@ class Circuit:
         return [n for n in self.graph.topological_order() if n in keep]
 
     def top_edges(self, n: int = 10, *, in_circuit: bool = True) -> list[tuple[str, float]]:
-        """The ``n`` edges with the largest |score| (only in-circuit edges by default)."""
+        """The ``n`` kept edges with the largest |score| (fewer when the circuit keeps fewer;
+        :meth:`top_scored` ranks every scored edge)."""
         mask = self.in_graph if in_circuit else self.graph.valid
         scores = torch.where(mask & ~torch.isnan(self.score_matrix), self.score_matrix.abs(), -1.0)
         flat = scores.flatten()
@@ -157,6 +161,10 @@ class Circuit:
             )
             for i in idx
         ]
+
+    def top_scored(self, n: int = 10) -> list[tuple[str, float]]:
+        """The ``n`` scored edges with the largest |score|, kept or not."""
+        return self.top_edges(n, in_circuit=False)
 
     def to_networkx(self) -> nx.MultiDiGraph:
         """The circuit as a ``networkx.MultiDiGraph`` (nodes and edges in the circuit only)."""
@@ -182,7 +190,12 @@ class Circuit:
     def with_edges(self, in_graph: Tensor, **meta: Any) -> Circuit:
         """The same scores with another set of kept edges."""
         return Circuit(
-            self.graph, self.score_matrix, in_graph, {**self.meta, **meta}, self.node_scores
+            self.graph,
+            self.score_matrix,
+            in_graph,
+            {**self.meta, **meta},
+            self.node_scores,
+            runs=self.runs,
         )
 
     # ------------------------------------------------------------------ JSON

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from circuitfind.discover import METHODS as _ENGINE_METHODS
-from circuitfind.discover import method_name
 from circuitfind.errors import CircuitfindError, InputError
+from circuitfind.methods.table import METHODS as _ENGINE_METHODS
+from circuitfind.methods.table import method_name, method_spec
 from circuitfind.patching import ABLATIONS as _ENGINE_ABLATIONS
 from circuitfind.patching import ablation_kind
 
@@ -148,6 +148,26 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- discover
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--option`` for every option of every method in the table, with the methods that
+    take it and their default."""
+    takers: dict[str, list[Any]] = {}
+    for spec in _ENGINE_METHODS.values():
+        for name, default in spec.options.items():
+            takers.setdefault(name, []).append((spec, default))
+    for name, rows in takers.items():
+        default = rows[0][1]
+        text = rows[0][0].option_help.get(name, name)
+        names = ", ".join(spec.name for spec, _ in rows)
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=type(default),
+            metavar=name.split("_")[-1].upper(),
+            help=f"{text} ({names}; default {default})",
+        )
+
+
 def _discover(args: argparse.Namespace) -> int:
     method = method_name(args.method)
     ablation = ablation_kind(args.ablation)
@@ -168,6 +188,9 @@ def _discover(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"seed": args.seed}
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
+    spec = method_spec(method)
+    for name in spec.options:  # the method's own options, from its table row
+        options[name] = getattr(args, name, None)
     circuit = discover(
         model,
         task,
@@ -176,9 +199,8 @@ def _discover(args: argparse.Namespace) -> int:
         top_n=args.top_n,
         threshold=args.threshold,
         target_faithfulness=args.target_faithfulness,
-        steps=args.steps,
-        tau=args.tau,
         greedy_growth=args.greedy,
+        curve=True,
         progress=_progress(args),
         checkpoint_dir=checkpoint,
         **options,
@@ -197,7 +219,7 @@ def _discover(args: argparse.Namespace) -> int:
         print(f"warning: {exc}", file=sys.stderr)
     files["dot"] = str(out / "circuit.gv")
 
-    evaluation = _engine("evaluate")(model, task, circuit, curve=True)
+    evaluation = circuit.meta["evaluation"]  # measured by discover over the same runs
     files["report"] = str(
         write_report(
             circuit,
@@ -210,7 +232,7 @@ def _discover(args: argparse.Namespace) -> int:
     )
     elapsed = time.perf_counter() - start
 
-    faith = evaluation.faithfulness if evaluation is not None else circuit.meta.get("faithfulness")
+    faith = evaluation.get("faithfulness")
     ranked = sorted(head_scores(circuit).items(), key=lambda kv: -abs(kv[1]))[:5]
     top = [
         {
@@ -362,7 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_model_args(d)
-    d.add_argument("--method", default="eap-ig-inputs", help=f"one of {', '.join(METHODS)}")
+    d.add_argument(
+        "--method",
+        default="eap-ig-inputs",
+        help="one of: "
+        + "; ".join(f"{spec.name} ({spec.summary})" for spec in _ENGINE_METHODS.values()),
+    )
     d.add_argument("--ablation", default="resample", help=f"one of {', '.join(ABLATIONS)}")
     prune = d.add_mutually_exclusive_group()
     prune.add_argument("--top-n", type=int, metavar="N", help="keep the N best edges")
@@ -371,8 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-faithfulness", type=float, metavar="F", help="smallest circuit reaching F"
     )
     d.add_argument("--batch-size", type=int, metavar="B", help="prompts per forward pass")
-    d.add_argument("--steps", type=int, default=5, help="integrated-gradient steps (eap-ig-*)")
-    d.add_argument("--tau", type=float, default=0.01, help="ACDC's threshold on the metric change")
+    _add_method_options(d)
     d.add_argument(
         "--greedy", action="store_true", help="with --top-n: grow from the logits (EAP-IG greedy)"
     )

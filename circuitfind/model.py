@@ -213,7 +213,7 @@ class ForwardCache:
 
     def __getitem__(self, name: str) -> Tensor:
         """A node's output by name: ``input``, ``a{L}.h{H}`` or ``m{L}`` (any common spelling)."""
-        from circuitfind.graph import parse_node
+        from circuitfind.names import parse_node
 
         canonical = parse_node(name)
         if canonical == "input":

@@ -18,7 +18,7 @@ run), exactly.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,9 +26,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from circuitfind.errors import choose
 from circuitfind.graph import Graph
 from circuitfind.model import ForwardCache, Model, RunContext, pick_positions
+from circuitfind.vocab import choose
 
 __all__ = [
     "ABLATIONS",
@@ -129,21 +129,44 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 class Ablation:
     """Where ablated sender outputs come from, for any batch of a task."""
 
-    def __init__(self, model: Model, task: Any, kind: str, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model: Model,
+        task: Any,
+        kind: str,
+        batch_size: int = 32,
+        *,
+        clean_caches: Iterable[tuple[Batch, ForwardCache]] | None = None,
+    ) -> None:
+        """``clean_caches``: the task's clean runs, batch by batch, when they are made already
+        (mean ablations then average them instead of running the prompts again)."""
         kind = ablation_kind(kind)
         self.kind = kind
         self.model = model
         self._mean: Tensor | None = None
         if kind in ("mean", "mean-positional"):
-            self._mean = self._mean_outputs(task, batch_size, positional=kind == "mean-positional")
+            self._mean = self._mean_outputs(
+                task, batch_size, positional=kind == "mean-positional", clean_caches=clean_caches
+            )
 
     @torch.no_grad()
-    def _mean_outputs(self, task: Any, batch_size: int, positional: bool) -> Tensor:
+    def _mean_outputs(
+        self,
+        task: Any,
+        batch_size: int,
+        positional: bool,
+        clean_caches: Iterable[tuple[Batch, ForwardCache]] | None = None,
+    ) -> Tensor:
         """Mean sender outputs over the task's clean prompts (real tokens only)."""
         total: Tensor | None = None
         count: Tensor | None = None
-        for batch in batches(task, batch_size, self.model.device):
-            outs = self.model.cache(batch.clean, batch.attention_mask).node_outputs()  # [S,b,p,d]
+        if clean_caches is None:
+            clean_caches = [
+                (b, self.model.cache(b.clean, b.attention_mask))
+                for b in batches(task, batch_size, self.model.device)
+            ]
+        for batch, cache in clean_caches:
+            outs = cache.node_outputs()  # [S, b, p, d]
             real = (
                 batch.attention_mask.to(outs.dtype)
                 if batch.attention_mask is not None

@@ -24,56 +24,37 @@ The pure scoring functions (``previous_token_score`` ...) take pattern tensors
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from circuitfind.patterns import (
+    DLA_FRACTION,
+    ROLE_COLOURS,
+    ROLES,
+    THRESHOLDS,
+    _real,
+    duplicate_token_score,
+    induction_score,
+    induction_targets,
+    pick_role,
+    previous_token_score,
+    repeated_tokens,
+)
+
 __all__ = [
+    "DLA_FRACTION",
     "ROLES",
     "ROLE_COLOURS",
+    "THRESHOLDS",
     "Role",
     "detect_roles",
-    "duplicate_token_score",
-    "induction_score",
-    "previous_token_score",
+    "role_names",
 ]
 
 logger = logging.getLogger(__name__)
-
-ROLES = (
-    "name-mover",
-    "negative-name-mover",
-    "s-inhibition",
-    "induction",
-    "duplicate-token",
-    "previous-token",
-    "unlabelled",
-)
-
-# Fill colours for diagrams and reports (colour-blind friendly, light enough for black text).
-ROLE_COLOURS: dict[str, str] = {
-    "name-mover": "#f4a582",
-    "negative-name-mover": "#d6604d",
-    "s-inhibition": "#92c5de",
-    "induction": "#b2df8a",
-    "duplicate-token": "#fdbf6f",
-    "previous-token": "#cab2d6",
-    "unlabelled": "#f0f0f0",
-}
-
-# Minimum score for each attention role (mean attention probability on the diagnostic positions).
-THRESHOLDS: dict[str, float] = {
-    "previous-token": 0.4,
-    "duplicate-token": 0.3,
-    "induction": 0.3,
-    "name-mover": 0.3,
-    "s-inhibition": 0.3,
-}
-# A name mover's |DLA| must be at least this fraction of the largest |DLA| among all heads.
-DLA_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -101,67 +82,6 @@ class Role:
         if self.name == "unlabelled":
             return "unlabelled"
         return f"{self.name} ({self.score:.2f})"
-
-
-# ---------------------------------------------------------------------------- pure scores
-def _masked_mean(values: Tensor, where: Tensor) -> Tensor:
-    """Mean of values [batch, head, q] over positions where[batch, q]; NaN if none. -> [head]"""
-    w = where[:, None, :].to(values.dtype)
-    count = w.sum(dim=(0, 2))
-    total = (values * w).sum(dim=(0, 2))
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
-
-
-def _real(mask: Tensor | None, tokens: Tensor) -> Tensor:
-    return torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
-
-
-def previous_token_score(pattern: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-    """Mean attention from q to q-1 over real positions q >= 1. pattern [batch, head, q, k] ->
-    [head]."""
-    b, _, t, _ = pattern.shape
-    real = _real(attention_mask, torch.zeros(b, t, dtype=torch.long, device=pattern.device))
-    prev = pattern.diagonal(offset=-1, dim1=2, dim2=3)  # [batch, head, t-1]: q=1.. -> k=q-1
-    where = real[:, 1:] & real[:, :-1]
-    return _masked_mean(prev.float(), where)
-
-
-def _same_token(tokens: Tensor, real: Tensor) -> Tensor:
-    """[batch, q, k] True where k < q and tokens[k] == tokens[q] (both real)."""
-    t = tokens.shape[1]
-    same = tokens[:, :, None] == tokens[:, None, :]
-    earlier = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril(-1)
-    return same & earlier & real[:, :, None] & real[:, None, :]
-
-
-def duplicate_token_score(
-    pattern: Tensor, tokens: Tensor, attention_mask: Tensor | None = None
-) -> Tensor:
-    """Mean attention mass on earlier copies of the current token. -> [head] (NaN: no repeats)."""
-    real = _real(attention_mask, tokens)
-    same = _same_token(tokens, real)  # [batch, q, k]
-    mass = (pattern.float() * same[:, None].float()).sum(-1)  # [batch, head, q]
-    return _masked_mean(mass, same.any(-1))
-
-
-def induction_targets(tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-    """[batch, q, k] True where k-1 is an earlier occurrence of token q and k < q."""
-    real = _real(attention_mask, tokens)
-    same = _same_token(tokens, real)
-    target = torch.zeros_like(same)
-    target[:, :, 1:] = same[:, :, :-1]
-    t = tokens.shape[1]
-    strictly_earlier = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril(-1)
-    return target & strictly_earlier & real[:, None, :]
-
-
-def induction_score(
-    pattern: Tensor, tokens: Tensor, attention_mask: Tensor | None = None
-) -> Tensor:
-    """Mean attention mass on the tokens after earlier copies of the current token. -> [head]."""
-    target = induction_targets(tokens, attention_mask)
-    mass = (pattern.float() * target[:, None].float()).sum(-1)
-    return _masked_mean(mass, target.any(-1))
 
 
 # ---------------------------------------------------------------------------- detection
@@ -193,20 +113,6 @@ def _ioi_positions(task: Any, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor] |
     s2 &= s
     keep = ok[:, None]
     return io & keep, s & keep, s2 & keep
-
-
-def _probe_tokens(tokens: Tensor, real: Tensor, n_ctx: int | None, seed: int) -> Tensor:
-    """Repeated random sequences over the task's own tokens (for duplicate/induction)."""
-    vocab = sorted(set(tokens[real].tolist()))
-    length = min(16, max(4, len(vocab)))
-    if n_ctx is not None:
-        length = min(length, n_ctx // 2)
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(16):
-        seq = rng.sample(vocab, length) if len(vocab) >= length else rng.choices(vocab, k=length)
-        rows.append(seq + seq)
-    return torch.tensor(rows, dtype=torch.long, device=tokens.device)
 
 
 def _enough_repeats(tokens: Tensor, real: Tensor) -> bool:
@@ -289,7 +195,9 @@ def detect_roles(
     if _enough_repeats(tokens, real):
         rep_patterns, rep_tokens, rep_mask = cache.patterns, tokens, mask
     else:
-        rep_tokens = _probe_tokens(tokens, real, cfg.n_ctx, seed)
+        vocab = sorted(set(tokens[real].tolist()))
+        length = min(16, max(4, len(vocab)), (cfg.n_ctx or 10**9) // 2)
+        rep_tokens = repeated_tokens(vocab, n=16, length=length, seed=seed).to(device)
         _, rep_cache = model.run_with_cache(rep_tokens, None, patterns=True)
         rep_patterns, rep_mask = rep_cache.patterns, None
     scores["duplicate-token"] = torch.stack(
@@ -321,16 +229,8 @@ def detect_roles(
             for key, val in {**scores, **extra}.items()
             if not torch.isnan(val[layer, head])
         }
-        best = Role(name, "unlabelled", 0.0, evidence)
-        for role in ROLES[:-1]:  # priority order: IOI roles, then induction, duplicate, previous
-            if role not in scores:
-                continue
-            value = float(scores[role][layer, head])
-            if value != value:  # NaN
-                continue
-            if value >= thr.get(role, 0.0):
-                best = Role(name, role, value, evidence)
-                break
+        role, value = pick_role({k: float(v[layer, head]) for k, v in scores.items()}, thr)
+        best = Role(name, role, value, evidence)
         roles[name] = best
     return roles
 

@@ -179,3 +179,24 @@ def make_hf_model(name: str, *, seed: int = 0, scale: float = 0.25) -> Any:
             else:
                 p.normal_(0.0, scale)
     return model.eval()
+
+
+def method_scores(
+    model: Any,
+    task: Any,
+    method: str,
+    ablation: str = "resample",
+    *,
+    batch_size: int = 32,
+    checkpoint_dir: Any = None,
+    **options: Any,
+) -> Any:
+    """One method's :class:`circuitfind.scores.Scores` over fresh prepared runs."""
+    from pathlib import Path
+
+    from circuitfind.methods import method_spec
+    from circuitfind.runs import PreparedRuns
+
+    runs = PreparedRuns(model, task, ablation, batch_size=batch_size)
+    runs.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+    return method_spec(method).function()(runs, **options)

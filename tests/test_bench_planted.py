@@ -9,8 +9,7 @@ import circuitfind
 from circuitfind.bench import planted
 from circuitfind.bench.known import recovery, score_circuit
 from circuitfind.graph import Graph
-from circuitfind.methods import exact_scores
-from circuitfind.patching import Ablation
+from tests.factories import method_scores
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +29,7 @@ def test_planted_model_does_the_task(setup) -> None:
 @pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
 def test_exact_patching_is_zero_off_the_circuit(setup, ablation: str) -> None:
     model, task, graph = setup
-    scores = exact_scores(model, graph, task, Ablation(model, task, ablation), progress=False)
+    scores = method_scores(model, task, "exact", ablation).edges
     gt = planted.ground_truth(graph, ablation)
     assert int(gt.sum()) == (5 if ablation == "resample" else 7)
     assert float(scores[graph.valid & ~gt].abs().max()) <= 1e-6
@@ -39,7 +38,7 @@ def test_exact_patching_is_zero_off_the_circuit(setup, ablation: str) -> None:
 
 def test_positional_edges_are_invisible_to_resample(setup) -> None:
     model, task, graph = setup
-    scores = exact_scores(model, graph, task, Ablation(model, task, "resample"), progress=False)
+    scores = method_scores(model, task, "exact").edges
     for name, carries in planted.PLANTED_EDGES.items():
         e = graph.edges[name]
         value = abs(float(scores[e.sender_index, e.receiver_index]))

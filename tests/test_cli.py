@@ -14,6 +14,7 @@ import circuitfind as cf
 from circuitfind import cli
 from circuitfind.circuit import Circuit
 from circuitfind.cli import main
+from circuitfind.tasks import Task
 from tests.factories import make_hf_model
 from tests.test_render import small_circuit
 
@@ -148,26 +149,15 @@ class FakeEvaluation:
         return asdict(self)
 
 
-@dataclass
-class ToyTask:
-    clean: torch.Tensor
-    corrupted: torch.Tensor
-    readout: torch.Tensor
-    answer: torch.Tensor
-    wrong: torch.Tensor | None = None
-    attention_mask: torch.Tensor | None = None
-    name: str = "toy"
-    description: str = "toy repeat task"
-    prompts: list | None = None
-
-
 @pytest.fixture
 def fake_engine(monkeypatch):
     """A random GPT-2 model, a toy task, and stand-ins for discover() and evaluate()."""
     model = cf.load(make_hf_model("gpt2"))
     seq = torch.randint(0, 100, (4, 5))
     clean = torch.cat([seq, seq], 1)
-    task = ToyTask(clean, clean.flip(1), torch.full((4,), 9), seq[:, 0])
+    task = Task.from_tokens(
+        clean, clean.flip(1), torch.full((4,), 9), seq[:, 0], name="toy", description="toy repeat"
+    )
     calls = {}
 
     def fake_discover(model, task, **kwargs):
@@ -175,7 +165,13 @@ def fake_engine(monkeypatch):
         graph = cf.Graph.from_model(model)
         scores = torch.randn(graph.n_senders, graph.n_receivers)
         keep = graph.valid & (scores.abs() > 2.0)
-        meta = {"model": "toy", "task": task.name, "method": kwargs["method"], "time_s": 0.1}
+        meta = {
+            "model": "toy",
+            "task": task.name,
+            "method": kwargs["method"],
+            "time_s": 0.1,
+            "evaluation": FakeEvaluation().to_dict(),
+        }
         return Circuit(graph, scores, keep, meta)
 
     def fake_evaluate(model, task, circuit, **kwargs):

@@ -7,8 +7,8 @@ import torch
 
 import circuitfind as cf
 from circuitfind.circuit import Circuit
-from circuitfind.evaluate import roc_auc
-from circuitfind.prune import greedy, remove_dangling, top_n
+from circuitfind.evaluation import roc_auc
+from circuitfind.pruning import greedy, remove_dangling, top_n
 from tests.factories import make_hf_model
 from tests.test_patching import _random_task
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 import circuitfind as cf
-from circuitfind.inspect.attention import head_scores
+from circuitfind.inspect.attention import head_pattern_scores
 
 
 @pytest.fixture(scope="module")
 def induction():
     model = cf.load("zoo:induction-2l")
-    scores = head_scores(model)
-    prev = {f"a0.h{h}" for h in range(model.cfg.n_heads) if scores["previous_token"][0, h] > 0.5}
+    scores = head_pattern_scores(model)
+    prev = {f"a0.h{h}" for h in range(model.cfg.n_heads) if scores["previous-token"][0, h] > 0.5}
     ind = {f"a1.h{h}" for h in range(model.cfg.n_heads) if scores["induction"][1, h] > 0.5}
     assert prev and ind  # the ground truth, from attention patterns (zoo tests check ablation)
     return model, cf.get_task("induction", model, n=64, seed=11), prev, ind

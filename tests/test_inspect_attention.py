@@ -8,8 +8,8 @@ import circuitfind as cf
 from circuitfind.inspect import (
     attention_patterns,
     copying_scores,
+    head_pattern_scores,
     head_roles,
-    head_scores,
     pattern_scores,
     repeated_random_tokens,
 )
@@ -33,11 +33,11 @@ def test_pattern_scores_on_hand_made_patterns():
         dup[q, q - seq] = 1
     patterns = torch.stack([prev, induction, dup])[None, None]  # [1 layer, 1 batch, 3 heads, q, k]
     s = pattern_scores(patterns, tokens)
-    torch.testing.assert_close(s["previous_token"][0], torch.tensor([1.0, 5 / 11, 5 / 11]))
+    torch.testing.assert_close(s["previous-token"][0], torch.tensor([1.0, 5 / 11, 5 / 11]))
     torch.testing.assert_close(s["induction"][0], torch.tensor([0.0, 1.0, 0.0]))
-    torch.testing.assert_close(s["duplicate_token"][0], torch.tensor([0.0, 0.0, 1.0]))
+    torch.testing.assert_close(s["duplicate-token"][0], torch.tensor([0.0, 0.0, 1.0]))
     roles = head_roles(s)
-    assert roles == {"a0.h0": "previous_token", "a0.h1": "induction", "a0.h2": "duplicate_token"}
+    assert roles == {"a0.h0": "previous-token", "a0.h1": "induction", "a0.h2": "duplicate-token"}
 
 
 def test_patterns_are_causal_distributions_on_gqa():
@@ -50,8 +50,8 @@ def test_patterns_are_causal_distributions_on_gqa():
 
 def test_head_scores_shapes_and_copying_sign():
     model = cf.load(make_hf_model("gpt2"))
-    scores = head_scores(model, n=4, seq_len=10)
-    assert set(scores) == {"previous_token", "duplicate_token", "induction", "copying"}
+    scores = head_pattern_scores(model, n=4, seq_len=10)
+    assert set(scores) == {"previous-token", "duplicate-token", "induction", "copying"}
     for v in scores.values():
         assert v.shape == (3, 4)
         assert float(v.min()) >= -1 - 1e-6 and float(v.max()) <= 1 + 1e-6

@@ -50,7 +50,7 @@ def test_lens_dla_attention_attribute(model_dir, capsys, tmp_path):
     assert "bias" in out["contributions"] and (tmp_path / "dla.svg").exists()
     out = _run(capsys, "attention", "--model", model_dir, "--n", "2", "--seq-len", "6",
                "--json", "--plot", str(tmp_path / "scores.png"))  # fmt: skip
-    assert set(out["scores"]) == {"previous_token", "duplicate_token", "induction", "copying"}
+    assert set(out["scores"]) == {"previous-token", "duplicate-token", "induction", "copying"}
     _run(capsys, "attention", "--model", model_dir, "--prompt", prompt, "--json",
          "--plot", str(tmp_path / "grid.png"))  # fmt: skip
     assert (tmp_path / "grid.png").exists()

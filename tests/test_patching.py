@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import circuitfind as cf
-from circuitfind.methods import acdc, eap_scores, exact_scores
-from circuitfind.patching import Ablation, MaskEvaluator, masked_forward
+from circuitfind.patching import Ablation, masked_forward
+from circuitfind.runs import PreparedRuns
 from circuitfind.tasks import Task
-from tests.factories import FAMILY_CONFIGS, VOCAB, make_hf_model
+from tests.factories import FAMILY_CONFIGS, VOCAB, make_hf_model, method_scores
 
 
 def _random_task(n=6, T=7, seed=0, padded=False):
@@ -37,7 +37,7 @@ def test_all_edges_in_is_clean_and_all_out_is_corrupted(family_config, padded):
     model = cf.load(hf)
     graph = cf.Graph.from_model(model)
     task = _random_task(padded=padded)
-    ev = MaskEvaluator(model, graph, task, Ablation(model, task, "resample"), batch_size=4)
+    ev = PreparedRuns(model, task, "resample", batch_size=4).evaluator()
     full = graph.valid.float()
     clean = task.metric_fn(task.run(model, "clean"), reduce="none")
     corrupted = task.metric_fn(task.run(model, "corrupted"), reduce="none")
@@ -112,8 +112,7 @@ def test_exact_single_edge_equals_brute_force_with_plain_hooks():
     model = cf.load(hf)
     graph = cf.Graph.from_model(model)
     task = _random_task(n=4)
-    abl = Ablation(model, task, "resample")
-    scores = exact_scores(model, graph, task, abl, batch_size=4, progress=False)
+    scores = method_scores(model, task, "exact", batch_size=4).edges
     with torch.no_grad():
         _, cache = model.run_with_cache(task.clean)
         _, corrupted = model.run_with_cache(task.corrupted)
@@ -135,9 +134,8 @@ def test_exact_scores_do_not_depend_on_how_variants_share_a_pass():
     model = cf.load(make_hf_model("llama-gqa-llama3rope"))
     graph = cf.Graph.from_model(model)
     task = _random_task(n=5, padded=True)
-    abl = Ablation(model, task, "resample")
     runs = [
-        exact_scores(model, graph, task, abl, batch_size=b, max_tokens_per_pass=t, progress=False)
+        method_scores(model, task, "exact", batch_size=b, max_tokens_per_pass=t).edges
         for b, t in ((5, 1), (2, 100), (5, 10**6))  # one variant a pass ... all in one
     ]
     valid = graph.valid
@@ -153,9 +151,8 @@ def test_exact_scores_equal_masked_runs_on_other_families(name):
     graph = cf.Graph.from_model(model)
     task = _random_task(n=5, padded=True)
     for kind in ("resample", "mean-positional"):
-        abl = Ablation(model, task, kind)
-        scores = exact_scores(model, graph, task, abl, batch_size=3, progress=False)
-        ev = MaskEvaluator(model, graph, task, abl, batch_size=3)
+        scores = method_scores(model, task, "exact", kind, batch_size=3).edges
+        ev = PreparedRuns(model, task, kind, batch_size=3).evaluator()
         full = graph.valid.float()
         base = ev(full)
         for edge in random.Random(1).sample(list(graph.edges.values()), 8):
@@ -173,9 +170,8 @@ def test_eap_equals_exact_where_the_path_is_linear():
     model.final_norm = lambda x: x  # a model without a final norm
     graph = cf.Graph.from_model(model)
     task = _random_task(n=4)
-    abl = Ablation(model, task, "resample")
-    eap = eap_scores(model, graph, task, abl, mode="eap", batch_size=4, progress=False)
-    exact = exact_scores(model, graph, task, abl, batch_size=4, progress=False)
+    eap = method_scores(model, task, "eap", batch_size=4).edges
+    exact = method_scores(model, task, "exact", batch_size=4).edges
     logits_col = graph.receiver_index["logits"]
     torch.testing.assert_close(eap[:, logits_col], exact[:, logits_col], atol=1e-4, rtol=1e-4)
     assert exact[:, logits_col].abs().max() > 0.1
@@ -186,14 +182,12 @@ def test_eap_ig_with_one_step_is_eap(name):
     model = cf.load(make_hf_model(name))
     graph = cf.Graph.from_model(model)
     task = _random_task(n=4, padded=True)
-    abl = Ablation(model, task, "resample")
-    kw = {"batch_size": 4, "progress": False}
-    eap = eap_scores(model, graph, task, abl, mode="eap", **kw)
+    eap = method_scores(model, task, "eap", batch_size=4).edges
     v = graph.valid
     for mode in ("eap-ig-inputs", "eap-ig-activations"):
-        ig = eap_scores(model, graph, task, abl, mode=mode, steps=1, **kw)
+        ig = method_scores(model, task, mode, batch_size=4, steps=1).edges
         torch.testing.assert_close(ig[v], eap[v], atol=1e-4, rtol=1e-4)
-        ig5 = eap_scores(model, graph, task, abl, mode=mode, steps=5, **kw)
+        ig5 = method_scores(model, task, mode, batch_size=4, steps=5).edges
         assert not torch.allclose(ig5[v], eap[v], atol=1e-3)
         assert torch.isnan(ig5[~v]).all()
 
@@ -202,10 +196,9 @@ def test_eap_approximates_exact_on_average():
     model = cf.load(make_hf_model("gpt2", scale=0.12))  # smoother model: first order holds better
     graph = cf.Graph.from_model(model)
     task = _random_task(n=6)
-    abl = Ablation(model, task, "resample")
     v = graph.valid
-    eap = eap_scores(model, graph, task, abl, mode="eap-ig-inputs", batch_size=6, progress=False)
-    exact = exact_scores(model, graph, task, abl, batch_size=6, progress=False)
+    eap = method_scores(model, task, "eap-ig-inputs", batch_size=6).edges
+    exact = method_scores(model, task, "exact", batch_size=6).edges
     corr = torch.corrcoef(torch.stack([eap[v], exact[v]]))[0, 1]
     assert corr > 0.8
 
@@ -214,12 +207,12 @@ def test_acdc_limits():
     model = cf.load(make_hf_model("gpt_neox-sequential"))  # 46 edges: quick
     graph = cf.Graph.from_model(model)
     task = _random_task(n=4)
-    abl = Ablation(model, task, "resample")
-    _, kept = acdc(model, graph, task, abl, tau=0.0, metric=None, progress=False)
+    kept = method_scores(model, task, "acdc", tau=0.0, acdc_metric="task").kept
     assert torch.equal(kept, graph.valid)  # tau=0: nothing is removed (every edge moves the metric)
-    _, kept = acdc(model, graph, task, abl, tau=1e9, metric=None, progress=False)
+    kept = method_scores(model, task, "acdc", tau=1e9, acdc_metric="task").kept
     assert not kept.any()
-    scores, kept = acdc(model, graph, task, abl, tau=0.02, metric="kl", progress=False)
+    result = method_scores(model, task, "acdc", tau=0.02, acdc_metric="kl")
+    scores, kept = result.edges, result.kept
     assert 0 < int(kept.sum()) < graph.n_edges
     logits_col = graph.receiver_index["logits"]
     assert not torch.isnan(scores[:, logits_col][graph.valid[:, logits_col]]).any()
@@ -229,8 +222,7 @@ def test_exact_checkpoint_resumes_after_an_interruption(tmp_path):
     model = cf.load(make_hf_model("gpt_neox-sequential"))  # 46 edges: quick
     graph = cf.Graph.from_model(model)
     task = _random_task(n=6)
-    abl = Ablation(model, task, "resample")
-    full = exact_scores(model, graph, task, abl, batch_size=3, progress=False)
+    full = method_scores(model, task, "exact", batch_size=3).edges
 
     class Interrupting:
         def __init__(self, task, after):
@@ -248,20 +240,18 @@ def test_exact_checkpoint_resumes_after_an_interruption(tmp_path):
                 raise KeyboardInterrupt
             return self.task.metric_fn(*args, **kwargs)
 
-    ckpt = tmp_path / "exact.pt"
+    ckpt = tmp_path / "exact_checkpoint.pt"
     with pytest.raises(KeyboardInterrupt):
-        exact_scores(
+        method_scores(
             model,
-            graph,
             Interrupting(task, 12),
-            abl,
+            "exact",
             batch_size=3,
-            progress=False,
-            checkpoint=ckpt,
+            checkpoint_dir=tmp_path,
             checkpoint_every_s=0.0,
         )
     assert ckpt.is_file()
-    resumed = exact_scores(model, graph, task, abl, batch_size=3, progress=False, checkpoint=ckpt)
+    resumed = method_scores(model, task, "exact", batch_size=3, checkpoint_dir=tmp_path).edges
     v = graph.valid
     torch.testing.assert_close(resumed[v], full[v], atol=1e-5, rtol=0)
 
@@ -269,14 +259,14 @@ def test_exact_checkpoint_resumes_after_an_interruption(tmp_path):
 def test_acdc_checkpoint_resumes_after_an_interruption(tmp_path):
     model = cf.load(make_hf_model("gpt_neox-sequential"))  # 46 edges: quick
     graph = cf.Graph.from_model(model)
-    task = _random_task(n=4).with_clean_logits(model)
-    abl = Ablation(model, task, "resample")
-    scores, kept = acdc(model, graph, task, abl, tau=0.02, metric="kl", progress=False)
+    task = _random_task(n=4)
+    result = method_scores(model, task, "acdc", tau=0.02)
+    scores, kept = result.edges, result.kept
 
-    import circuitfind.patching as patching
+    import circuitfind.runs as runs_module
 
     calls = {"n": 0}
-    original = patching.MaskEvaluator.__call__
+    original = runs_module.MaskEvaluator.__call__
 
     def interrupting(self, mask, start_layer=0):
         calls["n"] += 1
@@ -284,27 +274,18 @@ def test_acdc_checkpoint_resumes_after_an_interruption(tmp_path):
             raise KeyboardInterrupt
         return original(self, mask, start_layer)
 
-    ckpt = tmp_path / "acdc.pt"
-    patching.MaskEvaluator.__call__ = interrupting
+    ckpt = tmp_path / "acdc_checkpoint.pt"
+    runs_module.MaskEvaluator.__call__ = interrupting
     try:
         with pytest.raises(KeyboardInterrupt):
-            acdc(
-                model,
-                graph,
-                task,
-                abl,
-                tau=0.02,
-                metric="kl",
-                progress=False,
-                checkpoint=ckpt,
-                checkpoint_every_s=0.0,
+            method_scores(
+                model, task, "acdc", tau=0.02, checkpoint_dir=tmp_path, checkpoint_every_s=0.0
             )
     finally:
-        patching.MaskEvaluator.__call__ = original
+        runs_module.MaskEvaluator.__call__ = original
     assert ckpt.is_file()
-    resumed_scores, resumed = acdc(
-        model, graph, task, abl, tau=0.02, metric="kl", progress=False, checkpoint=ckpt
-    )
+    result = method_scores(model, task, "acdc", tau=0.02, checkpoint_dir=tmp_path)
+    resumed_scores, resumed = result.edges, result.kept
     assert torch.equal(resumed, kept)
     v = graph.valid & ~torch.isnan(scores)
     torch.testing.assert_close(resumed_scores[v], scores[v], atol=1e-6, rtol=0)
@@ -321,7 +302,7 @@ def test_eap_equals_the_gradient_of_a_float_edge_mask(family_config, padded):
     graph = cf.Graph.from_model(model)
     task = _random_task(n=5, padded=padded)
     abl = Ablation(model, task, "resample")
-    eap = eap_scores(model, graph, task, abl, mode="eap", batch_size=3, progress=False)
+    eap = method_scores(model, task, "eap", batch_size=3).edges
 
     # just below 1, so masked_forward takes its weighted path (the gradient moves by O(1e-6))
     mask = (graph.valid.float() * (1 - 1e-6)).requires_grad_(True)

@@ -3,7 +3,7 @@ CPR/CMD, and stability over resamples of the prompt set.
 
 For every task and method, each of R prompt sets (seeds ``seed .. seed+R-1``) is scored with
 resample ablation, and the faithfulness of the top-x% edges is measured at
-``circuitfind.evaluate.CURVE_PERCENTS``:
+``circuitfind.evaluation.CURVE_PERCENTS``:
 
 - CMD: area under |1 - f| with edges ranked by |score| (lower is better);
 - CPR: area under f with edges ranked by their *contribution* (higher is better). circuitfind's

@@ -59,7 +59,7 @@ def node_scores_from_edges(graph: Graph, scores: Tensor) -> dict[str, float]:
 
 
 def _auc(pos: list[float], neg: list[float]) -> float:
-    from circuitfind.evaluate import roc_auc
+    from circuitfind.evaluation import roc_auc
 
     if not pos or not neg:
         return float("nan")
@@ -77,7 +77,7 @@ def _pr(pred: set[str], ref: set[str]) -> tuple[float, float]:
 
 def score_circuit(circuit: Any, ref_edges: Tensor, ref_nodes: set[str]) -> dict[str, Any]:
     """Edge/node AUC, precision/recall at the natural threshold, recall@k of one circuit."""
-    from circuitfind.evaluate import roc_auc
+    from circuitfind.evaluation import roc_auc
 
     graph: Graph = circuit.graph
     scores = circuit.score_matrix
@@ -155,9 +155,9 @@ def recovery(
                     method=method,
                     ablation=ablation,
                     top_n=max(1, int(ref.sum())) if method != "node" else len(ref_nodes),
-                    steps=steps,
                     progress=False,
                     seed=0,
+                    steps=steps,
                 ),
                 budget_s=budget_s,
                 what=what,

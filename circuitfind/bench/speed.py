@@ -253,29 +253,27 @@ def hf_baseline(case: Case, repeat: int) -> dict[str, Timing]:
 
 
 # ---------------------------------------------------------------------------- our methods
-def _ablation(case: Case) -> Any:
-    from circuitfind.patching import Ablation
+def _runs(case: Case, task: Any = None) -> Any:
+    """Fresh prepared runs of the case (resample ablation, one batch): timing a method from
+    them includes its share of the ablated (corrupted) pass."""
+    from circuitfind.runs import PreparedRuns
 
-    return Ablation(case.model, case.task, "resample", batch_size=len(case.task))
+    task = case.task if task is None else task
+    return PreparedRuns(case.model, task, "resample", batch_size=len(task), graph=case.graph)
+
+
+def _method(case: Case, name: str, **options: Any) -> Any:
+    """Run method ``name`` (a row of the method table) on fresh prepared runs of ``case``."""
+    from circuitfind.methods import method_spec
+
+    return method_spec(name).function()(_runs(case), **options)
 
 
 def _eap(case: Case, mode: Any, steps: int) -> Callable[[], Tensor]:
-    from circuitfind.methods.eap import eap_scores
-
-    n = len(case.task)
+    options = {} if mode == "eap" else {"steps": steps}
 
     def go() -> Tensor:
-        abl = _ablation(case)
-        return eap_scores(
-            case.model,
-            case.graph,
-            case.task,
-            abl,
-            mode=mode,
-            steps=steps,
-            batch_size=n,
-            progress=False,
-        )
+        return _method(case, mode, **options).edges  # type: ignore[no-any-return]
 
     return go
 
@@ -289,12 +287,10 @@ def exact_sample_rate(case: Case, cfg: SpeedConfig, seed: int) -> tuple[float, i
     the per-edge rate of a sampled receiver of its layer and kind.
     """
     from circuitfind.methods.exact import _patched_logits, tokens_per_pass
-    from circuitfind.patching import batches
 
     model, graph, task = case.model, case.graph, case.task
-    n = len(task)
-    abl = _ablation(case)
-    batch = next(batches(task, n, model.device))
+    prep = _runs(case).batches[0]
+    batch = prep.batch
     b, p = batch.clean.shape
     # the passes exact_scores makes: as many senders per pass as its token budget allows
     per_pass = max(1, (cfg.max_tokens_per_pass or tokens_per_pass(model.device)) // (b * p))
@@ -315,7 +311,7 @@ def exact_sample_rate(case: Case, cfg: SpeedConfig, seed: int) -> tuple[float, i
     edges = 0
     with torch.no_grad():
         _, cache = model.run_with_cache(batch.clean, batch.attention_mask)
-        diff = cache.node_outputs() - abl.outputs(batch).expand(-1, *cache.input.shape)
+        diff = cache.node_outputs() - prep.ablated.expand(-1, *cache.input.shape)
         ctx = model.context(batch.clean, batch.attention_mask)
         for r in sample:
             senders = torch.arange(0, min(chunk, int(graph.n_upstream[r])))
@@ -342,9 +338,7 @@ def exact_sample_rate(case: Case, cfg: SpeedConfig, seed: int) -> tuple[float, i
 
 def masked_pass_times(case: Case, metric: Any, repeat: int) -> dict[int, float]:
     """Median time of one masked run (the pass ACDC and node ablation make) per start layer."""
-    from circuitfind.patching import MaskEvaluator
-
-    ev = MaskEvaluator(case.model, case.graph, case.task, _ablation(case), len(case.task), metric)
+    ev = _runs(case).evaluator(metric)
     mask = case.graph.valid.clone().to(torch.float32)
     L = case.model.cfg.n_layers
     return {
@@ -380,11 +374,7 @@ def node_estimate(case: Case, per_start: dict[int, float]) -> float:
 
 def time_methods(case: Case, cfg: SpeedConfig, seed: int) -> dict[str, dict[str, Any]]:
     """Wall time of every method in ``cfg.methods`` on ``case``: {method: {seconds, how, ...}}."""
-    from circuitfind.methods import acdc, exact_scores, node_scores
-    from circuitfind.patching import with_clean_logits
-
     out: dict[str, dict[str, Any]] = {}
-    n = len(case.task)
     for mode in ("eap", "eap-ig-inputs", "eap-ig-activations"):
         if mode in cfg.methods:
             steps = 1 if mode == "eap" else cfg.ig_steps
@@ -396,22 +386,13 @@ def time_methods(case: Case, cfg: SpeedConfig, seed: int) -> dict[str, dict[str,
     need_masked = {"acdc", "node"} & set(cfg.methods)
     per_start: dict[int, float] = {}
     if need_masked:
-        kl_task = with_clean_logits(case.model, case.task)
-        per_start = masked_pass_times(replace(case, task=kl_task), "kl", max(1, cfg.repeat - 2))
+        per_start = masked_pass_times(case, "kl", max(1, cfg.repeat - 2))
 
     if "exact" in cfg.methods:
         est, edges, receivers = exact_sample_rate(case, cfg, seed)
         if est <= cfg.max_full_s:
             t = time_it(
-                lambda: exact_scores(
-                    case.model,
-                    case.graph,
-                    case.task,
-                    _ablation(case),
-                    batch_size=n,
-                    max_tokens_per_pass=cfg.max_tokens_per_pass,
-                    progress=False,
-                ),
+                lambda: _method(case, "exact", max_tokens_per_pass=cfg.max_tokens_per_pass),
                 1,
                 warmup=False,
             )
@@ -425,15 +406,7 @@ def time_methods(case: Case, cfg: SpeedConfig, seed: int) -> dict[str, dict[str,
         est = acdc_estimate(case, per_start)
         if est <= cfg.max_full_s:
             t = time_it(
-                lambda: acdc(
-                    case.model,
-                    case.graph,
-                    case.task,
-                    _ablation(case),
-                    tau=0.01,
-                    batch_size=n,
-                    progress=False,
-                ),
+                lambda: _method(case, "acdc", tau=0.01),
                 1,
                 warmup=False,
             )
@@ -447,9 +420,7 @@ def time_methods(case: Case, cfg: SpeedConfig, seed: int) -> dict[str, dict[str,
         est = node_estimate(case, per_start)
         if est <= cfg.max_full_s:
             t = time_it(
-                lambda: node_scores(
-                    case.model, case.graph, case.task, _ablation(case), batch_size=n, progress=False
-                ),
+                lambda: _method(case, "node"),
                 1,
                 warmup=False,
             )
@@ -701,8 +672,6 @@ def against_autocircuit(cfg: SpeedConfig, seed: int, ours_main: dict[str, Any] |
     python, why = ensure_venv(cfg)
     if python is None:
         return {"available": False, "reason": why}
-    from circuitfind.methods import acdc, eap_scores, exact_scores
-
     big = random_case(cfg.autocircuit_shape, cfg.prompts, cfg.tokens, seed)
     small = random_case(cfg.autocircuit_small_shape, cfg.prompts, cfg.tokens, seed)
     work = Path(tempfile.mkdtemp(prefix="circuitfind-autocircuit-"))
@@ -778,16 +747,7 @@ def against_autocircuit(cfg: SpeedConfig, seed: int, ours_main: dict[str, Any] |
     def scored(mode: Any) -> tuple[dict[str, float], float]:
         """Our scores in ``mode`` and the time of the run that made them."""
         t0 = time.perf_counter()
-        sc = eap_scores(
-            big.model,
-            big.graph,
-            big.task,
-            _ablation(big),
-            mode=mode,
-            steps=cfg.ig_steps,
-            batch_size=n,
-            progress=False,
-        )
+        sc = _method(big, mode, **({} if mode == "eap" else {"steps": cfg.ig_steps})).edges
         return _named(big, sc), time.perf_counter() - t0
 
     # Same shape, seed and prompts as the per-method case: its medians are this model's times.
@@ -846,20 +806,8 @@ def against_autocircuit(cfg: SpeedConfig, seed: int, ours_main: dict[str, Any] |
     )
     # The small model: every edge, exact and ACDC, and EAP.
     ts = theirs["models"]["small"]
-    ns = len(small.task)
-    ex_t = time_it(
-        lambda: exact_scores(
-            small.model, small.graph, small.task, _ablation(small), batch_size=ns, progress=False
-        ),
-        1,
-        warmup=False,
-    )
-    ex_ours = _named(
-        small,
-        exact_scores(
-            small.model, small.graph, small.task, _ablation(small), batch_size=ns, progress=False
-        ),
-    )
+    ex_t = time_it(lambda: _method(small, "exact"), 1, warmup=False)
+    ex_ours = _named(small, _method(small, "exact").edges)
     their_exact = ts["exact"]["scores"]
     out["rows"].append(
         _row(
@@ -873,15 +821,7 @@ def against_autocircuit(cfg: SpeedConfig, seed: int, ours_main: dict[str, Any] |
     )
     tau = cfg.autocircuit_acdc_tau
     acdc_t0 = time.perf_counter()
-    _, kept = acdc(
-        small.model,
-        small.graph,
-        small.task,
-        _ablation(small),
-        tau=tau,
-        batch_size=ns,
-        progress=False,
-    )
+    kept = _method(small, "acdc", tau=tau).kept
     acdc_s = time.perf_counter() - acdc_t0
     ours_kept = {small.graph.edge_name(int(s), int(r)) for s, r in kept.nonzero()}
     their_kept = {

@@ -3,11 +3,11 @@ input attribution. Each works on any loaded ``Model``; ``circuitfind.inspect.cli
 to the command line."""
 
 from circuitfind.inspect.attention import (
-    ROLES,
+    SCORES,
     attention_patterns,
     copying_scores,
+    head_pattern_scores,
     head_roles,
-    head_scores,
     pattern_scores,
     repeated_random_tokens,
 )
@@ -48,8 +48,8 @@ from circuitfind.inspect.steer import (
 
 __all__ = [
     "METHODS",
-    "ROLES",
     "SAE",
+    "SCORES",
     "ProbeResult",
     "SAEConfig",
     "TunedLens",
@@ -65,8 +65,8 @@ __all__ = [
     "evaluate_sae",
     "feature_logit_effect",
     "generate",
+    "head_pattern_scores",
     "head_roles",
-    "head_scores",
     "hooked",
     "lens_kl",
     "load_labelled",

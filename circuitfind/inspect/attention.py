@@ -1,9 +1,10 @@
 """Attention patterns and per-head role scores.
 
-Scores, each a ``[n_layers, n_heads]`` tensor (``head_scores``):
+Scores, each a ``[n_layers, n_heads]`` tensor (``head_pattern_scores``; the pattern scores'
+definitions are :mod:`circuitfind.patterns`', the ones the diagrams' roles use):
 
-- ``previous_token``: mean attention from each position to the one before it;
-- ``duplicate_token``: mean attention from a token to earlier occurrences of the same token;
+- ``previous-token``: mean attention from each position to the one before it;
+- ``duplicate-token``: mean attention from a token to earlier occurrences of the same token;
 - ``induction``: mean attention from a token to the tokens that *followed* its earlier
   occurrences (the induction stripe);
 - ``copying``: the positive-eigenvalue share ``Σλ / Σ|λ|`` of the head's OV circuit through
@@ -13,8 +14,8 @@ Scores, each a ``[n_layers, n_heads]`` tensor (``head_scores``):
 
 The first three are measured on repeated random tokens (a random sequence followed by itself)
 unless tokens are given; duplicate-token and induction scores average over query positions
-that have such an earlier occurrence. The same scores give the head roles drawn in circuit
-diagrams (``head_roles``).
+that have such an earlier occurrence. ``head_roles`` names each head with the role vocabulary,
+thresholds and priority of :mod:`circuitfind.patterns` (the same as circuit diagrams).
 """
 
 from __future__ import annotations
@@ -25,21 +26,29 @@ import torch
 from torch import Tensor
 
 from circuitfind.inspect._common import TokensLike, as_tokens
+from circuitfind.patterns import (
+    duplicate_token_score,
+    induction_score,
+    pick_role,
+    previous_token_score,
+    repeated_tokens,
+)
 
 if TYPE_CHECKING:
     from circuitfind.model import Model
 
 __all__ = [
-    "ROLES",
+    "SCORES",
     "attention_patterns",
     "copying_scores",
+    "head_pattern_scores",
     "head_roles",
-    "head_scores",
     "pattern_scores",
     "repeated_random_tokens",
 ]
 
-ROLES = ("previous_token", "duplicate_token", "induction", "copying")
+SCORES = ("previous-token", "duplicate-token", "induction", "copying")
+"""The scores ``head_pattern_scores`` measures (each also a role of :data:`patterns.ROLES`)."""
 
 
 def attention_patterns(
@@ -60,17 +69,11 @@ def repeated_random_tokens(
     Tokens within one half are distinct where the vocabulary allows, so every repeat is planted;
     the tokenizer's special tokens are never drawn.
     """
-    gen = torch.Generator().manual_seed(seed)
     special = set(getattr(model.tokenizer, "all_special_ids", None) or [])
-    usable = torch.tensor([t for t in range(model.cfg.d_vocab) if t not in special])
+    usable = [t for t in range(model.cfg.d_vocab) if t not in special]
     if model.cfg.positional == "learned" and model.cfg.n_ctx:
         seq_len = min(seq_len, model.cfg.n_ctx // 2)
-    if len(usable) >= seq_len:
-        picks = [torch.randperm(len(usable), generator=gen)[:seq_len] for _ in range(n)]
-        half = usable[torch.stack(picks)]
-    else:
-        half = usable[torch.randint(0, len(usable), (n, seq_len), generator=gen)]
-    return torch.cat([half, half], dim=1).to(model.device)
+    return repeated_tokens(usable, n=n, length=seq_len, seed=seed).to(model.device)
 
 
 def pattern_scores(
@@ -84,17 +87,15 @@ def pattern_scores(
         attention_mask: [batch, pos] (padding positions are ignored).
 
     Returns:
-        ``{"previous_token", "duplicate_token", "induction"}``, each [n_layers, n_heads].
+        ``{"previous-token", "duplicate-token", "induction"}``, each [n_layers, n_heads].
     """
-    # One definition of each score, shared with the head roles of circuit diagrams.
-    from circuitfind.roles import duplicate_token_score, induction_score, previous_token_score
 
     def per_layer(fn: Any, *args: Any) -> Tensor:
         return torch.stack([fn(p, *args) for p in patterns]).nan_to_num(0.0)
 
     return {
-        "previous_token": per_layer(previous_token_score, attention_mask),
-        "duplicate_token": per_layer(duplicate_token_score, tokens, attention_mask),
+        "previous-token": per_layer(previous_token_score, attention_mask),
+        "duplicate-token": per_layer(duplicate_token_score, tokens, attention_mask),
         "induction": per_layer(induction_score, tokens, attention_mask),
     }
 
@@ -119,7 +120,7 @@ def copying_scores(model: Model) -> Tensor:
     return out
 
 
-def head_scores(
+def head_pattern_scores(
     model: Model,
     tokens: TokensLike | None = None,
     *,
@@ -128,7 +129,8 @@ def head_scores(
     seq_len: int = 20,
     seed: int = 0,
 ) -> dict[str, Tensor]:
-    """Role scores of every head: ``{role: Tensor [n_layers, n_heads]}`` for every role in ROLES.
+    """Role scores of every head: ``{score: Tensor [n_layers, n_heads]}`` for every score in
+    :data:`SCORES`.
 
     Args:
         model: the model.
@@ -152,27 +154,14 @@ def head_roles(
 ) -> dict[str, str]:
     """The role of each head whose score passes its threshold: ``{"a1.h2": "induction"}``.
 
-    Induction wins when it passes its threshold (an induction head on repeated tokens also
-    scores on its neighbours, not vice versa); otherwise the pattern role (previous-token,
-    duplicate-token) that passes by the largest margin; copying only when no pattern role
-    passes. Defaults: 0.4 for the pattern roles, 0.7 for copying (a share in [-1, 1]).
+    Vocabulary, thresholds and priority are :mod:`circuitfind.patterns`' (``pick_role``): the
+    diagrams name a head the same way from the same scores.
     """
-    limits = {"previous_token": 0.4, "duplicate_token": 0.4, "induction": 0.4, "copying": 0.7}
-    limits.update(thresholds or {})
     roles: dict[str, str] = {}
     n_layers, n_heads = next(iter(scores.values())).shape
     for layer in range(n_layers):
         for h in range(n_heads):
-            margins = {
-                role: float(scores[role][layer, h]) - limits[role]
-                for role in ROLES
-                if role in scores and float(scores[role][layer, h]) > limits[role]
-            }
-            pattern = {r: m for r, m in margins.items() if r != "copying"}
-            if "induction" in pattern:
-                roles[f"a{layer}.h{h}"] = "induction"
-            elif pattern:
-                roles[f"a{layer}.h{h}"] = max(pattern, key=lambda r: pattern[r])
-            elif margins:
-                roles[f"a{layer}.h{h}"] = "copying"
+            role, _ = pick_role({k: float(v[layer, h]) for k, v in scores.items()}, thresholds)
+            if role != "unlabelled":
+                roles[f"a{layer}.h{h}"] = role
     return roles

@@ -150,14 +150,14 @@ def _dla(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- attention
 def _attention(args: argparse.Namespace) -> int:
     from circuitfind.inspect._common import as_tokens
-    from circuitfind.inspect.attention import attention_patterns, head_roles, head_scores
+    from circuitfind.inspect.attention import attention_patterns, head_pattern_scores, head_roles
 
     model = _load(args)
     tokens = _tokens(model, args, required=False)
-    scores = head_scores(model, tokens, n=args.n, seq_len=args.seq_len, seed=args.seed)
+    scores = head_pattern_scores(model, tokens, n=args.n, seq_len=args.seq_len, seed=args.seed)
     roles = head_roles(scores)
     data = {"scores": {k: v.tolist() for k, v in scores.items()}, "roles": roles}
-    short = {"previous_token": "prev-token", "duplicate_token": "duplicate"}
+    short = {"previous-token": "prev-token", "duplicate-token": "duplicate"}
     header = f"{'head':>6} " + " ".join(f"{short.get(r, r):>12}" for r in scores) + "  role"
     rows = [header]
     for layer in range(model.cfg.n_layers):

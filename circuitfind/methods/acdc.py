@@ -11,49 +11,44 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
-from typing import Any
 
 import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuitfind.graph import Graph
-from circuitfind.model import Model
-from circuitfind.patching import Ablation, MaskEvaluator, save_checkpoint, with_clean_logits
+from circuitfind.errors import InputError
+from circuitfind.patching import save_checkpoint
+from circuitfind.runs import PreparedRuns
+from circuitfind.scores import Scores
 
-__all__ = ["acdc"]
+__all__ = ["score_acdc"]
 
 logger = logging.getLogger(__name__)
 
 
-def acdc(
-    model: Model,
-    graph: Graph,
-    task: Any,
-    ablation: Ablation,
+def score_acdc(
+    runs: PreparedRuns,
     *,
-    tau: float,
-    metric: Any = "kl",
-    batch_size: int = 32,
-    progress: bool = True,
-    checkpoint: Path | None = None,
+    tau: float = 0.01,
+    acdc_metric: str = "kl",
     checkpoint_every_s: float = 60.0,
-    evaluator: MaskEvaluator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Run ACDC. Returns (scores [S, R]: the metric change measured when each edge was tried,
-    NaN for edges never tried; kept [S, R] bool).
+) -> Scores:
+    """Run ACDC. Returns scores [S, R] (the metric change measured when each edge was tried,
+    NaN for edges never tried) and the kept edges [S, R] bool.
 
-    With ``checkpoint``, the state (mask, scores, receivers done) is saved there every
-    ``checkpoint_every_s`` seconds, and a later call with the same file resumes. ``evaluator``
-    reuses prepared runs of the same task and ablation (its metric is replaced by ``metric``).
+    ``acdc_metric``: ``kl`` (KL to the clean run, one-sided: an edge stays out when KL grows
+    by less than ``tau``) or ``task`` (the task's metric, two-sided). With
+    ``runs.checkpoint_dir``, the state (mask, scores, receivers done) is saved there every
+    ``checkpoint_every_s`` seconds, and a later call with the same directory resumes.
     """
-    if evaluator is None:
-        task = with_clean_logits(model, task)
-        evaluator = MaskEvaluator(model, graph, task, ablation, batch_size)
-    evaluator = evaluator.with_metric(metric)
-    name = metric if isinstance(metric, str) else getattr(metric, "name", "")
-    one_sided = name == "kl"
+    if acdc_metric not in ("kl", "task"):
+        raise InputError(f"acdc_metric must be 'kl' or 'task'; got {acdc_metric!r}")
+    if not tau >= 0:
+        raise InputError(f"ACDC's tau must be a non-negative number; got {tau!r}")
+    model, graph = runs.model, runs.graph
+    metric = "kl" if acdc_metric == "kl" else None
+    checkpoint = runs.checkpoint_dir / "acdc_checkpoint.pt" if runs.checkpoint_dir else None
+    evaluator = runs.evaluator(metric)
+    one_sided = acdc_metric == "kl"
     mask = graph.valid.clone().to(torch.float32)
     scores = torch.full((graph.n_senders, graph.n_receivers), float("nan"))
     first = graph.n_receivers - 1  # receivers are visited from the last to the first
@@ -73,7 +68,9 @@ def acdc(
 
     last_save = time.monotonic()
     done = int(graph.n_upstream[first + 1 :].sum())
-    bar = tqdm(total=graph.n_edges, initial=done, desc="acdc", disable=not progress, unit="edge")
+    bar = tqdm(
+        total=graph.n_edges, initial=done, desc="acdc", disable=not runs.progress, unit="edge"
+    )
     for r in reversed(range(first + 1)):
         if checkpoint is not None and time.monotonic() - last_save > checkpoint_every_s:
             save(r)
@@ -100,4 +97,8 @@ def acdc(
             bar.update(1)
     bar.close()
     save(-1)
-    return scores, mask.bool() & graph.valid
+    return Scores(
+        scores,
+        kept=mask.bool() & graph.valid,
+        orientation="helps-positive" if one_sided else "ablated-minus-clean",
+    )

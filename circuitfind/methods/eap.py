@@ -29,11 +29,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuitfind.errors import InputError
 from circuitfind.graph import Graph
 from circuitfind.model import Model, RunContext
-from circuitfind.patching import Ablation, batches, readout_logits
+from circuitfind.patching import readout_logits
+from circuitfind.runs import PreparedRuns
+from circuitfind.scores import Scores
 
-__all__ = ["eap_scores"]
+__all__ = ["eap_scores", "score_eap", "score_eap_ig_activations", "score_eap_ig_inputs"]
 
 Mode = Literal["eap", "eap-ig-inputs", "eap-ig-activations"]
 
@@ -188,46 +191,42 @@ def _contract(graph: Graph, diff: Tensor, grads: Tensor, first: int, out: Tensor
 
 
 def eap_scores(
-    model: Model,
-    graph: Graph,
-    task: Any,
-    ablation: Ablation,
+    runs: PreparedRuns,
     *,
     mode: Mode = "eap",
     steps: int = 5,
-    batch_size: int = 32,
     metric: Any = None,
-    progress: bool = True,
 ) -> Tensor:
     """Attribution scores for every edge: [S, R] (NaN outside ``graph.valid``).
 
-    Cost per batch: the ablated run (for resample, the corrupted forward, no unembedding), then
-    one probed forward + backward per step; the clean node outputs are recorded from the clean
-    pass itself (alpha = 1), so EAP costs 2 forwards + 1 backward.
+    Cost per batch: one probed forward + backward per step over the prepared runs' clean and
+    ablated values; the clean node outputs are recorded from the clean pass itself (alpha = 1),
+    so EAP costs 2 forwards + 1 backward with the ablated (corrupted) pass it shares.
 
     Memory per batch, float32: the sender differences [S, b, p, d]; with several IG steps also
     the receiver gradients summed over steps [R, b, p, d] (EAP contracts each layer's block at
-    once instead). Lower ``batch_size`` if they do not fit.
+    once instead). Lower the batch size if they do not fit.
     """
+    model, graph, task = runs.model, runs.graph, runs.task
     if mode == "eap":
         alphas = [1.0]
     else:
-        if steps < 1:
-            raise ValueError("steps must be at least 1")
+        if not isinstance(steps, int) or steps < 1:
+            raise InputError(f"integrated-gradient steps must be a positive integer; got {steps!r}")
         alphas = [k / steps for k in range(1, steps + 1)]
     S, R = graph.n_senders, graph.n_receivers
     totals = torch.zeros(S, R, dtype=torch.float64)
     input_grads = _InputGrads(model)
-    n_batches = -(-len(task) // batch_size)
-    bar = tqdm(total=n_batches * len(alphas), desc=mode, disable=not progress, unit="pass")
-    for batch in batches(task, batch_size, model.device):
+    bar = tqdm(total=len(runs) * len(alphas), desc=mode, disable=not runs.progress, unit="pass")
+    for prep in runs:
+        batch = prep.batch
         ctx = model.context(batch.clean, batch.attention_mask)
         b, p = batch.clean.shape
         with torch.no_grad():
-            A = ablation.outputs(batch)  # [S, b|1, p|1, d]
+            A = prep.ablated  # [S, b|1, p|1, d]
             clean: Tensor | None = None
             if mode == "eap-ig-activations":
-                clean = model.cache(batch.clean, batch.attention_mask).node_outputs()
+                clean = prep.cache.node_outputs()
             elif mode == "eap-ig-inputs":
                 embed_clean = model.embed(batch.clean, ctx)
         A_full = A.expand(S, b, p, model.cfg.d_model)
@@ -256,9 +255,7 @@ def eap_scores(
                     ablated=A_full if record else None,
                     diff=diff if record else None,
                 )
-                value = task.metric_fn(
-                    run.logits.float(), batch.idx, reduce="none", metric=metric
-                ).sum()
+                value = prep.metric(task, run.logits, metric).sum()
                 grads = list(torch.autograd.grad(value, run.probes))
             with torch.no_grad():
                 first = 0
@@ -282,3 +279,18 @@ def eap_scores(
     scores = (totals / len(task)).float()
     scores[~graph.valid] = float("nan")
     return scores
+
+
+def score_eap(runs: PreparedRuns, *, metric: Any = None) -> Scores:
+    """EAP: (ablated - clean sender output) . d metric / d(receiver input), every edge."""
+    return Scores(eap_scores(runs, mode="eap", metric=metric))
+
+
+def score_eap_ig_inputs(runs: PreparedRuns, *, steps: int = 5, metric: Any = None) -> Scores:
+    """EAP-IG over the input embeddings, ``steps`` points of the path (alpha = k / steps)."""
+    return Scores(eap_scores(runs, mode="eap-ig-inputs", steps=steps, metric=metric))
+
+
+def score_eap_ig_activations(runs: PreparedRuns, *, steps: int = 5, metric: Any = None) -> Scores:
+    """EAP-IG interpolating every node's activations between ablated and clean."""
+    return Scores(eap_scores(runs, mode="eap-ig-activations", steps=steps, metric=metric))

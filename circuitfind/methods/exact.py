@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,16 +18,11 @@ from tqdm.auto import tqdm
 
 from circuitfind.graph import Graph
 from circuitfind.model import ForwardCache, Model, RunContext, pick_positions
-from circuitfind.patching import (
-    Ablation,
-    batches,
-    readout_index,
-    readout_logits,
-    run_from,
-    save_checkpoint,
-)
+from circuitfind.patching import readout_index, readout_logits, run_from, save_checkpoint
+from circuitfind.runs import PreparedRuns
+from circuitfind.scores import Scores
 
-__all__ = ["exact_scores", "tokens_per_pass"]
+__all__ = ["score_exact", "tokens_per_pass"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,27 +105,24 @@ def tokens_per_pass(device: torch.device | str) -> int:
     return 32768 if torch.device(device).type == "cuda" else 2048
 
 
-def exact_scores(
-    model: Model,
-    graph: Graph,
-    task: Any,
-    ablation: Ablation,
+def score_exact(
+    runs: PreparedRuns,
     *,
-    batch_size: int = 32,
     metric: Any = None,
     max_tokens_per_pass: int | None = None,
-    progress: bool = True,
-    checkpoint: Path | None = None,
     checkpoint_every_s: float = 60.0,
-) -> Tensor:
+) -> Scores:
     """Exact patching scores for every edge: [S, R] (NaN outside ``graph.valid``).
 
-    With ``checkpoint``, the sums so far are saved there every ``checkpoint_every_s`` seconds
-    and after each batch; a later call with the same file resumes where it stopped.
-    ``max_tokens_per_pass`` bounds each batched pass (default: :func:`tokens_per_pass`).
+    With ``runs.checkpoint_dir``, the sums so far are saved there every
+    ``checkpoint_every_s`` seconds and after each batch; a later call with the same directory
+    resumes where it stopped. ``max_tokens_per_pass`` bounds each batched pass (default:
+    :func:`tokens_per_pass`).
     """
+    model, graph, task = runs.model, runs.graph, runs.task
     if max_tokens_per_pass is None:
         max_tokens_per_pass = tokens_per_pass(model.device)
+    checkpoint = runs.checkpoint_dir / "exact_checkpoint.pt" if runs.checkpoint_dir else None
     S, R = graph.n_senders, graph.n_receivers
     n = len(task)
     totals = torch.zeros(S, R, dtype=torch.float64)
@@ -151,24 +142,21 @@ def exact_scores(
         )
 
     bar = tqdm(
-        total=graph.n_edges * -(-n // batch_size),
+        total=graph.n_edges * len(runs),
         desc="exact patching",
-        disable=not progress,
+        disable=not runs.progress,
         unit="edge",
     )
     last_save = time.monotonic()
     with torch.no_grad():
-        for batch_i, batch in enumerate(batches(task, batch_size, model.device)):
+        for batch_i, prep in enumerate(runs):
             if batch_i < done_batches:
                 bar.update(graph.n_edges)
                 continue
-            cache = model.cache(batch.clean, batch.attention_mask)
-            A = ablation.outputs(batch)
-            diff = cache.node_outputs() - A.expand(-1, *cache.input.shape)  # [S, b, p, d]
+            batch, cache = prep.batch, prep.cache
+            diff = prep.clean_diff  # [S, b, p, d]
             ctx = model.context(batch.clean, batch.attention_mask)
-            assert cache.resid_final is not None
-            clean_logits = readout_logits(model, cache.resid_final, batch.readout)
-            clean = task.metric_fn(clean_logits.float(), batch.idx, reduce="none", metric=metric)
+            clean = prep.metric(task, prep.clean_logits, metric)
             b, p = batch.clean.shape
             chunk = max(1, max_tokens_per_pass // (b * p))
             for r in range(R):
@@ -181,9 +169,7 @@ def exact_scores(
                     V = len(senders)
                     delta = -diff[senders].reshape(V * b, p, -1)
                     logits = _patched_logits(model, graph, cache, ctx, batch.readout, r, delta)
-                    values = task.metric_fn(
-                        logits.float(), batch.idx.repeat(V), reduce="none", metric=metric
-                    ).view(V, b)
+                    values = prep.metric(task, logits, metric, variants=V).view(V, b)
                     totals[senders, r] += (values - clean[None]).sum(1).double().cpu()
                     bar.update(V)
                 if checkpoint is not None and time.monotonic() - last_save > checkpoint_every_s:
@@ -193,4 +179,4 @@ def exact_scores(
     bar.close()
     scores = (totals / n).float()
     scores[~graph.valid] = float("nan")
-    return scores
+    return Scores(scores)

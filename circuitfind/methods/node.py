@@ -7,34 +7,22 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from circuitfind.graph import Graph
-from circuitfind.model import Model
-from circuitfind.patching import Ablation, MaskEvaluator
+from circuitfind.runs import PreparedRuns
+from circuitfind.scores import Scores, edges_from_nodes
 
-__all__ = ["node_scores"]
+__all__ = ["score_nodes"]
 
 
-def node_scores(
-    model: Model,
-    graph: Graph,
-    task: Any,
-    ablation: Ablation,
-    *,
-    batch_size: int = 32,
-    metric: Any = None,
-    progress: bool = True,
-    evaluator: MaskEvaluator | None = None,
-) -> dict[str, float]:
-    """metric(node ablated) - metric(clean) for every node but ``input`` and ``logits``
-    (``evaluator``: prepared runs of the same task and ablation to reuse)."""
-    if evaluator is None:
-        evaluator = MaskEvaluator(model, graph, task, ablation, batch_size)
-    evaluator = evaluator.with_metric(metric)
+def score_nodes(runs: PreparedRuns, *, metric: Any = None) -> Scores:
+    """metric(node ablated) - metric(clean) for every node but ``input`` and ``logits``; each
+    edge inherits the weaker of its two ends (:func:`circuitfind.scores.edges_from_nodes`)."""
+    model, graph = runs.model, runs.graph
+    evaluator = runs.evaluator(metric)
     full = graph.valid.clone().to(torch.float32)
     clean = evaluator(full)
     out: dict[str, float] = {}
     H = model.cfg.n_heads
-    for s, node in enumerate(tqdm(graph.senders, desc="node ablation", disable=not progress)):
+    for s, node in enumerate(tqdm(graph.senders, desc="node ablation", disable=not runs.progress)):
         if node.kind == "input":
             continue
         mask = full.clone()
@@ -48,4 +36,4 @@ def node_scores(
         start = max(0, min(start, model.cfg.n_layers - 1))
         assert 1 + start * (H + 1) <= graph.n_senders
         out[node.name] = evaluator(mask, start_layer=start) - clean
-    return out
+    return Scores(edges_from_nodes(graph, out), nodes=out)

@@ -101,7 +101,7 @@ def head_scores(model: Any, tokens: Tensor, offset: int = 0) -> dict[str, Tensor
     The definitions are ``circuitfind.roles``' (the ones inspection and the diagrams use), with
     the prefix masked out: on ``A A`` with distinct tokens they are the position rules in the
     module docstring."""
-    from circuitfind.roles import duplicate_token_score, induction_score, previous_token_score
+    from circuitfind.patterns import duplicate_token_score, induction_score, previous_token_score
 
     pat = attention_patterns(model, tokens)  # [L, b, H, q, k]
     mask = torch.ones_like(tokens)

@@ -1,4 +1,6 @@
-"""From edge scores to a circuit: threshold, top-n, greedy growth, dangling-edge removal."""
+"""From edge scores to kept edges: threshold, top-n, signed top-n, greedy growth, node selection,
+dangling-edge removal. :func:`circuitfind.prune` (in :mod:`circuitfind.search`) applies one of
+them, or the target-faithfulness search, to a scored circuit."""
 
 from __future__ import annotations
 
@@ -8,7 +10,14 @@ from torch import Tensor
 from circuitfind.errors import InputError
 from circuitfind.graph import Graph
 
-__all__ = ["greedy", "remove_dangling", "threshold", "top_n"]
+__all__ = [
+    "greedy",
+    "node_selection",
+    "remove_dangling",
+    "signed_top",
+    "threshold",
+    "top_n",
+]
 
 
 def _magnitude(graph: Graph, scores: Tensor) -> Tensor:
@@ -82,3 +91,21 @@ def remove_dangling(graph: Graph, keep: Tensor) -> Tensor:
         if torch.equal(new, keep):
             return keep
         keep = new
+
+
+def signed_top(graph: Graph, scores: Tensor, n: int) -> Tensor:
+    """The n edges with the largest signed score (give it helpfulness: the CPR ranking)."""
+    s = torch.where(graph.valid & ~torch.isnan(scores), scores, torch.full_like(scores, -1e30))
+    keep = torch.zeros(s.numel(), dtype=torch.bool)
+    if n:
+        keep[s.flatten().topk(min(n, s.numel())).indices] = True
+    return keep.view_as(scores) & graph.valid
+
+
+def node_selection(graph: Graph, nodes: dict[str, float], n: int) -> Tensor:
+    """Every edge among ``input``, ``logits`` and the n nodes of largest |score|."""
+    ranked = sorted(nodes, key=lambda k: -abs(nodes[k]))[:n]
+    keep = {"input", "logits", *ranked}
+    s_ok = torch.tensor([node.name in keep for node in graph.senders])
+    r_ok = torch.tensor([r.node in keep for r in graph.receivers])
+    return graph.valid & s_ok[:, None] & r_ok[None, :]

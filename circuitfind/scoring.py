@@ -1,0 +1,133 @@
+"""``circuitfind.score``: every edge of the graph scored by one method, none kept yet."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuitfind.circuit import Circuit
+from circuitfind.errors import InputError
+from circuitfind.methods.table import method_options, method_spec
+from circuitfind.model import Model
+from circuitfind.runs import PreparedRuns
+from circuitfind.tasks import Task
+
+__all__ = ["prepare", "score", "versions"]
+
+logger = logging.getLogger(__name__)
+
+
+def versions() -> dict[str, str]:
+    """The versions a result depends on (recorded in every circuit's meta)."""
+    import transformers
+
+    from circuitfind import __version__
+
+    return {
+        "circuitfind": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def prepare(
+    model: Model,
+    task: Task,
+    ablation: str = "resample",
+    *,
+    batch_size: int | None = None,
+    progress: bool = False,
+    runs: PreparedRuns | None = None,
+) -> PreparedRuns:
+    """The prepared runs of (model, task, ablation, batch size): ``runs`` when it is those
+    already (``batch_size=None`` accepts theirs), else new ones (default batch size 32)."""
+    if not isinstance(task, Task):
+        raise InputError(
+            f"expected a circuitfind Task; got {type(task).__name__} (build one with "
+            "cf.get_task, Task.from_texts or Task.from_tokens)"
+        )
+    if len(task) == 0:
+        raise InputError("the task has no prompts")
+    if runs is not None and runs.matches(model, task, ablation, batch_size or runs.batch_size):
+        runs.progress = progress
+        return runs
+    return PreparedRuns(model, task, ablation, batch_size=batch_size or 32, progress=progress)
+
+
+def score(
+    model: Model,
+    task: Task,
+    *,
+    method: str = "eap-ig-inputs",
+    ablation: str = "resample",
+    batch_size: int = 32,
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    seed: int | None = None,
+    runs: PreparedRuns | None = None,
+    **options: Any,
+) -> Circuit:
+    """Score every edge of ``model``'s graph on ``task`` with one method; keep none yet.
+
+    Args:
+        method: a row of :data:`circuitfind.methods.METHODS` (any common spelling).
+        ablation: what an ablated edge carries: resample (the corrupted prompt's value), mean,
+            mean-positional or zero.
+        checkpoint_dir: where long methods (exact, ACDC) checkpoint and resume.
+        runs: prepared runs to reuse (they are used only if they match model, task, ablation
+            and batch size).
+        **options: the method's options (``steps`` for EAP-IG, ``tau`` for ACDC, ...; see its
+            table row); ``None`` means the default.
+
+    Returns:
+        A ``Circuit`` whose ``score_matrix`` holds every edge's score and whose ``in_graph``
+        is empty (or, for a method that prunes itself, its own choice). ``meta`` records the
+        method, its options, the ablation, the metric and the scoring time; the prepared runs
+        are on ``circuit.runs`` for :func:`circuitfind.prune` and :func:`circuitfind.evaluate`.
+    """
+    spec = method_spec(method)
+    opts = method_options(spec, options)
+    if seed is not None:
+        torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    runs = prepare(model, task, ablation, batch_size=batch_size, progress=progress, runs=runs)
+    t_prepared = time.perf_counter()
+    runs.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    result = spec.function()(runs, **opts)
+    t_scored = time.perf_counter()
+    graph = runs.graph
+    kept = result.kept if result.kept is not None else torch.zeros_like(graph.valid)
+    meta: dict[str, Any] = {
+        "model": model.cfg.name or model.cfg.family,
+        "family": model.cfg.family,
+        "task": task.name,
+        "method": spec.name,
+        "level": spec.level,
+        "prunes_itself": spec.prunes,
+        "options": opts,
+        "ablation": runs.kind,
+        "metric_name": task.metric.name,
+        "metric_description": task.metric.description,
+        "higher_is_better": task.metric.higher_is_better,
+        "n_prompts": len(task),
+        "batch_size": batch_size,
+        "score_kind": result.orientation or spec.orientation,
+        "timing": {
+            "prepare_s": round(t_prepared - t0, 4),
+            "scoring_s": round(t_scored - t_prepared, 4),
+        },
+        "seed": seed,
+        "task_seed": task.meta.get("seed"),
+        "versions": versions(),
+    }
+    if "steps" in opts:
+        meta["steps"] = opts["steps"]
+    circuit = Circuit(graph, result.edges, kept, meta, result.nodes)
+    circuit.runs = runs
+    return circuit
