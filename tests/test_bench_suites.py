@@ -24,7 +24,7 @@ def test_sae_suite_quick(tmp_path: Path) -> None:
         tmp_path,
         quick=True,
         seed=0,
-        options={"toy_steps": 60, "sae_steps": 60, "sweep": [0.05]},
+        options={"toy_steps": 60, "sae_steps": 60, "sweep": [0.05], "model_steps": 20},
     )["sae"]
     assert r["status"] == "ok", r
     md = (tmp_path / "sae_superposition.md").read_text()
@@ -33,6 +33,10 @@ def test_sae_suite_quick(tmp_path: Path) -> None:
     assert data["config"]["sae_steps"] == 60 and len(data["sweep"]) == 1
     assert set(data["results"]) == {"ReLU+L1", "TopK (k=2)"}
     assert (tmp_path / "sae_superposition.png").is_file()
+    on_model = data["on_model"]
+    assert on_model["model"] == "zoo:induction-2l" and on_model["train_steps"] == 20
+    assert on_model["loss_zero"] > on_model["loss_clean"]  # its own data: "recovered" is defined
+    assert on_model["loss_recovered"] is not None and "## On a model: zoo:induction-2l" in md
 
 
 def test_zoo_suite_quick(tmp_path: Path) -> None:

@@ -117,10 +117,10 @@ _BUILTIN: tuple[Suite, ...] = (
     ),
     Suite(
         "sae",
-        "SAEs on the toy model of superposition: do decoder rows recover the true features?",
+        "SAEs: do decoder rows recover the toy model's features? loss recovered on a zoo model",
         "circuitfind.bench.sae:run",
-        quick=_frozen({"toy_steps": 400, "sae_steps": 400}),
-        full=_frozen({"toy_steps": 3000, "sae_steps": 2000}),
+        quick=_frozen({"toy_steps": 400, "sae_steps": 400, "model_steps": 200}),
+        full=_frozen({"toy_steps": 3000, "sae_steps": 2000, "model_steps": 1000}),
         default=False,
     ),
     Suite(

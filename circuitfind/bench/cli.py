@@ -130,7 +130,10 @@ def _benchmark(args: argparse.Namespace) -> int:
     from circuitfind.bench.common import set_command
     from circuitfind.errors import InputError
 
-    names = list(dict.fromkeys(n.replace("_", "-") for n in (args.suite or default_suites())))
+    names = [n.replace("_", "-") for n in (args.suite or default_suites())]
+    if "all" in names:
+        names = list(SUITES)
+    names = list(dict.fromkeys(names))
     unknown = [n for n in names if n not in SUITES]
     if unknown:
         raise InputError(
@@ -201,7 +204,7 @@ def register(subparsers: Any) -> None:
         "--suite",
         nargs="+",
         metavar="NAME",
-        help=f"suites to run (default: {' '.join(default_suites())})",
+        help=f"suites to run, or 'all' (default: {' '.join(default_suites())})",
     )
     p.add_argument("--quick", action="store_true", help="the few-minute version of each suite")
     p.add_argument(
