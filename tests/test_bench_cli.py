@@ -13,6 +13,7 @@ import pytest
 from circuitfind import bench
 from circuitfind.bench.cli import run_suites
 from circuitfind.cli import main
+from circuitfind.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,8 +49,12 @@ def test_missing_suite_module_is_reported_and_others_run(monkeypatch, tmp_path) 
     fake = ModuleType("circuitfind.bench._fake_ok")
     fake.run = lambda out_dir, *, quick, seed: {"ran": [quick, seed]}  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "circuitfind.bench._fake_ok", fake)
-    monkeypatch.setitem(bench.SUITES, "fake", ("circuitfind.bench._fake_ok", "test"))
-    monkeypatch.setitem(bench.SUITES, "gone", ("circuitfind.bench._not_there", "test"))
+    monkeypatch.setitem(
+        bench.SUITES, "fake", bench.Suite("fake", "test", "circuitfind.bench._fake_ok:run")
+    )
+    monkeypatch.setitem(
+        bench.SUITES, "gone", bench.Suite("gone", "test", "circuitfind.bench._not_there:run")
+    )
     lines: list[str] = []
     results = run_suites(["gone", "fake"], tmp_path, quick=True, seed=3, echo=lines.append)
     assert results["gone"]["status"] == "missing"
@@ -66,14 +71,16 @@ def test_a_failing_suite_sets_exit_1(monkeypatch, tmp_path, capsys) -> None:
 
     fake.run = run  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "circuitfind.bench._fake_bad", fake)
-    monkeypatch.setitem(bench.SUITES, "bad", ("circuitfind.bench._fake_bad", "test"))
+    monkeypatch.setitem(
+        bench.SUITES, "bad", bench.Suite("bad", "test", "circuitfind.bench._fake_bad:run")
+    )
     assert main(["benchmark", "--suite", "bad", "--out", str(tmp_path), "--json"]) == 1
     result = json.loads(capsys.readouterr().out)
     assert result["bad"]["status"] == "failed" and "boom" in result["bad"]["error"]
 
 
 def test_speed_suite_is_registered_lazily() -> None:
-    assert bench.SUITES["speed"][0] == "circuitfind.bench.speed"
+    assert bench.SUITES["speed"].module == "circuitfind.bench.speed"
 
 
 def test_suites_that_take_a_command_get_the_real_one(monkeypatch, tmp_path) -> None:
@@ -82,7 +89,61 @@ def test_suites_that_take_a_command_get_the_real_one(monkeypatch, tmp_path) -> N
     fake = ModuleType("circuitfind.bench._fake_cmd")
     fake.run = lambda out_dir, *, quick, seed, command=None: {"command": command}  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "circuitfind.bench._fake_cmd", fake)
-    monkeypatch.setitem(bench.SUITES, "cmd", ("circuitfind.bench._fake_cmd", "test"))
+    monkeypatch.setitem(
+        bench.SUITES, "cmd", bench.Suite("cmd", "test", "circuitfind.bench._fake_cmd:run")
+    )
     monkeypatch.setattr(common, "_COMMAND", [])
     assert main(["benchmark", "--suite", "cmd", "--out", str(tmp_path), "--json"]) == 0
     assert common.command_line() == f"circuitfind benchmark --suite cmd --out {tmp_path} --json"
+
+
+def test_every_suite_is_in_the_one_table() -> None:
+    for name in ("known", "compare", "gpt2", "speed", "sae", "zoo", "pass-size"):
+        suite = bench.get_suite(name)
+        assert suite.name == name and suite.summary and ":" in str(suite.fn)
+    assert bench.default_suites() == ("known", "compare", "gpt2", "speed")
+    assert bench.get_suite("pass_size") is bench.SUITES["pass-size"]
+    assert bench.SUITES["sae"].options(quick=True)["sae_steps"] == 400
+
+
+def test_the_table_refuses_duplicates(monkeypatch) -> None:
+    monkeypatch.setattr(bench, "SUITES", dict(bench.SUITES))
+    with pytest.raises(InputError, match="already registered"):
+        bench.add_suite(bench.Suite("speed", "again", "x:run"))
+    with pytest.raises(InputError, match="kebab-case"):
+        bench.add_suite(bench.Suite("pass_size", "again", "x:run"))
+    added = bench.add_suite(bench.Suite("toy", "a toy", lambda out_dir, *, quick, seed: {}))
+    assert bench.get_suite("toy") is added and added.load()(None, quick=True, seed=0) == {}
+
+
+def test_suite_options_reach_the_suite(monkeypatch, tmp_path) -> None:
+    seen: dict = {}
+
+    def fn(out_dir, *, quick, seed, steps=1, depth=0):
+        seen.update(quick=quick, seed=seed, steps=steps, depth=depth)
+        return {}
+
+    suite = bench.Suite("opt", "test", fn, quick={"steps": 2}, full={"steps": 9}, default=False)
+    monkeypatch.setitem(bench.SUITES, "opt", suite)
+    main(["benchmark", "--suite", "opt", "--quick", "--out", str(tmp_path), "--set", "depth=3"])
+    assert seen == {"quick": True, "seed": 0, "steps": 2, "depth": 3}
+    main(["benchmark", "--suite", "opt", "--out", str(tmp_path)])
+    assert seen["steps"] == 9 and seen["depth"] == 0
+
+
+def test_an_option_no_suite_takes_is_one_line_exit_2(monkeypatch, capsys, tmp_path) -> None:
+    fn = lambda out_dir, *, quick, seed: {}  # noqa: E731
+    monkeypatch.setitem(bench.SUITES, "plain", bench.Suite("plain", "test", fn))
+    assert main(["benchmark", "--suite", "plain", "--out", str(tmp_path), "--set", "x=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--set x" in err
+
+
+def test_importing_the_table_imports_no_suite() -> None:
+    code = (
+        "import sys, circuitfind.bench, circuitfind.bench.cli; "
+        "assert not [m for m in sys.modules if m.startswith('circuitfind.bench.') "
+        "and m not in ('circuitfind.bench.cli',)], sorted(sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

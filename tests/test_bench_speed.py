@@ -45,7 +45,7 @@ def test_tiny_suite_writes_report(tmp_path: Path) -> None:
     for name in ("speed.md", "speed.json", "speed_prompts.png", "speed_graph_size.png"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "speed.json").read_text())
-    assert saved["seed"] == 0 and saved["machine"]["cores"]
+    assert saved["stamp"]["seed"] == 0 and saved["stamp"]["machine"]["cores"]
     main, zoo = r["cases"]
     assert main["edges"] == 46 and zoo["case"] == "zoo:induction-2l"
     assert set(main["methods"]) == {
@@ -103,3 +103,22 @@ def test_spearman_over_common_finite_edges() -> None:
 def test_quick_config_is_gpt2_small() -> None:
     assert (QUICK.shape.layers, QUICK.shape.heads, QUICK.shape.d_model) == (12, 12, 768)
     assert QUICK.prompts == 32 and QUICK.tokens == 16
+
+
+def test_pass_rules_give_each_method_its_floor() -> None:
+    from circuitfind.bench.speed.rules import apply_rules, pass_rules
+
+    F, FB, E, N = 2.0, 5.0, 100, 10  # B = 3
+    methods = {name: {"seconds": 12.0, "steps": 5} for name in QUICK.methods}
+    apply_rules(methods, pass_rules(QUICK), F, FB, {"run": 1, "edge": E, "node": N})
+    eap, ig, exact = methods["eap"], methods["eap-ig-inputs"], methods["exact"]
+    assert eap["ratio"] == pytest.approx(12.0 / (2 * F + 3)) and eap["baseline"] == "2F + B"
+    assert eap["met"] is False and eap["target_text"] == "<= 1.3 x (2F + B)"
+    assert ig["ratio"] == pytest.approx(12.0 / (6 * F + 5 * 3)) and ig["met"] is True
+    assert ig["target_text"] == "<= 1.3 x (6F + 5B)"
+    assert "met" not in methods["eap-ig-activations"]
+    assert exact["speedup"] == pytest.approx(F * E / 12.0) and exact["met"] is True
+    assert exact["per_edge_s"] == pytest.approx(0.12)
+    assert methods["acdc"]["per_edge_s"] == pytest.approx(0.12) and "ratio" not in methods["acdc"]
+    assert methods["node"]["per_node_s"] == pytest.approx(1.2)
+    assert all(m["x_F"] == pytest.approx(6.0) for m in methods.values())

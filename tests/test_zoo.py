@@ -8,11 +8,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from circuitfind.errors import ModelLoadError
 from circuitfind.tasks import get_task
-from circuitfind.zoo import card, list_zoo, resolve
+from circuitfind.zoo import card, list_zoo, load_hf, resolve
 from circuitfind.zoo.cli import register
 from circuitfind.zoo.diagnostics import ablate_heads, head_scores, repeated_tokens
-from circuitfind.zoo.report import load_hf
-from circuitfind.zoo.train import RECIPES, get_recipe, train
+from circuitfind.zoo.recipe import RECIPES, get_recipe
+from circuitfind.zoo.train import train
 
 ZOO = ["greater-than", "induction-2l", "ioi"]
 FRESH_SEED = 4242  # not the evaluation seed of any training run (those are seed + 1000)
@@ -115,7 +115,7 @@ def test_full_training_reproduces_the_shipped_model(name, tmp_path):
     bits and drift apart over training), and its targets and accuracies everywhere (measured
     on another CPU model: induction-2l retrained to previous-token score 0.73, shipped 0.93,
     both above the recipe's 0.5, at the same accuracy)."""
-    from circuitfind.bench.common import cpu_name
+    from circuitfind.machine import cpu_name
 
     info = card(name)
     result = train(name, seed=info["seed"], out=tmp_path, progress=False)

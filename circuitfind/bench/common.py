@@ -1,6 +1,7 @@
-"""What every benchmark report shares: the stamp (command, machine, versions, seed, time), safe
-runs that record failures instead of raising, markdown tables, and writing ``NAME.md`` +
-``NAME.json`` under the output directory."""
+"""What every benchmark report shares: the stamp (command, machine, CPU model, versions, seed,
+date), timing (median of repeated runs; safe runs that record failures instead of raising),
+markdown tables, and writing ``NAME.md`` + ``NAME.json`` under the output directory with one
+header format (:meth:`Report.header`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import math
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 import traceback
@@ -21,15 +23,20 @@ from typing import Any
 
 import torch
 
+from circuitfind.machine import cpu_name
+
 __all__ = [
     "Outcome",
     "Report",
+    "Timing",
     "command_line",
+    "cpu_name",
     "fmt",
     "machine",
     "md_table",
     "set_command",
     "stamp",
+    "time_it",
     "timed",
     "versions",
 ]
@@ -51,19 +58,8 @@ def command_line() -> str:
     return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> dict[str, Any]:
-    """CPU, cores, torch threads and GPU (if any) of this machine."""
+    """CPU, cores, torch threads, GPU (if any) and load average of this machine."""
     gpu = None
     if torch.cuda.is_available():
         gpu = {
@@ -78,6 +74,7 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,
         "os": platform.platform(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -111,6 +108,7 @@ def stamp(seed: int, quick: bool, command: str | None = None) -> dict[str, Any]:
         "seed": seed,
         "quick": quick,
         "time_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "started": time.time(),
         "machine": machine(),
         "versions": versions(),
     }
@@ -131,6 +129,36 @@ class Outcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "error": self.error, "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class Timing:
+    """Wall times of repeated runs; ``seconds`` is their median."""
+
+    runs: list[float] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(self.runs)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_it(fn: Callable[[], Any], repeat: int, warmup: bool = True) -> Timing:
+    """Median-of-``repeat`` wall time of ``fn`` (after one untimed warm-up call)."""
+    if warmup:
+        fn()
+    t = Timing()
+    for _ in range(max(1, repeat)):
+        _sync()
+        start = time.perf_counter()
+        fn()
+        _sync()
+        t.runs.append(time.perf_counter() - start)
+    return t
 
 
 def timed(fn: Callable[[], Any], *, budget_s: float | None = None, what: str = "") -> Outcome:
@@ -212,20 +240,28 @@ class Report:
         self.lines.extend(lines)
 
     def header(self) -> list[str]:
+        """The one header every report starts with: title, command, seed, date, wall time,
+        machine (CPU model, cores, threads, GPU, load), versions and the raw-results file."""
         s = self.stamp
         m = s["machine"]
         gpu = m["gpu"]["name"] if m.get("gpu") else "none"
         v = ", ".join(f"{k} {val}" for k, val in s["versions"].items())
+        load = m.get("load_average")
+        wall = s.get("wall_s")
         return [
             f"# {self.title}",
             "",
-            f"Every number below comes from `{s['command']}` (seed {s['seed']}"
-            + (", --quick" if s["quick"] else "")
-            + f"), run {s['time_utc']}.  ",
+            f"Command: `{s['command']}`  ",
+            f"Seed: {s['seed']}; {'quick' if s['quick'] else 'full'} run, started {s['time_utc']}"
+            + (f"; wall time {wall:.0f} s" if wall is not None else "")
+            + "  ",
             f"Machine: {m['cpu']} ({m['arch']}), {m['cores']} cores, "
-            f"{m['torch_threads']} torch threads, GPU: {gpu}.  ",
-            f"Versions: {v}.  ",
-            f"Raw results: [`{self.name}.json`]({self.name}.json).",
+            f"{m['torch_threads']} torch threads, GPU: {gpu}"
+            + (f"; load average at start {', '.join(f'{x:.1f}' for x in load)}" if load else "")
+            + f"; {m['os']}  ",
+            f"Versions: {v}  ",
+            f"Raw results: [`{self.name}.json`]({self.name}.json). Every number below comes from "
+            "that command.",
             "",
         ]
 
@@ -236,6 +272,8 @@ class Report:
 
     def write(self, out_dir: Path) -> dict[str, Any]:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if "started" in self.stamp and "wall_s" not in self.stamp:
+            self.stamp["wall_s"] = round(time.time() - self.stamp["started"], 1)
         md = out_dir / f"{self.name}.md"
         js = out_dir / f"{self.name}.json"
         md.write_text("\n".join([*self.header(), *self.lines]).rstrip() + "\n")

@@ -331,7 +331,7 @@ def induction_edges(graph: Graph, prev: list[str], ind: list[str]) -> Tensor:
 
 def induction_case(*, quick: bool, seed: int, methods: tuple[str, ...]) -> dict[str, Any]:
     import circuitfind
-    from circuitfind.zoo.report import load_hf
+    from circuitfind.zoo import load_hf
 
     hf, tok = load_hf("induction-2l")
     found = induction_reference(hf, tok, seed=seed + 1000)

@@ -204,11 +204,12 @@ def _probe(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- sae
 def _sae(args: argparse.Namespace) -> int:
-    from circuitfind.inspect._common import as_tokens
     from circuitfind.inspect.sae import (
         SAE,
         SAEConfig,
         evaluate_sae,
+        evaluation_data,
+        format_metrics,
         site_activations,
         splice_metrics,
         top_activations,
@@ -216,11 +217,11 @@ def _sae(args: argparse.Namespace) -> int:
     )
 
     model = _load(args)
-    if args.data:
-        ids, mask = as_tokens(model, _lines(args.data))
-    else:
-        gen = torch.Generator().manual_seed(0)
-        ids, mask = torch.randint(0, model.cfg.d_vocab, (args.random, 32), generator=gen), None
+    texts = _lines(args.data) if args.data else None
+    ev = evaluation_data(
+        model, task=args.task, texts=texts, n=args.random, seed=0, allow_random=True
+    )
+    ids, mask = ev.tokens, ev.attention_mask
     acts = torch.cat(list(site_activations(model, ids, args.site, attention_mask=mask)))
     if args.load:
         sae = SAE.load(args.load)
@@ -235,14 +236,24 @@ def _sae(args: argparse.Namespace) -> int:
             model_name=args.model,
         )
         sae = train_sae(acts, cfg, steps=args.steps, batch_size=args.batch_size, progress=True)
-    metrics = evaluate_sae(sae, acts)
-    metrics.update(splice_metrics(model, sae, ids, args.site, attention_mask=mask))
-    data: dict[str, Any] = {"metrics": metrics}
+    metrics: dict[str, Any] = evaluate_sae(sae, acts)
+    metrics.update(
+        splice_metrics(
+            model,
+            sae,
+            ids,
+            args.site,
+            attention_mask=mask,
+            loss_weight=ev.loss_weight,
+            progress=True,
+        )
+    )
+    data: dict[str, Any] = {"metrics": metrics, "data": ev.source}
     if args.out:
         data["saved"] = str(sae.save(args.out))
     if args.feature is not None:
         data["feature"] = top_activations(model, sae, ids, args.site, args.feature, k=10)
-    text = "\n".join(f"{k:>20}: {v:.4f}" for k, v in metrics.items())
+    text = f"data: {ev.source}\n" + format_metrics(metrics)
     if "feature" in data:
         text += f"\nfeature {args.feature} top activations:\n" + "\n".join(
             f"  {r['activation']:8.3f}  {r['context']!r}" for r in data["feature"]
@@ -410,8 +421,19 @@ def register(sub: Any) -> None:
     )
     _common(p, prompt=False)
     p.add_argument("--site", required=True)
-    p.add_argument("--data", metavar="FILE", help="texts, one a line (default: random tokens)")
-    p.add_argument("--random", type=int, default=256, help="random sequences without --data")
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help="texts, one a line (default: --task's prompts; else a zoo model's training "
+        "generator; else random tokens, with a warning)",
+    )
+    p.add_argument("--task", metavar="NAME", help="train and evaluate on this task's prompts")
+    p.add_argument(
+        "--random",
+        type=int,
+        default=256,
+        help="prompts of --task, sequences of a zoo model's generator, or random sequences",
+    )
     p.add_argument("--arch", choices=["standard", "topk"], default="topk")
     p.add_argument("--d-sae", type=int, default=None, help="features (default 4 × d_in)")
     p.add_argument("--k", type=int, default=16, help="TopK's k")

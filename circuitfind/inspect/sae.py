@@ -9,13 +9,20 @@ layout SAELens reads and writes.
 
 Sites: hook points (``resid_pre.{L}``, ``resid_mid.{L}``, ``attn_out.{L}``, ``mlp_out.{L}``,
 ``resid_final``) or nodes (``input``, ``m{L}``, ``a{L}.h{H}``).
+
+An SAE is trained and evaluated on the data the model is evaluated on (``evaluation_data``: a
+task's prompts, a zoo model's training generator, or given texts), since splicing metrics on
+data the model does badly on say nothing. ``splice_metrics``'s ``loss_recovered`` is SAELens's
+``(loss_zero - loss_spliced) / (loss_zero - loss_clean)``, undefined (None, with the reason)
+when zero-ablating the site does not raise the loss.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,9 +40,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SAE",
+    "EvalData",
     "SAEConfig",
     "evaluate_sae",
+    "evaluation_data",
     "feature_logit_effect",
+    "format_metrics",
+    "loss_recovered",
     "site_activations",
     "splice_metrics",
     "top_activations",
@@ -128,6 +139,8 @@ class SAE(nn.Module):
         self.W_enc = nn.Parameter(w_dec.T.clone())  # [d_in, d_sae]
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        # set by train_sae: steps, seconds, seconds_per_step
+        self.train_stats: dict[str, float] = {}
 
     def encode(self, x: Tensor) -> Tensor:
         """[..., d_in] -> features [..., d_sae]"""
@@ -223,8 +236,9 @@ def train_sae(
         sae.b_dec.copy_(first.mean(0))
     sae = sae.to(first.device)
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
-    bar = tqdm(range(steps), disable=not progress, desc=f"SAE ({cfg.architecture})")
+    bar = tqdm(range(steps), disable=not progress, desc=f"SAE ({cfg.architecture})", unit="step")
     x = first
+    start = time.perf_counter()
     for step in bar:
         if step > 0:
             x = next(stream)
@@ -235,13 +249,24 @@ def train_sae(
         if cfg.architecture == "topk":
             with torch.no_grad():
                 sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-8))
-        if step % 100 == 0:
-            bar.set_postfix(loss=loss.item())
+        if step % 10 == 0 or step == steps - 1:
+            per_step = (time.perf_counter() - start) / (step + 1)
+            bar.set_postfix(loss=f"{loss.item():.4g}", s_per_step=f"{per_step:.3g}")
+    seconds = time.perf_counter() - start
+    sae.train_stats = {
+        "train_steps": steps,
+        "train_seconds": seconds,
+        "seconds_per_step": seconds / max(1, steps),
+    }
+    logger.info(
+        "SAE trained: %d steps in %.1f s (%.3g s a step)", steps, seconds, seconds / max(1, steps)
+    )
     return sae.eval()
 
 
 def evaluate_sae(sae: SAE, activations: Tensor) -> dict[str, float]:
-    """MSE, explained variance, mean L0 and dead-feature fraction on activations [n, d_in]."""
+    """MSE, explained variance, mean L0 and dead-feature fraction on activations [n, d_in]; and
+    the training's steps, seconds and seconds a step when ``train_sae`` trained it."""
     x = activations.reshape(-1, sae.cfg.d_in).float()
     with torch.no_grad():
         f = sae.encode(x)
@@ -253,6 +278,7 @@ def evaluate_sae(sae: SAE, activations: Tensor) -> dict[str, float]:
         "explained_variance": float(1 - resid / total),
         "l0": float((f > 0).float().sum(-1).mean()),
         "dead_fraction": float(((f > 0).sum(0) == 0).float().mean()),
+        **sae.train_stats,
     }
 
 
@@ -305,50 +331,195 @@ def site_activations(
         yield act[real].float()
 
 
+@dataclass(frozen=True)
+class EvalData:
+    """The tokens an SAE is trained and evaluated on, and which next-token losses count."""
+
+    tokens: Tensor  # [n, T]
+    attention_mask: Tensor | None  # [n, T], 1 = real token; None: all real
+    loss_weight: Tensor | None  # [n, T-1], weight of predicting tokens[:, i + 1]; None: 1 each
+    source: str  # where they come from, for reports
+
+
+def evaluation_data(
+    model: Model,
+    *,
+    task: Any = None,
+    texts: Sequence[str] | None = None,
+    n: int = 256,
+    seed: int = 0,
+    allow_random: bool = False,
+) -> EvalData:
+    """The data ``model`` is evaluated on, to train and evaluate an SAE on.
+
+    ``texts``: those texts (every next token counts). ``task`` (a ``Task`` or a task name):
+    its clean prompts (every next token counts). Neither, on a zoo model: ``n`` sequences of the
+    generator it was trained on, with the training loss's weights (the positions the model is
+    trained to predict). Anything else raises ``InputError`` — or, with ``allow_random``, gives
+    ``n`` random sequences of 32 tokens with a warning: on random tokens a model does badly,
+    zero-ablating a site can lower the loss, and ``loss_recovered`` then means nothing.
+    """
+    if texts is not None:
+        ids, mask = as_tokens(model, list(texts))
+        return EvalData(ids, mask, None, f"{ids.shape[0]} given texts")
+    if task is not None:
+        if isinstance(task, str):
+            from circuitfind.tasks import get_task
+
+            task = get_task(task, model, n=n, seed=seed)
+        return EvalData(
+            task.clean,
+            task.attention_mask,
+            None,
+            f"task {task.name}: its {len(task)} clean prompts",
+        )
+    name = model.cfg.name
+    if name.startswith("zoo:"):
+        from circuitfind.zoo.recipe import get_recipe
+
+        recipe = get_recipe(name.removeprefix("zoo:"))
+        sample = recipe.sampler(model.tokenizer)
+        tokens, weight = sample(torch.Generator().manual_seed(seed), n)
+        return EvalData(
+            tokens,
+            None,
+            weight,
+            f"{name}'s training generator: {n} sequences (seed {seed}), training-loss weights",
+        )
+    if allow_random:
+        logger.warning(
+            "SAE on random tokens: not data %s is evaluated on (give a task or texts)",
+            name or "the model",
+        )
+        gen = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, model.cfg.d_vocab, (n, 32), generator=gen)
+        return EvalData(ids, None, None, f"{n} random sequences (no task or texts given)")
+    raise InputError(
+        f"no evaluation data for {name or 'this model'}: give texts (--data FILE) or a task "
+        "(--task NAME); the zoo models default to their training generator"
+    )
+
+
+def _position_weights(ids: Tensor, mask: Tensor | None, loss_weight: Tensor | None) -> Tensor:
+    """[n, T-1] weight of each next-token loss (0 where either token is padding)."""
+    real = (mask[:, 1:] * mask[:, :-1]).float() if mask is not None else None
+    if loss_weight is not None:
+        w = loss_weight.float().to(ids.device)
+        return w * real if real is not None else w
+    return (
+        real if real is not None else torch.ones(ids.shape[0], ids.shape[1] - 1, device=ids.device)
+    )
+
+
 def splice_metrics(
-    model: Model, sae: SAE, tokens: TokensLike, site: str, *, attention_mask: Tensor | None = None
-) -> dict[str, float]:
+    model: Model,
+    sae: SAE,
+    tokens: TokensLike,
+    site: str,
+    *,
+    attention_mask: Tensor | None = None,
+    loss_weight: Tensor | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Next-token loss with the SAE's reconstruction spliced in at ``site``.
 
-    Returns ``loss_clean``, ``loss_spliced``, ``loss_zero`` (the site zero-ablated),
-    ``kl`` (clean ‖ spliced, nats per token) and ``loss_recovered``
-    ((zero − spliced) / (zero − clean); 1 = the SAE loses nothing).
+    Returns ``loss_clean``, ``loss_spliced``, ``loss_zero`` (the site zero-ablated): the mean
+    next-token loss weighted by ``loss_weight`` [n, T-1] (default: 1 on every real token);
+    ``kl`` (clean ‖ spliced, nats per token); ``loss_recovered``, SAELens's
+    ``(loss_zero − loss_spliced) / (loss_zero − loss_clean)`` (1 = the SAE loses nothing, 0 = as
+    bad as zero-ablating), or None when zero-ablation does not raise the loss, with
+    ``loss_recovered_note`` saying why (else ""); ``splice_seconds`` and ``seconds_per_batch``.
     """
     ids, mask = as_tokens(model, tokens, attention_mask)
     point, head = _site(model, site)
     sae = sae.to(model.device)
+    weights = _position_weights(ids, mask, loss_weight)  # [n, T-1]
 
-    def swap(fn_head: Any) -> dict[str, Any]:
+    def swap(fn_head: Any, b_ids: Tensor, b_mask: Tensor | None) -> dict[str, Any]:
         if head is None:
             return {point: lambda x: fn_head(x.float()).to(x.dtype)}
         layer = int(point.split(".")[1])
         with torch.no_grad():
-            _, cache = model.run_with_cache(ids, mask)
+            _, cache = model.run_with_cache(b_ids, b_mask)
         h_out = cache.heads[layer][:, :, head]
         return {point: lambda x: x - h_out + fn_head(h_out.float()).to(x.dtype)}
 
-    def loss_and_logp(hooks: dict[str, Any]) -> tuple[float, Tensor]:
+    def nll_logp(
+        b_ids: Tensor, b_mask: Tensor | None, hooks: dict[str, Any]
+    ) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
-            logits = model(ids, mask, hooks=hooks).float()
-        logp = logits.log_softmax(-1)
-        nll = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
-        weight = (mask[:, 1:] * mask[:, :-1]).float() if mask is not None else torch.ones_like(nll)
-        return float((nll * weight).sum() / weight.sum()), logp
+            logits = model(b_ids, b_mask, hooks=hooks).float()
+        logp = logits.log_softmax(-1)  # [b, T, vocab]
+        return -logp[:, :-1].gather(-1, b_ids[:, 1:, None])[..., 0], logp  # [b, T-1]
 
-    clean, lp_clean = loss_and_logp({})
-    spliced, lp_spliced = loss_and_logp(swap(sae))
-    zero, _ = loss_and_logp(swap(torch.zeros_like))
-    kl = (lp_clean.exp() * (lp_clean - lp_spliced)).sum(-1)
-    if mask is not None:
-        kl = kl[mask.bool()]
-    gap = zero - clean
+    sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
+    kl_sum, kl_count = 0.0, 0
+    starts = range(0, ids.shape[0], batch_size)
+    bar = tqdm(starts, disable=not progress, desc=f"splice at {site}", unit="batch")
+    t0 = time.perf_counter()
+    for i, start in enumerate(bar):
+        b_ids = ids[start : start + batch_size]
+        b_mask = mask[start : start + batch_size] if mask is not None else None
+        w = weights[start : start + batch_size].to(b_ids.device)
+        nll_clean, lp_clean = nll_logp(b_ids, b_mask, {})
+        nll_spliced, lp_spliced = nll_logp(b_ids, b_mask, swap(sae, b_ids, b_mask))
+        nll_zero, _ = nll_logp(b_ids, b_mask, swap(torch.zeros_like, b_ids, b_mask))
+        for key, nll in (("clean", nll_clean), ("spliced", nll_spliced), ("zero", nll_zero)):
+            sums[key] += float((nll.double() * w).sum())
+        kl = (lp_clean.exp() * (lp_clean - lp_spliced)).sum(-1)  # [b, T]
+        if b_mask is not None:
+            kl = kl[b_mask.bool()]
+        kl_sum += float(kl.double().sum())
+        kl_count += kl.numel()
+        bar.set_postfix(s_per_batch=f"{(time.perf_counter() - t0) / (i + 1):.3g}")
+    seconds = time.perf_counter() - t0
+    total = float(weights.double().sum())
+    if total <= 0:
+        raise InputError("no next-token loss to measure: every loss weight is 0")
+    clean, spliced, zero = (sums[k] / total for k in ("clean", "spliced", "zero"))
+    recovered, note = loss_recovered(clean, spliced, zero, site)
     return {
         "loss_clean": clean,
         "loss_spliced": spliced,
         "loss_zero": zero,
-        "kl": float(kl.mean()),
-        "loss_recovered": float((zero - spliced) / gap) if abs(gap) > 1e-9 else float("nan"),
+        "kl": kl_sum / max(1, kl_count),
+        "loss_recovered": recovered,
+        "loss_recovered_note": note,
+        "splice_seconds": seconds,
+        "seconds_per_batch": seconds / max(1, len(starts)),
     }
+
+
+def loss_recovered(
+    clean: float, spliced: float, zero: float, site: str = "the site"
+) -> tuple[float | None, str]:
+    """SAELens's loss recovered, ``(zero − spliced) / (zero − clean)``, and "" — or None and the
+    reason when zero-ablating the site does not raise the loss (the ratio then means nothing)."""
+    gap = zero - clean
+    if gap <= 1e-6 * max(1.0, abs(clean)):
+        return None, (
+            f"undefined: zero-ablating {site} does not raise the loss on this data (clean "
+            f"{clean:.4f}, zero-ablated {zero:.4f}): the model does not do well on the data, or "
+            "it does not use the site"
+        )
+    return (zero - spliced) / gap, ""
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """The metrics as aligned ``name: value`` lines (an undefined value shown with its note)."""
+    lines = []
+    for key, value in metrics.items():
+        if key.endswith("_note"):
+            continue
+        if value is None:
+            note = metrics.get(f"{key}_note") or ""
+            lines.append(f"{key:>20}: {note or 'undefined'}")
+        elif isinstance(value, float):
+            lines.append(f"{key:>20}: {value:.4f}")
+        else:
+            lines.append(f"{key:>20}: {value}")
+    return "\n".join(lines)
 
 
 def top_activations(

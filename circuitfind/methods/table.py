@@ -66,9 +66,11 @@ class MethodSpec:
         orientation: how its score points (:data:`Orientation`).
         options: option name -> default; the CLI exposes each as ``--name``.
         option_help: option name -> one-line help text.
-        cost: the cost in passes, as a formula people read (``2F + B``).
-        floor: (F, B, options) -> seconds, the physical floor the speed suite compares with;
-            per ``unit``.
+        cost: the cost in passes, in words (the README's methods table).
+        floor: (F, B, options) -> seconds, the physical floor the speed suite compares with,
+            per ``unit``; None when none is claimed (ACDC and node ablation are compared with
+            their peers instead).
+        floor_text: the floor as a formula (``2F + B``; ``k`` stands for ``steps``).
         unit: what ``floor`` is per: ``run`` (all edges at once), ``edge`` or ``node``.
     """
 
@@ -83,6 +85,7 @@ class MethodSpec:
     option_help: Mapping[str, str] = field(default_factory=dict)
     cost: str = ""
     floor: Floor | None = None
+    floor_text: str = ""
     unit: Literal["run", "edge", "node"] = "run"
 
     def function(self) -> Callable[..., Any]:
@@ -106,6 +109,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         aliases=("patching", "activation-patching", "edge-patching"),
         cost="one partial forward per edge, batched; checkpoints and resumes",
         floor=lambda F, B, o: F,
+        floor_text="one F per edge",
         unit="edge",
     ),
     MethodSpec(
@@ -120,7 +124,6 @@ _BUILTIN: tuple[MethodSpec, ...] = (
             "acdc_metric": "what ACDC measures: kl (to the clean run) or task (the task metric)",
         },
         cost="one partial forward per edge tried, sequential; checkpoints and resumes",
-        floor=lambda F, B, o: F,
         unit="edge",
     ),
     MethodSpec(
@@ -130,6 +133,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         aliases=("attribution-patching",),
         cost="2 forwards + 1 backward for all edges",
         floor=lambda F, B, o: 2 * F + B,
+        floor_text="2F + B",
     ),
     MethodSpec(
         name="eap-ig-inputs",
@@ -140,6 +144,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         option_help={"steps": _STEPS_HELP},
         cost="k(F + B) + F",
         floor=_eap_ig_floor,
+        floor_text="(k+1)F + kB",
     ),
     MethodSpec(
         name="eap-ig-activations",
@@ -150,6 +155,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         option_help={"steps": _STEPS_HELP},
         cost="k(F + B) + F",
         floor=_eap_ig_floor,
+        floor_text="(k+1)F + kB",
     ),
     MethodSpec(
         name="node",
@@ -159,7 +165,6 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         level="node",
         orientation="helps-positive",
         cost="one partial forward per node",
-        floor=lambda F, B, o: F,
         unit="node",
     ),
 )

@@ -1,7 +1,8 @@
 """The zoo: small models trained here on synthetic tasks, shipped inside the package.
 
 ``resolve(NAME)`` is the directory of ``zoo:NAME`` (loadable by ``AutoModelForCausalLM`` and
-``AutoTokenizer``); ``card(NAME)`` its model card; ``circuitfind.zoo.train.train`` retrains one.
+``AutoTokenizer``); ``card(NAME)`` its model card; ``load_hf(NAME)`` the plain Hugging Face model
+and tokenizer; ``circuitfind.zoo.train.train`` retrains one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from circuitfind.errors import ModelLoadError
 
 ZOO_DIR = Path(__file__).parent / "models"
 
-__all__ = ["ZOO_DIR", "card", "list_zoo", "resolve"]
+__all__ = ["ZOO_DIR", "card", "list_zoo", "load_hf", "resolve"]
 
 
 def list_zoo() -> list[str]:
@@ -40,3 +41,12 @@ def card(name: str) -> dict[str, Any]:
     if not path.is_file():
         return {"name": name}
     return dict(json.loads(path.read_text()))
+
+
+def load_hf(name: str) -> tuple[Any, Any]:
+    """Zoo model NAME as a plain Hugging Face model (eager attention, eval mode) + tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(name)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    return model, AutoTokenizer.from_pretrained(path)

@@ -48,9 +48,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the ``zoo`` subcommand (``zoo list``, ``zoo train NAME --seed S --out DIR``)."""
-    from circuitfind.zoo.train import RECIPES, _load_builtin_recipes
+    from circuitfind.zoo.recipe import RECIPES, load_builtin_recipes
 
-    _load_builtin_recipes()
+    load_builtin_recipes()
     zoo = subparsers.add_parser(
         "zoo",
         help="the bundled models trained here: list them or retrain one",

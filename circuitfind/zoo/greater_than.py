@@ -19,8 +19,8 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from circuitfind.tasks import Task
 from circuitfind.tasks import greater_than as gt_task
+from circuitfind.zoo.recipe import Recipe, Sampler, register_recipe, task_scores
 from circuitfind.zoo.tokenizer import word_level_tokenizer
-from circuitfind.zoo.train import Recipe, Sampler, register_recipe, task_scores
 
 __all__ = ["CENTURIES", "split"]
 

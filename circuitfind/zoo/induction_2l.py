@@ -39,8 +39,8 @@ from torch import Tensor
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from circuitfind.zoo.diagnostics import ablate_heads, head_scores, repeated_tokens
+from circuitfind.zoo.recipe import Consolidation, Recipe, Sampler, register_recipe
 from circuitfind.zoo.tokenizer import word_level_tokenizer
-from circuitfind.zoo.train import Consolidation, Recipe, Sampler, register_recipe
 
 __all__ = ["CTX", "VOCAB"]
 

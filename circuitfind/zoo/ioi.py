@@ -18,8 +18,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from circuitfind.tasks import Task
 from circuitfind.tasks import ioi as ioi_task
+from circuitfind.zoo.recipe import Recipe, Sampler, register_recipe, task_scores
 from circuitfind.zoo.tokenizer import word_level_tokenizer
-from circuitfind.zoo.train import Recipe, Sampler, register_recipe, task_scores
 
 __all__ = ["ENDINGS", "MIDDLES", "NAMES", "OPENINGS", "split"]
 

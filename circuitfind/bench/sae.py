@@ -1,24 +1,26 @@
-"""SAE vs the toy model of superposition: do SAE decoder directions recover the true features?
+"""SAE suite: do SAE decoder directions recover the true features of the toy model of
+superposition?
 
 Trains the toy model (n sparse features in d_hidden < n dimensions, Elhage et al. 2022), then a
 ReLU+L1 SAE and a TopK SAE on its hidden layer, and reports, for each true feature direction, the
-largest cosine similarity with any decoder direction (mean over features; target ≥ 0.95). Writes
-``reports/sae_superposition.md`` and ``reports/sae_superposition.png``.
+largest cosine similarity with any decoder direction (mean over features; target >= 0.95), and a
+sweep over the feature probability. Writes ``sae_superposition.md``, ``.json`` and ``.png``:
 
-    PYTHONPATH=. python benchmarks/sae_superposition.py            # about 2-4 minutes on 2 cores
-    PYTHONPATH=. python benchmarks/sae_superposition.py --quick    # a smoke run
+    circuitfind benchmark --suite sae            # about 2-4 minutes on 2 cores
+    circuitfind benchmark --suite sae --quick    # a smoke run (400 steps each)
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor
 
+from circuitfind.bench.common import Report, stamp
 from circuitfind.inspect.sae import SAEConfig, evaluate_sae, train_sae
 from circuitfind.inspect.toy_superposition import (
     feature_recovery,
@@ -27,27 +29,76 @@ from circuitfind.inspect.toy_superposition import (
     train_toy_model,
 )
 
+__all__ = ["run"]
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-features", type=int, default=20)
-    ap.add_argument("--d-hidden", type=int, default=5)
-    ap.add_argument("--p", type=float, default=0.05, help="feature probability")
-    ap.add_argument("--d-sae", type=int, default=40)
-    ap.add_argument("--toy-steps", type=int, default=3000)
-    ap.add_argument("--sae-steps", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="few steps (smoke test)")
-    ap.add_argument(
-        "--sweep",
-        default="0.01,0.02,0.05,0.1,0.2,0.4",
-        help="feature probabilities for the sparsity sweep ('' to skip)",
+SWEEP = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+
+
+@dataclass(frozen=True)
+class _Args:
+    n_features: int
+    d_hidden: int
+    p: float
+    d_sae: int
+    toy_steps: int
+    sae_steps: int
+    seed: int
+
+
+def run(
+    out_dir: Path,
+    *,
+    quick: bool,
+    seed: int,
+    n_features: int = 20,
+    d_hidden: int = 5,
+    p: float = 0.05,
+    d_sae: int = 40,
+    toy_steps: int = 3000,
+    sae_steps: int = 2000,
+    sweep: tuple[float, ...] = SWEEP,
+    on_model: str = "zoo:induction-2l",
+    site: str = "resid_pre.1",
+    model_steps: int = 1000,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Train the toy model and both SAEs, sweep the feature probability, write the report."""
+    args = _Args(n_features, d_hidden, p, d_sae, toy_steps, sae_steps, seed)
+    report = Report(
+        "sae_superposition",
+        "SAE recovery of superposed features (toy model)",
+        stamp(seed, quick, command),
     )
-    ap.add_argument("--out", default="reports")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.toy_steps, args.sae_steps = 400, 400
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only add overhead
+    try:
+        results, saes, toy, true_dirs, represented, t_toy = _main(args)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot = out_dir / "sae_superposition.png"
+        _plot(toy, true_dirs, saes, results, plot)
+        report.files.append(plot.name)
+        points = [_sweep_point(args, float(q)) for q in sweep]
+        model_result = _on_model(on_model, site, model_steps, seed) if on_model else None
+    finally:
+        torch.set_num_threads(threads)
+    report.add(*_body(args, represented, results, t_toy, points))
+    if model_result is not None:
+        report.add(*_model_body(model_result))
+    report.data = {
+        "config": asdict(args),
+        "results": results,
+        "sweep": points,
+        "on_model": model_result,
+    }
+    files = report.write(out_dir)
+    return {
+        "files": files,
+        **{k: {m: v[m] for m in ("mmcs_all", "l0")} for k, v in results.items()},
+    }
+
+
+def _main(args: _Args) -> tuple[dict[str, Any], dict[str, Any], Any, Tensor, Tensor, float]:
     t0 = time.time()
     toy = train_toy_model(
         args.n_features, args.d_hidden, args.p, steps=args.toy_steps, seed=args.seed
@@ -78,19 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": time.time() - t,
         }
         saes[name] = sae
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _plot(toy, true_dirs, saes, results, out / "sae_superposition.png")
-    sweep = [_sweep_point(args, float(p)) for p in args.sweep.split(",") if p.strip()]
-    cmd = "PYTHONPATH=. python benchmarks/sae_superposition.py" + " ".join(
-        [""] + (argv if argv is not None else sys.argv[1:])
-    )
-    _report(args, represented, results, t_toy, time.time() - t0, cmd, out, sweep)
-    print(json.dumps({k: {m: v[m] for m in ("mmcs_all", "l0")} for k, v in results.items()}))
-    return 0
+    return results, saes, toy, true_dirs, represented, t_toy
 
 
-def _sweep_point(args: argparse.Namespace, p: float) -> dict[str, float]:
+def _sweep_point(args: _Args, p: float) -> dict[str, float]:
     """Toy model and both SAEs at feature probability p: stored features and MMCS."""
     toy = train_toy_model(args.n_features, args.d_hidden, p, steps=args.toy_steps, seed=args.seed)
     gen = torch.Generator().manual_seed(args.seed + 7)
@@ -113,7 +155,9 @@ def _sweep_point(args: argparse.Namespace, p: float) -> dict[str, float]:
     return row
 
 
-def _plot(toy, true_dirs, saes, results, path: Path) -> None:
+def _plot(
+    toy: Any, true_dirs: Tensor, saes: dict[str, Any], results: dict[str, Any], path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,11 +208,11 @@ def _plot(toy, true_dirs, saes, results, path: Path) -> None:
     plt.close(fig)
 
 
-def _report(args, represented, results, t_toy, total, cmd, out: Path, sweep) -> None:
+def _body(
+    args: _Args, represented: Tensor, results: dict[str, Any], t_toy: float, sweep: list[Any]
+) -> list[str]:
     lines = [
-        "# SAE recovery of superposed features (toy model)",
-        "",
-        f"Command: `{cmd}` (total {total:.0f} s; toy model {t_toy:.0f} s; CPU, 1 thread).",
+        f"CPU, 1 torch thread; the toy model trained in {t_toy:.0f} s.",
         "",
         f"Toy model: {args.n_features} features in {args.d_hidden} dimensions, feature "
         f"probability {args.p} (values uniform in [0, 1]), uniform importance, "
@@ -210,8 +254,67 @@ def _report(args, represented, results, t_toy, total, cmd, out: Path, sweep) -> 
                 f"| {r['topk']:.4f} | {r['k']} | {r['topk_ev']:.3f} |"
             )
         lines.append("")
-    (out / "sae_superposition.md").write_text("\n".join(lines))
+    return lines
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _on_model(source: str, site: str, steps: int, seed: int) -> dict[str, Any]:
+    """A TopK SAE at ``site`` of ``source``, trained on the data the model is evaluated on
+    (``evaluation_data``) and spliced in on fresh data of the same kind."""
+    import circuitfind as cf
+    from circuitfind.inspect.sae import evaluation_data, site_activations, splice_metrics
+
+    model = cf.load(source)
+    train = evaluation_data(model, n=256, seed=seed)
+    held = evaluation_data(model, n=256, seed=seed + 1)
+    acts = torch.cat(
+        list(site_activations(model, train.tokens, site, attention_mask=train.attention_mask))
+    )
+    cfg = SAEConfig(
+        acts.shape[-1], 4 * acts.shape[-1], "topk", k=16, hook_name=site, model_name=source
+    )
+    sae = train_sae(acts, cfg, steps=steps, batch_size=1024, seed=seed)
+    held_acts = torch.cat(
+        list(site_activations(model, held.tokens, site, attention_mask=held.attention_mask))
+    )
+    metrics: dict[str, Any] = evaluate_sae(sae, held_acts)
+    metrics.update(
+        splice_metrics(
+            model,
+            sae,
+            held.tokens,
+            site,
+            attention_mask=held.attention_mask,
+            loss_weight=held.loss_weight,
+        )
+    )
+    return {
+        "model": source,
+        "site": site,
+        "train_data": train.source,
+        "eval_data": held.source,
+        "d_sae": cfg.d_sae,
+        "k": cfg.k,
+        **metrics,
+    }
+
+
+def _model_body(r: dict[str, Any]) -> list[str]:
+    recovered = r["loss_recovered"]
+    rec = f"{recovered:.3f}" if recovered is not None else r["loss_recovered_note"]
+    return [
+        f"## On a model: {r['model']} at {r['site']}",
+        "",
+        f"A TopK SAE (d_sae {r['d_sae']}, k {r['k']}, {r['train_steps']} steps of 1024 "
+        f"activations, {r['seconds_per_step']:.3f} s a step) trained on {r['train_data']}; "
+        f"evaluated on fresh data of the same kind ({r['eval_data']}). Next-token loss "
+        "weighted as in training; loss recovered as SAELens defines it, (zero-ablated − "
+        "spliced) / (zero-ablated − clean).",
+        "",
+        "| loss clean | loss spliced | loss zero-ablated | loss recovered | KL (nats/token) "
+        "| explained var. | L0 | dead |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| {r['loss_clean']:.4f} | {r['loss_spliced']:.4f} | {r['loss_zero']:.4f} | {rec} "
+        f"| {r['kl']:.4f} | {r['explained_variance']:.4f} | {r['l0']:.1f} "
+        f"| {r['dead_fraction']:.2f} |",
+        "",
+    ]
