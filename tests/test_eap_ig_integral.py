@@ -300,9 +300,16 @@ class _HFRun:
 
 
 def _reference(
-    hf: Any, graph: cf.Graph, task: Task, ablation: str, mode: str, steps: int
+    hf: Any,
+    graph: cf.Graph,
+    task: Task,
+    ablation: str,
+    mode: str,
+    steps: int,
+    alphas: list[float] | None = None,
 ) -> Tensor:
-    """Scores [S, R] by the definitions in the module docstring, on the HF model alone."""
+    """Scores [S, R] by the definitions in the module docstring, on the HF model alone
+    (``alphas`` overrides the path's points, k/steps for k = 1..steps)."""
     run = _HFRun(_ungrouped(hf))
     tokens, mask = task.clean, task.attention_mask
     clean = run.node_outputs(tokens, mask)  # [S, b, p, d]
@@ -314,14 +321,14 @@ def _reference(
         real = (mask if mask is not None else torch.ones(tokens.shape)).float()[None, :, :, None]
         A = ((clean * real).sum((1, 2)) / real.sum())[:, None, None].expand_as(clean)
     grad_sum: dict[str, Tensor] = {}
-    for k in range(1, steps + 1):
-        alpha = k / steps
+    alphas = alphas if alphas is not None else [k / steps for k in range(1, steps + 1)]
+    for alpha in alphas:
         if mode == "eap-ig-inputs":
             grads = run.receiver_grads(task, tokens, mask, embed=A[0] + alpha * (clean[0] - A[0]))
         else:
             grads = run.receiver_grads(task, tokens, mask, pinned=A + alpha * (clean - A))
         for name, g in grads.items():
-            grad_sum[name] = grad_sum.get(name, 0) + g / steps
+            grad_sum[name] = grad_sum.get(name, 0) + g / len(alphas)
     diff = (A - clean).double()
     scores = torch.full((graph.n_senders, graph.n_receivers), float("nan"), dtype=torch.float64)
     for name, r in graph.receiver_index.items():
@@ -396,3 +403,25 @@ def test_reference_at_one_step_is_eap():
     want = _reference(hf, graph, task, "resample", "eap-ig-inputs", 1)
     v = graph.valid
     torch.testing.assert_close(eap[v], want[v], atol=2e-5 * float(want[v].abs().max()), rtol=1e-3)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_the_suites_reference_code_sum_is_the_left_riemann_sum(steps):
+    """The agreement suite's EAP-IG-code variant (alpha = k/steps, k = 0..steps-1, built from
+    the engine's right sum and the corrupted-point gradient) is that sum on the HF model."""
+    from circuitfind.bench import agreement
+
+    hf = make_hf_model("llama-gqa-llama3rope")
+    task = _task()
+    model = cf.load(hf)
+    graph = cf.Graph.from_model(model)
+    abl = Ablation(model, task, "resample")
+    kw = {"batch_size": 4, "progress": False}
+    eap = eap_scores(model, graph, task, abl, mode="eap", **kw)
+    ig = eap_scores(model, graph, task, abl, mode="eap-ig-inputs", steps=steps, **kw)
+    at_corrupted = agreement.corrupted_point_scores(model, graph, task, **kw)
+    got = agreement.reference_code_scores(ig, eap, at_corrupted, steps)
+    left = [k / steps for k in range(steps)]
+    want = _reference(hf, graph, task, "resample", "eap-ig-inputs", steps, alphas=left)
+    v = graph.valid
+    torch.testing.assert_close(got[v], want[v], atol=2e-5 * float(want[v].abs().max()), rtol=1e-3)

@@ -15,7 +15,8 @@ EAP-IG with one step is EAP exactly (a tested identity), so the one-step column 
 
 Random-weight models are one small model per family the engine supports (GPT-2, GPT-NeoX with
 parallel attention/MLP, Llama with grouped-query attention, Qwen2, Mistral with a sliding window,
-GPT-Neo), with weights drawn as in the tests (spread ``WEIGHT_SCALE``: sharp attention), on
+GPT-Neo; Llama also without GQA, and with its SwiGLU gate held constant, as controls), with
+weights drawn as in the tests (spread ``WEIGHT_SCALE``: sharp attention), on
 prompts of random tokens whose corrupted version resamples ``N_SWAPPED`` tokens (minimal pairs,
 as real tasks are), logit-difference metric.
 """
@@ -48,6 +49,7 @@ ZOO: tuple[tuple[str, str], ...] = (
     ("zoo:ioi", "ioi"),
     ("zoo:greater-than", "greater-than"),
 )
+REFERENCE = "eap-ig-inputs as EAP-IG's code sums it"
 IG_MODES: tuple[Literal["eap-ig-inputs", "eap-ig-activations"], ...] = (
     "eap-ig-inputs",
     "eap-ig-activations",
@@ -111,6 +113,18 @@ def _configs() -> dict[str, Callable[[], Any]]:
                 max_position_embeddings=64,
             )
         ),
+        "llama (GQA, constant gate)": lambda: LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=VOCAB,
+                hidden_size=48,
+                num_hidden_layers=3,
+                num_attention_heads=6,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                mlp_bias=True,
+            )
+        ),
         "qwen2 (GQA)": lambda: Qwen2ForCausalLM(
             Qwen2Config(
                 vocab_size=VOCAB,
@@ -152,6 +166,7 @@ FAMILIES: tuple[str, ...] = (
     "gpt_neox (parallel)",
     "llama (GQA)",
     "llama (MHA)",
+    "llama (GQA, constant gate)",
     "qwen2 (GQA)",
     "mistral (GQA, sliding)",
     "gpt_neo",
@@ -173,6 +188,11 @@ def random_family_model(family: str, seed: int, scale: float = WEIGHT_SCALE) -> 
                     p.copy_(0.2 * torch.randn_like(p))
             else:
                 p.normal_(0.0, scale)
+        if "constant gate" in family:  # a control: SwiGLU's gate held at silu(4), MLP linear
+            for layer in hf.model.layers:
+                layer.mlp.gate_proj.weight.zero_()
+                layer.mlp.gate_proj.bias.fill_(4.0)
+                layer.mlp.up_proj.weight.mul_(0.25)  # keeps the MLP's output size comparable
     return hf.eval()
 
 
@@ -216,6 +236,30 @@ def agreement(exact: Tensor, other: Tensor, valid: Tensor, top_pct: float = TOP_
     return {"spearman": rho, "top_k": len(top_a & top_b) / k, "k": k}
 
 
+def swapped(task: Any) -> Any:
+    """The task with clean and corrupted prompts exchanged (same answers and metric)."""
+    import dataclasses
+
+    return dataclasses.replace(task, clean=task.corrupted, corrupted=task.clean, clean_logits=None)
+
+
+def corrupted_point_scores(model: Any, graph: Any, task: Any, **kw: Any) -> Tensor:
+    """(A_s - out_s) . g_r(0): the gradient at the corrupted run (alpha = 0 of the input path),
+    under resample ablation. It is minus EAP on the swapped task, whose "clean" run is the
+    corrupted one and whose difference is the opposite one."""
+    from circuitfind.methods import eap_scores
+    from circuitfind.patching import Ablation
+
+    other = swapped(task)
+    return -eap_scores(model, graph, other, Ablation(model, other, "resample"), mode="eap", **kw)
+
+
+def reference_code_scores(ig: Tensor, eap: Tensor, at_corrupted: Tensor, steps: int) -> Tensor:
+    """EAP-IG-inputs as EAP-IG's current code sums it (alpha = k/steps, k = 0..steps-1) from
+    circuitfind's right sum S (k = 1..steps): L = S + (g(0) - g(1)) / steps, scores taken."""
+    return ig + (at_corrupted - eap) / steps
+
+
 def _one(model: Any, task: Any, steps: tuple[int, ...]) -> dict[str, Any]:
     """Scores of every method on one prompt set, and their agreement with exact patching."""
     import circuitfind as cf
@@ -248,6 +292,12 @@ def _one(model: Any, task: Any, steps: tuple[int, ...]) -> dict[str, Any]:
                 continue
             scores[s] = eap_scores(model, graph, task, abl, mode=mode, steps=s, **kw)
             out[mode][str(s)] = agreement(exact, scores[s], v)
+        if mode == "eap-ig-inputs":
+            at_corrupted = corrupted_point_scores(model, graph, task, **kw)
+            out[REFERENCE] = {
+                str(s): agreement(exact, reference_code_scores(scores[s], eap, at_corrupted, s), v)
+                for s in steps
+            }
         last, prev = steps[-1], steps[-2]
         out[mode]["why"] = {
             # the gradient at one point of the path: alpha = 1 is EAP; 2 S_2 - S_1 = g(1/2)
@@ -287,19 +337,20 @@ def _cell(s: dict[str, float]) -> str:
 
 def _summarise(runs: list[dict[str, Any]], steps: tuple[int, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for mode in IG_MODES:
+    for mode in (*IG_MODES, REFERENCE):
         out[mode] = {}
         for s in steps:
             per = {}
             for key in ("spearman", "top_k"):
                 vals = [r[mode][str(s)][key] for r in runs]
-                base = [r[mode]["1"][key] for r in runs]
+                base = [r["eap"][key] for r in runs]
                 per[key] = _stats(vals)
                 per[key + "_change_from_1"] = _stats([v - b for v, b in zip(vals, base)])
             out[mode][str(s)] = per
-        out[mode]["why"] = {
-            key: _stats([r[mode]["why"][key] for r in runs]) for key in runs[0][mode]["why"]
-        }
+        if mode != REFERENCE:
+            out[mode]["why"] = {
+                key: _stats([r[mode]["why"][key] for r in runs]) for key in runs[0][mode]["why"]
+            }
     return out
 
 
@@ -393,7 +444,7 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> dict[str, Any]:
 def _tables(report: Report, data: dict[str, Any], steps: tuple[int, ...], n_sets: int) -> None:
     last = steps[-1]
     for key, title in (("spearman", "Spearman's rho"), ("top_k", f"top-{TOP_PCT:g}% overlap")):
-        for mode in IG_MODES:
+        for mode in (*IG_MODES, REFERENCE):
             rows = []
             for name, entry in data.items():
                 if not entry["runs"]:
@@ -411,8 +462,14 @@ def _tables(report: Report, data: dict[str, Any], steps: tuple[int, ...], n_sets
                         status,
                     ]
                 )
+            note = (
+                "(steps = 1 is EAP)"
+                if mode != REFERENCE
+                else "(alpha = k/steps, k = 0..steps-1: steps = 1 is the gradient at the "
+                "corrupted run; Δ is the change from EAP)"
+            )
             report.add(
-                f"## {title}: exact vs {mode} (steps = 1 is EAP)",
+                f"## {title}: exact vs {mode} {note}",
                 "",
                 *md_table(
                     ["model", *[f"steps {s}" for s in steps], f"Δ {last} − 1", "status"], rows
