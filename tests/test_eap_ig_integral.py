@@ -384,9 +384,15 @@ def test_eap_ig_equals_the_riemann_sum_on_the_hf_model(name, mode):
     _check(make_hf_model(name), _task(), "resample", mode)
 
 
-@pytest.mark.parametrize("ablation", ["mean", "zero"])
-@pytest.mark.parametrize("mode", ["eap-ig-inputs", "eap-ig-activations"])
-@pytest.mark.parametrize("name", ["gpt2", "llama-gqa-llama3rope"])
+_ABLATION_CASES = [
+    pytest.param(name, mode, ablation, marks=() if ablation == "mean" else pytest.mark.slow)
+    for name in ("gpt2", "llama-gqa-llama3rope")
+    for mode in ("eap-ig-inputs", "eap-ig-activations")
+    for ablation in ("mean", "zero")
+]
+
+
+@pytest.mark.parametrize(("name", "mode", "ablation"), _ABLATION_CASES)
 def test_eap_ig_path_starts_at_the_ablation(name, mode, ablation):
     """The path's ablated end is the ablation's own value (the mean, zero), padded prompts."""
     _check(make_hf_model(name), _task(padded=True), ablation, mode)
@@ -405,7 +411,7 @@ def test_reference_at_one_step_is_eap():
     torch.testing.assert_close(eap[v], want[v], atol=2e-5 * float(want[v].abs().max()), rtol=1e-3)
 
 
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("steps", [pytest.param(1, marks=pytest.mark.slow), 3])
 def test_the_suites_reference_code_sum_is_the_left_riemann_sum(steps):
     """The agreement suite's EAP-IG-code variant (alpha = k/steps, k = 0..steps-1, built from
     the engine's right sum and the corrupted-point gradient) is that sum on the HF model."""
