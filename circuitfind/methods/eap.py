@@ -5,12 +5,18 @@ the first-order estimate of metric(edge ablated) - metric(clean), for every edge
 
 - ``eap``: the gradient at the clean run (one clean forward + backward, plus the ablated run).
 - ``eap-ig-inputs``: the gradient averaged over runs whose input embeddings move from the
-  ablated to the clean ones (alpha = k/steps, k = 1..steps), as in Hanna et al. 2024.
+  ablated to the clean ones (alpha = k/steps, k = 1..steps: a right Riemann sum, the clean point
+  in, the ablated one out), as in Hanna et al. 2024's code. EAP-IG's code since its 2025-02
+  rewrite (used by MIB) sums k = 0..steps-1 instead (the ablated point in, the clean one out), so
+  its one-step score is the gradient at the corrupted input rather than EAP; both converge to
+  the same integral. It also allows only resample ablation here; circuitfind starts the path at
+  the ablation's own input value (the mean or zero embedding) for the other ablations.
 - ``eap-ig-activations``: the gradient averaged over runs in which every node's output is set to
   A + alpha (clean - A) (gradients still flow through each node), all nodes at once: k passes,
   EAP-IG's k(F + B) + F cost. EAP-IG's reference code (used by MIB) instead interpolates one
   layer's output at a time (the rest of the run computed from it) and averages over (2L + 1) k
-  passes: a different estimator, equal to this one (and to ``eap``) at one step.
+  passes: a different estimator, equal to this one (and to ``eap``) at one step. (Its mean
+  ablation also starts that path at zero, not at the mean its differences use.)
 
 With ``steps=1`` both IG variants equal ``eap``. The run itself is a plain forward (one shared
 stream per layer): gradients w.r.t. each receiver's own input come from zero "probe" tensors on
