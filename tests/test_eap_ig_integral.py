@@ -30,10 +30,8 @@ import torch
 from torch import Tensor, nn
 
 import circuitfind as cf
-from circuitfind.methods import eap_scores
-from circuitfind.patching import Ablation
 from circuitfind.tasks import Task
-from tests.factories import FAMILY_CONFIGS, VOCAB, make_hf_model
+from tests.factories import FAMILY_CONFIGS, VOCAB, make_hf_model, method_scores
 
 STEPS = 3
 
@@ -358,8 +356,7 @@ def _task(n: int = 4, T: int = 7, seed: int = 0, padded: bool = False) -> Task:
 def _check(hf: Any, task: Task, ablation: str, mode: str, steps: int = STEPS) -> None:
     model = cf.load(hf)
     graph = cf.Graph.from_model(model)
-    abl = Ablation(model, task, ablation)
-    got = eap_scores(model, graph, task, abl, mode=mode, steps=steps, batch_size=3, progress=False)
+    got = method_scores(model, task, mode, ablation, batch_size=3, steps=steps).edges
     want = _reference(hf, graph, task, ablation, mode, steps)
     v = graph.valid
     scale = float(want[v].abs().max())
@@ -404,8 +401,7 @@ def test_reference_at_one_step_is_eap():
     task = _task()
     model = cf.load(hf)
     graph = cf.Graph.from_model(model)
-    abl = Ablation(model, task, "resample")
-    eap = eap_scores(model, graph, task, abl, mode="eap", batch_size=4, progress=False)
+    eap = method_scores(model, task, "eap", batch_size=4).edges
     want = _reference(hf, graph, task, "resample", "eap-ig-inputs", 1)
     v = graph.valid
     torch.testing.assert_close(eap[v], want[v], atol=2e-5 * float(want[v].abs().max()), rtol=1e-3)
@@ -421,11 +417,9 @@ def test_the_suites_reference_code_sum_is_the_left_riemann_sum(steps):
     task = _task()
     model = cf.load(hf)
     graph = cf.Graph.from_model(model)
-    abl = Ablation(model, task, "resample")
-    kw = {"batch_size": 4, "progress": False}
-    eap = eap_scores(model, graph, task, abl, mode="eap", **kw)
-    ig = eap_scores(model, graph, task, abl, mode="eap-ig-inputs", steps=steps, **kw)
-    at_corrupted = agreement.corrupted_point_scores(model, graph, task, **kw)
+    eap = method_scores(model, task, "eap", batch_size=4).edges
+    ig = method_scores(model, task, "eap-ig-inputs", batch_size=4, steps=steps).edges
+    at_corrupted = agreement.corrupted_point_scores(model, task, batch_size=4)
     got = agreement.reference_code_scores(ig, eap, at_corrupted, steps)
     left = [k / steps for k in range(steps)]
     want = _reference(hf, graph, task, "resample", "eap-ig-inputs", steps, alphas=left)

@@ -131,6 +131,12 @@ _BUILTIN: tuple[Suite, ...] = (
         default=False,
     ),
     Suite(
+        "agreement",
+        "EAP and EAP-IG against exact patching as integration steps grow (rank agreement)",
+        "circuitfind.bench.agreement:run",
+        default=False,
+    ),
+    Suite(
         "pass-size",
         "exact patching: time per edge against the tokens a batched pass holds",
         "circuitfind.bench.pass_size:run",

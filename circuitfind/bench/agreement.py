@@ -243,15 +243,21 @@ def swapped(task: Any) -> Any:
     return dataclasses.replace(task, clean=task.corrupted, corrupted=task.clean, clean_logits=None)
 
 
-def corrupted_point_scores(model: Any, graph: Any, task: Any, **kw: Any) -> Tensor:
+def method_edges(runs: Any, method: str, **options: Any) -> Tensor:
+    """Edge scores [S, R] of ``method`` (a row of the method table) over prepared runs."""
+    from circuitfind.methods import method_spec
+
+    return method_spec(method).function()(runs, **options).edges  # type: ignore[no-any-return]
+
+
+def corrupted_point_scores(model: Any, task: Any, batch_size: int = 32) -> Tensor:
     """(A_s - out_s) . g_r(0): the gradient at the corrupted run (alpha = 0 of the input path),
     under resample ablation. It is minus EAP on the swapped task, whose "clean" run is the
     corrupted one and whose difference is the opposite one."""
-    from circuitfind.methods import eap_scores
-    from circuitfind.patching import Ablation
+    from circuitfind.runs import PreparedRuns
 
-    other = swapped(task)
-    return -eap_scores(model, graph, other, Ablation(model, other, "resample"), mode="eap", **kw)
+    other = PreparedRuns(model, swapped(task), "resample", batch_size=batch_size)
+    return -method_edges(other, "eap")
 
 
 def reference_code_scores(ig: Tensor, eap: Tensor, at_corrupted: Tensor, steps: int) -> Tensor:
@@ -262,15 +268,12 @@ def reference_code_scores(ig: Tensor, eap: Tensor, at_corrupted: Tensor, steps: 
 
 def _one(model: Any, task: Any, steps: tuple[int, ...]) -> dict[str, Any]:
     """Scores of every method on one prompt set, and their agreement with exact patching."""
-    import circuitfind as cf
-    from circuitfind.methods import eap_scores, exact_scores
-    from circuitfind.patching import Ablation
+    from circuitfind.runs import PreparedRuns
 
-    graph = cf.Graph.from_model(model)
-    abl = Ablation(model, task, "resample")
-    kw: dict[str, Any] = {"batch_size": 32, "progress": False}
-    exact = exact_scores(model, graph, task, abl, **kw)
-    eap = eap_scores(model, graph, task, abl, mode="eap", **kw)
+    runs = PreparedRuns(model, task, "resample", batch_size=32)
+    graph = runs.graph
+    exact = method_edges(runs, "exact")
+    eap = method_edges(runs, "eap")
     clean = float(task.metric_fn(task.run(model, "clean")).mean())
     corrupted = float(task.metric_fn(task.run(model, "corrupted")).mean())
     out: dict[str, Any] = {
@@ -290,10 +293,10 @@ def _one(model: Any, task: Any, steps: tuple[int, ...]) -> dict[str, Any]:
         for s in steps:
             if s == 1:
                 continue
-            scores[s] = eap_scores(model, graph, task, abl, mode=mode, steps=s, **kw)
+            scores[s] = method_edges(runs, mode, steps=s)
             out[mode][str(s)] = agreement(exact, scores[s], v)
         if mode == "eap-ig-inputs":
-            at_corrupted = corrupted_point_scores(model, graph, task, **kw)
+            at_corrupted = corrupted_point_scores(model, task)
             out[REFERENCE] = {
                 str(s): agreement(exact, reference_code_scores(scores[s], eap, at_corrupted, s), v)
                 for s in steps
