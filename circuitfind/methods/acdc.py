@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from circuitfind.checkpoint import Checkpointer, run_fingerprint
 from circuitfind.graph import Graph
 from circuitfind.model import Model
 from circuitfind.patching import Ablation, MaskEvaluator, with_clean_logits
+from circuitfind.progress import bar as progress_bar
 
 __all__ = ["acdc"]
 
@@ -91,7 +91,7 @@ def acdc(
         def snapshot(r: int, s: int) -> dict[str, Any]:
             return {"mask": mask, "scores": scores, "current": current, "receiver": r, "sender": s}
 
-        bar = tqdm(
+        bar = progress_bar(
             total=graph.n_edges, initial=done, desc="acdc", disable=not progress, unit="edge"
         )
         for r in reversed(range(next_r + 1)):

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from circuitfind.checkpoint import Checkpointer, run_fingerprint
 from circuitfind.graph import Graph
@@ -26,6 +25,7 @@ from circuitfind.patching import (
     readout_logits,
     run_from,
 )
+from circuitfind.progress import bar as progress_bar
 
 __all__ = ["exact_scores", "tokens_per_pass"]
 
@@ -160,7 +160,7 @@ def exact_scores(
     # before done_receiver, and senders before done_sender of done_receiver
     done_batch = done_receiver = done_sender = 0
     done = 0  # edge evaluations summed into totals
-    bar = tqdm(
+    bar = progress_bar(
         total=graph.n_edges * n_batches, desc="exact patching", disable=not progress, unit="edge"
     )
     with ckpt, torch.no_grad():
