@@ -57,6 +57,16 @@ FORMAT_VERSION = 2  # of the checkpoint files (1: the unfingerprinted files of c
 
 
 # ---------------------------------------------------------------------------- atomic writes
+def _file_mode(path: Path) -> int:
+    """The mode of ``path`` if it exists, else what ``open(path, "w")`` would create."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename
     (readers never see a half-written file; a crash leaves the previous file)."""
@@ -64,6 +74,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; keep what a plain write gives
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -139,11 +150,14 @@ def _tensor_bytes(t: Any, sample: int | None = None) -> bytes:
     return head + flat.contiguous().cpu().numpy().tobytes()
 
 
-def model_fingerprint(model: Any, sample: int = 4096) -> str:
-    """A hash of the model: its shape and architecture (``cfg`` without the name), every
-    parameter's name, shape and dtype, an evenly strided sample of ``sample`` values of each
-    and the float64 sum of all of them (one pass over the weights: a fine-tune that moves any
-    weight changes the sums)."""
+def model_fingerprint(model: Any, sample: int = 16384) -> str:
+    """A hash of the model: its shape and architecture (``cfg`` without the name), and every
+    parameter's name, shape, dtype and ``sample`` evenly strided values, bit for bit.
+
+    Cheap (no pass over all the weights: about 0.05 s for GPT-2 small on one core) and
+    independent of thread counts; a fine-tune moves the sampled values of every matrix it
+    touches. (An edit of a single weight outside the sample would go unseen.)
+    """
     import torch
 
     cfg = getattr(model, "cfg", None)
@@ -156,8 +170,7 @@ def model_fingerprint(model: Any, sample: int = 4096) -> str:
     )  # tied weights appear once
     with torch.no_grad():
         for name, p in params:
-            total = float(p.detach().double().sum()) if p.numel() else 0.0
-            chunks += [name.encode(), _tensor_bytes(p, sample), repr(total).encode()]
+            chunks += [name.encode(), _tensor_bytes(p, sample)]
     return _sha(*chunks)
 
 

@@ -466,8 +466,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        partial = str(exc) or getattr(args, "partial", None)  # Interrupted says what it kept
-        print("interrupted" + (f"; {partial}" if partial else ""), file=sys.stderr)
+        if str(exc):  # checkpoint.Interrupted: says what was kept, or that nothing was
+            print(str(exc), file=sys.stderr)
+        else:
+            partial = getattr(args, "partial", None)
+            print("interrupted" + (f"; {partial}" if partial else ""), file=sys.stderr)
         return 130
     except Exception as exc:
         if args.debug:
