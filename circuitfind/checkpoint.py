@@ -359,7 +359,7 @@ class OutputLock:
         if _alive(pid):
             raise InputError(
                 f"{where} is in use by another circuitfind run (pid {pid}); wait for it to "
-                "finish or choose another --out"
+                f"finish, choose another --out, or delete {self.path} if no run uses it"
             )
         logger.warning("taking over the lock of %s from pid %d, which no longer runs", where, pid)
         with contextlib.suppress(FileNotFoundError):
