@@ -4,7 +4,10 @@ Saved as JSON in the field's shape (EAP-IG / MIB):
 ``{"cfg": {model shape}, "nodes": {name: {"in_graph": bool, ...}},
 "edges": {name: {"score": float, "in_graph": bool}}, "meta": {...}}``.
 Reading files another tool wrote works: EAP-IG writes ``nodes`` as ``{name: bool}`` and may
-leave scores ``null``; both are accepted.
+leave scores ``null``; both are accepted (a circuit without any score has ``has_scores``
+False: it cannot be ranked, so it has no CPR / CMD). Files are validated before anything is
+allocated (model shape within :data:`MAX_LAYERS` x :data:`MAX_HEADS`, numeric scores, known
+edge names) and written as strict JSON (``null``, never ``NaN``), atomically.
 """
 
 from __future__ import annotations
@@ -19,14 +22,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from circuitfind.checkpoint import atomic_write_text
 from circuitfind.errors import InputError
 from circuitfind.graph import Graph, parse_edge, parse_node
 from circuitfind.model import ModelConfig
+from circuitfind.strict_json import dumps
 
 if TYPE_CHECKING:
     import networkx as nx
 
-__all__ = ["Circuit", "EdgeScores", "graph_from_shape"]
+__all__ = ["MAX_CELLS", "MAX_HEADS", "MAX_LAYERS", "Circuit", "EdgeScores", "graph_from_shape"]
+
+MAX_LAYERS = 1024  # bounds on a circuit file's model shape (the largest models have ~130)
+MAX_HEADS = 1024
+MAX_CELLS = 2_000_000_000  # senders x receivers of the score matrix (8 GB of float32)
 
 
 class EdgeScores(dict[str, float]):
@@ -114,6 +123,12 @@ class Circuit:
     @property
     def n_edges(self) -> int:
         return int(self.in_graph.sum())
+
+    @property
+    def has_scores(self) -> bool:
+        """Whether any edge has a score (a MIB / EAP-IG file may carry only the kept edges,
+        with ``null`` scores: such a circuit cannot be ranked, so it has no CPR / CMD)."""
+        return bool((self.graph.valid & ~torch.isnan(self.score_matrix)).any())
 
     @property
     def scores(self) -> EdgeScores:
@@ -226,28 +241,24 @@ class Circuit:
         return {"cfg": cfg, "nodes": nodes, "edges": edges, "meta": self.meta}
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
-        return path
+        """Write the circuit as strict JSON (non-finite numbers as ``null``), atomically."""
+        return atomic_write_text(path, dumps(self.to_dict(), indent=1))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "circuit") -> Circuit:
-        try:
-            cfg = data["cfg"]
-            edges = data["edges"]
-            graph = graph_from_shape(
-                int(cfg["n_layers"]), int(cfg["n_heads"]), bool(cfg.get("parallel_attn_mlp", False))
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(
-                f"{source}: not a circuit file (needs 'cfg' with n_layers and n_heads, and "
-                f"'edges'): {exc}"
-            ) from None
+        """A circuit from its JSON form, validated before anything is allocated."""
+        n_layers, n_heads, parallel = _check_cfg(data, source)
+        edges = data["edges"]
+        if not isinstance(edges, dict):
+            raise InputError(f"{source}: 'edges' must be an object of edge name -> entry")
+        graph = graph_from_shape(n_layers, n_heads, parallel)
         scores = torch.full((graph.n_senders, graph.n_receivers), float("nan"))
         in_graph = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.bool)
         for raw_name, entry in edges.items():
-            name = parse_edge(raw_name, graph.cfg)
+            try:
+                name = parse_edge(raw_name, graph.cfg)
+            except InputError as exc:
+                raise InputError(f"{source}: {exc}") from None
             if name not in graph.edges:
                 raise InputError(f"{source}: edge {raw_name!r} is not an edge of this graph")
             e = graph.edges[name]
@@ -255,26 +266,48 @@ class Circuit:
                 score, flag = entry.get("score"), entry.get("in_graph", False)
             else:  # {name: score} or {name: bool}
                 score, flag = (None, entry) if isinstance(entry, bool) else (entry, False)
-            if score is not None:
-                scores[e.sender_index, e.receiver_index] = float(score)
+            value = _score(score, f"{source}: edge {raw_name!r}")
+            if value is not None:
+                scores[e.sender_index, e.receiver_index] = value
+            if not isinstance(flag, bool) and flag not in (0, 1):
+                raise InputError(f"{source}: edge {raw_name!r}: in_graph must be true or false")
             in_graph[e.sender_index, e.receiver_index] = bool(flag)
         node_scores: dict[str, float] | None = None
-        for raw_name, entry in (data.get("nodes") or {}).items():
+        nodes = data.get("nodes") or {}
+        if not isinstance(nodes, dict):
+            raise InputError(f"{source}: 'nodes' must be an object of node name -> entry")
+        for raw_name, entry in nodes.items():
             if isinstance(entry, dict) and entry.get("score") is not None:
-                node_scores = node_scores or {}
-                node_scores[parse_node(raw_name, graph.cfg)] = float(entry["score"])
-        meta = dict(data.get("meta") or {})
-        return cls(graph, scores, in_graph, meta, node_scores)
+                value = _score(entry["score"], f"{source}: node {raw_name!r}")
+                try:
+                    node = parse_node(raw_name, graph.cfg)
+                except InputError as exc:
+                    raise InputError(f"{source}: {exc}") from None
+                if value is not None:
+                    node_scores = node_scores or {}
+                    node_scores[node] = value
+        meta = data.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise InputError(f"{source}: 'meta' must be an object")
+        return cls(graph, scores, in_graph, dict(meta), node_scores)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> Circuit:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"circuit file {str(path)!r} does not exist")
+        raw = path.read_bytes()
         try:
-            data = json.loads(path.read_text())
+            text = raw.decode("utf-8-sig")  # a byte-order mark is accepted
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise InputError(f"{path}: line {line} is not UTF-8 text; save it as UTF-8") from None
+        try:
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: not a circuit file (expected a JSON object)")
         return cls.from_dict(data, source=str(path))
 
     def __repr__(self) -> str:
@@ -283,3 +316,47 @@ class Circuit:
             f"Circuit({self.n_edges} of {self.graph.n_edges} edges, {len(self.nodes)} nodes, "
             f"method={method})"
         )
+
+
+def _check_cfg(data: Any, source: str) -> tuple[int, int, bool]:
+    """The model shape a circuit file records, within sane bounds (before any allocation)."""
+    usage = "needs 'cfg' with n_layers and n_heads, and 'edges'"
+    if not isinstance(data, dict) or not isinstance(data.get("cfg"), dict) or "edges" not in data:
+        raise InputError(f"{source}: not a circuit file ({usage})")
+    cfg = data["cfg"]
+    out = []
+    for key, high in (("n_layers", MAX_LAYERS), ("n_heads", MAX_HEADS)):
+        value = cfg.get(key)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{source}: cfg.{key} must be an integer; got {value!r} ({usage})")
+        if not 1 <= value <= high:
+            raise InputError(f"{source}: cfg.{key} = {value} is outside [1, {high}]")
+        out.append(value)
+    n_layers, n_heads = out
+    parallel = cfg.get("parallel_attn_mlp", False)
+    if not isinstance(parallel, bool):
+        raise InputError(f"{source}: cfg.parallel_attn_mlp must be true or false")
+    senders = 1 + n_layers * (n_heads + 1)
+    receivers = n_layers * (3 * n_heads + 1) + 1
+    if senders * receivers > MAX_CELLS:
+        raise InputError(
+            f"{source}: a {n_layers} x {n_heads} model has {senders * receivers:,} sender x "
+            f"receiver pairs, more than circuitfind holds ({MAX_CELLS:,})"
+        )
+    return n_layers, n_heads, parallel
+
+
+def _score(value: Any, where: str) -> float | None:
+    """A score from a file: a number (NaN = unscored), or null; anything else is an error."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where}: score must be a number or null; got {value!r}")
+    x = float(value)
+    if math.isnan(x):
+        return None
+    if math.isinf(x):
+        raise InputError(f"{where}: score is infinite; scores must be finite numbers or null")
+    return x

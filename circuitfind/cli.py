@@ -15,7 +15,6 @@ import argparse
 import importlib
 import json
 import logging
-import re
 import shlex
 import sys
 import time
@@ -93,10 +92,6 @@ def _check_shape(circuit: Any, model: Any, source: str) -> None:
         )
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "x"
-
-
 def _roles_from_meta(circuit: Any) -> dict[str, Any] | None:
     from circuitfind.roles import Role
 
@@ -171,20 +166,39 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
 def _discover(args: argparse.Namespace) -> int:
     method = method_name(args.method)
     ablation = ablation_kind(args.ablation)
+    from circuitfind.checkpoint import OutputLock, default_out_dir, prepare_out_dir
+    from circuitfind.checks import check_options
+
+    check_options(
+        batch_size=args.batch_size,
+        steps=args.steps,
+        n=args.n,
+        top_n=args.top_n,
+        threshold=args.threshold,
+        target_faithfulness=args.target_faithfulness,
+        tau=args.tau,
+    )
+    start = time.perf_counter()
+    task_name = Path(args.task).stem if args.task.endswith(".jsonl") else args.task
+    out = Path(
+        args.out or default_out_dir(args.model, task_name, method, ablation, args.seed, args.n)
+    )
+    prepare_out_dir(out, args.command_line)  # before the work: a bad --out fails now
+    with OutputLock(out):  # one writer per output directory
+        return _discover_into(args, out, method, ablation, start)
+
+
+def _discover_into(
+    args: argparse.Namespace, out: Path, method: str, ablation: str, start: float
+) -> int:
     from circuitfind.render import GraphvizNotFoundError, render
     from circuitfind.report import head_scores, write_report
     from circuitfind.roles import detect_roles
+    from circuitfind.strict_json import dumps
 
-    start = time.perf_counter()
     model, task = _load_model_and_task(args)
     discover = _engine("discover")
-    out = Path(args.out or f"circuits/{_safe(args.model)}_{_safe(task.name)}_{method}")
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint = out / "checkpoint"
-    if method in ("exact", "acdc"):  # the long sequential methods checkpoint and resume
-        args.partial = (
-            f"partial scores are kept in {checkpoint}; run the same command again to resume"
-        )
+    checkpoint = out / "checkpoint"  # exact and acdc say what they kept when interrupted
     options: dict[str, Any] = {"seed": args.seed}
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
@@ -260,7 +274,7 @@ def _discover(args: argparse.Namespace) -> int:
         "files": files,
     }
     if args.json:
-        print(json.dumps(summary))
+        print(dumps(summary))
         return 0
     share = 100 * circuit.n_edges / max(1, circuit.graph.n_edges)
     print(
@@ -300,7 +314,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         **evaluation.to_dict(),
     }
     if args.json:
-        print(json.dumps(result))
+        from circuitfind.strict_json import dumps
+
+        print(dumps(result))
         return 0
     print(f"circuit: {circuit.n_edges} of {circuit.graph.n_edges} edges")
     print(f"faithfulness: {evaluation.faithfulness:.3f}")
@@ -465,16 +481,22 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from circuitfind.checkpoint import terminate_as_interrupt
+
     try:
-        return int(args.func(args) or 0)
+        with terminate_as_interrupt():  # SIGTERM ends like Ctrl-C: a message, exit code 130
+            return int(args.func(args) or 0)
     except CircuitfindError as exc:
         if args.debug:
             raise
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        partial = getattr(args, "partial", None)
-        print("interrupted" + (f"; {partial}" if partial else ""), file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if str(exc):  # checkpoint.Interrupted: says what was kept, or that nothing was
+            print(str(exc), file=sys.stderr)
+        else:
+            partial = getattr(args, "partial", None)
+            print("interrupted" + (f"; {partial}" if partial else ""), file=sys.stderr)
         return 130
     except Exception as exc:
         if args.debug:

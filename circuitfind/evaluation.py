@@ -25,6 +25,7 @@ import torch
 from scipy.stats import mannwhitneyu
 from torch import Tensor
 
+from circuitfind.checks import check_effect
 from circuitfind.circuit import Circuit
 from circuitfind.errors import InputError
 from circuitfind.graph import Graph
@@ -51,7 +52,6 @@ CURVE_PERCENTS: tuple[float, ...] = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 N_BOOTSTRAP = 1000
 RELIABLE_SIGMAS = 3.0  # the effect must exceed this many standard errors
 RELATIVE_FLOOR = 0.01  # ... and this fraction of the metric's mean magnitude
-CANNOT_MOVE = 1e-6  # below this (relative) the metric does not move at all
 
 
 def faithfulness(m_circuit: float, m_full: float, m_empty: float) -> float:
@@ -107,18 +107,6 @@ def _effect_check(full: Tensor, empty: Tensor) -> tuple[float, float, bool, str 
             ),
         )
     return effect, se, True, None
-
-
-def check_can_move(full: Tensor, empty: Tensor, what: str = "task") -> None:
-    """Refuse a metric that cannot move: clean and ablated runs give the same values."""
-    d = float((full - empty).double().abs().max()) if full.numel() else 0.0
-    scale = max(1.0, float(torch.maximum(full.abs(), empty.abs()).double().max()))
-    if d <= CANNOT_MOVE * scale:
-        raise InputError(
-            f"the {what}'s metric cannot move: every prompt scores the same with all edges "
-            f"kept and with all ablated (largest difference {d:.2g}); check that the corrupted "
-            "prompts differ from the clean ones and that answer and wrong differ"
-        )
 
 
 def measure(
@@ -274,7 +262,7 @@ def evaluate(
     kind = ablation or circuit.meta.get("ablation", "resample")
     runs = prepare(model, task, kind, batch_size=batch_size, runs=runs or circuit.runs)
     full, empty = baseline(runs, metric)
-    check_can_move(full, empty)
+    check_effect(full, empty)
     per_c = runs.metric_of(circuit.in_graph.float(), metric)
     faith = measure(per_c, full, empty, seed=seed)
     m = runs.task.metric if metric is None else runs.task.with_metric(metric).metric
@@ -298,7 +286,7 @@ def evaluate(
     )
     if faith.warning:
         logger.warning("faithfulness: %s", faith.warning)
-    has_scores = bool((graph.valid & ~torch.isnan(circuit.score_matrix)).any())
+    has_scores = circuit.has_scores
     if reference is not None and has_scores:
         ref = _reference_mask(graph, reference)
         result.roc_auc_edges = roc_auc(circuit.score_matrix, ref, graph.valid)

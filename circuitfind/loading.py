@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,12 @@ def _from_pretrained(
         hf_model = AutoModelForCausalLM.from_pretrained(
             str(path) if local else source, attn_implementation="eager", **kwargs
         )
+    except pickle.UnpicklingError:  # torch's message suggests the unsafe weights_only=False
+        raise ModelLoadError(
+            f"could not load {source!r}: its pickled weights (pytorch_model.bin) hold objects "
+            "other than tensors, which circuitfind never unpickles; get the model as "
+            "safetensors (model.safetensors) from a source you trust"
+        ) from None
     except (OSError, ValueError) as exc:
         where = f"directory {source!r}" if local else f"hub model {source!r}"
         hint = (

@@ -10,10 +10,12 @@ from typing import Any
 
 import torch
 
+from circuitfind.checks import check_context, check_options, check_task
 from circuitfind.circuit import Circuit
 from circuitfind.errors import InputError
 from circuitfind.methods.table import method_options, method_spec
 from circuitfind.model import Model
+from circuitfind.patching import ablation_kind
 from circuitfind.runs import PreparedRuns
 from circuitfind.tasks import Task
 
@@ -54,9 +56,12 @@ def prepare(
         )
     if len(task) == 0:
         raise InputError("the task has no prompts")
+    check_options(batch_size=batch_size)
     if runs is not None and runs.matches(model, task, ablation, batch_size or runs.batch_size):
         runs.progress = progress
         return runs
+    check_task(task, ablation_kind(ablation))
+    check_context(model, task)
     return PreparedRuns(model, task, ablation, batch_size=batch_size or 32, progress=progress)
 
 
@@ -93,6 +98,7 @@ def score(
     """
     spec = method_spec(method)
     opts = method_options(spec, options)
+    check_options(**{k: v for k, v in opts.items() if k in ("steps", "tau")})
     if seed is not None:
         torch.manual_seed(seed)
     t0 = time.perf_counter()

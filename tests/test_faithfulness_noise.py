@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import circuitfind as cf
-from circuitfind.evaluation import check_can_move, measure
+from circuitfind.checks import check_effect
+from circuitfind.evaluation import measure
 from circuitfind.tasks import Task
 
 
@@ -67,8 +68,12 @@ def test_a_tiny_effect_against_the_metric_scale_is_flagged():
 def test_a_metric_that_cannot_move_is_refused():
     x = torch.randn(10)
     with pytest.raises(cf.InputError, match="cannot move"):
-        check_can_move(x, x + 1e-9)
-    check_can_move(x, x + 0.1)  # moves: no error
+        check_effect(x, x + 1e-9)
+    check_effect(x, x + 0.1)  # moves: no error
+    y = torch.tensor([1.0, -1.0] * 5)
+    check_effect(x, x + y)  # moves, though it averages out: flagged by measure, not refused
+    with pytest.raises(cf.InputError, match="not finite"):
+        check_effect(x, x * float("nan"))
 
 
 def _induction(n: int = 16, same_from: int | None = None):
@@ -85,7 +90,7 @@ def _induction(n: int = 16, same_from: int | None = None):
 
 def test_discover_refuses_a_task_whose_metric_cannot_move():
     model, task = _induction(n=8, same_from=0)  # corrupted == clean everywhere
-    with pytest.raises(cf.InputError, match="cannot move"):
+    with pytest.raises(cf.InputError, match="equals its clean prompt"):
         cf.discover(model, task, method="eap", progress=False)
 
 

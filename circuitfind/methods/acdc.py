@@ -10,13 +10,13 @@ start at the current receiver's layer from the clean cache.
 from __future__ import annotations
 
 import logging
-import time
+from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from circuitfind.checkpoint import Checkpointer, run_fingerprint
 from circuitfind.errors import InputError
-from circuitfind.patching import save_checkpoint
+from circuitfind.progress import bar as progress_bar
 from circuitfind.runs import PreparedRuns
 from circuitfind.scores import Scores
 
@@ -31,72 +31,97 @@ def score_acdc(
     tau: float = 0.01,
     acdc_metric: str = "kl",
     checkpoint_every_s: float = 60.0,
+    checkpoint_every: int = 50,
 ) -> Scores:
     """Run ACDC. Returns scores [S, R] (the metric change measured when each edge was tried,
     NaN for edges never tried) and the kept edges [S, R] bool.
 
     ``acdc_metric``: ``kl`` (KL to the clean run, one-sided: an edge stays out when KL grows
     by less than ``tau``) or ``task`` (the task's metric, two-sided). With
-    ``runs.checkpoint_dir``, the state (mask, scores, receivers done) is saved there every
-    ``checkpoint_every_s`` seconds, and a later call with the same directory resumes.
+    ``runs.checkpoint_dir``, the state (mask, scores, the metric so far, where the search
+    stands) is saved there (``acdc_checkpoint.pt``) every ``checkpoint_every`` edges, every
+    ``checkpoint_every_s`` seconds and on SIGINT / SIGTERM; a later call with the same directory
+    and the same run (model weights, task, metric, tau, ablation, versions:
+    :func:`circuitfind.checkpoint.run_fingerprint`) resumes to the same circuit, a different
+    run is refused. The file is removed on success.
     """
     if acdc_metric not in ("kl", "task"):
         raise InputError(f"acdc_metric must be 'kl' or 'task'; got {acdc_metric!r}")
     if not tau >= 0:
         raise InputError(f"ACDC's tau must be a non-negative number; got {tau!r}")
-    model, graph = runs.model, runs.graph
-    metric = "kl" if acdc_metric == "kl" else None
+    model, graph, ablation = runs.model, runs.graph, runs.ablation
     checkpoint = runs.checkpoint_dir / "acdc_checkpoint.pt" if runs.checkpoint_dir else None
+    metric = "kl" if acdc_metric == "kl" else None
+    name = acdc_metric
     evaluator = runs.evaluator(metric)
     one_sided = acdc_metric == "kl"
+    progress = runs.progress
     mask = graph.valid.clone().to(torch.float32)
     scores = torch.full((graph.n_senders, graph.n_receivers), float("nan"))
-    first = graph.n_receivers - 1  # receivers are visited from the last to the first
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=True)
-        if tuple(state["mask"].shape) == tuple(mask.shape) and state["tau"] == tau:
-            mask, scores, first = state["mask"], state["scores"], int(state["next"])
-            logger.info("resuming ACDC from %s", checkpoint)
-    current = evaluator(mask)
-
-    def save(next_receiver: int) -> None:
-        if checkpoint is None:
-            return
-        save_checkpoint(
-            checkpoint, {"mask": mask, "scores": scores, "next": next_receiver, "tau": tau}
-        )
-
-    last_save = time.monotonic()
-    done = int(graph.n_upstream[first + 1 :].sum())
-    bar = tqdm(
-        total=graph.n_edges, initial=done, desc="acdc", disable=not runs.progress, unit="edge"
+    ckpt = Checkpointer(
+        checkpoint,
+        run_fingerprint(
+            model=model,
+            task=runs.task,
+            method="acdc",
+            options={"tau": tau},
+            ablation=ablation,
+            metric=name,
+            seed=getattr(runs.task, "meta", {}).get("seed"),
+        ),
+        total=graph.n_edges,
+        unit="edges tried",
+        what="ACDC",
+        every=checkpoint_every,
+        every_s=checkpoint_every_s,
     )
-    for r in reversed(range(first + 1)):
-        if checkpoint is not None and time.monotonic() - last_save > checkpoint_every_s:
-            save(r)
-            last_save = time.monotonic()
-        rec = graph.receivers[r]
-        upstream = int(graph.n_upstream[r])
-        if rec.node != "logits":
-            sender = graph.sender_index[rec.node]
-            if not bool(mask[sender].any()):  # the node feeds nothing any more
-                mask[:upstream, r] = 0
-                bar.update(upstream)
-                continue
-        # Receivers of layers before this one keep every edge: their senders are clean.
-        start_layer = rec.layer if rec.layer is not None else model.cfg.n_layers
-        for s in reversed(range(upstream)):
-            mask[s, r] = 0
-            value = evaluator(mask, start_layer=start_layer)
-            change = value - current
-            scores[s, r] = change
-            if (change if one_sided else abs(change)) < tau:
-                current = value
-            else:
-                mask[s, r] = 1
-            bar.update(1)
-    bar.close()
-    save(-1)
+    with ckpt:
+        # receivers are visited from the last to the first; in each, senders from the last
+        next_r, next_s, done = graph.n_receivers - 1, -1, 0  # next_s -1: the receiver's start
+        state = ckpt.load()
+        if state is not None:
+            mask, scores, current = state["mask"], state["scores"], float(state["current"])
+            next_r, next_s, done = int(state["receiver"]), int(state["sender"]), ckpt.saved_done
+        else:
+            current = evaluator(mask)
+
+        def snapshot(r: int, s: int) -> dict[str, Any]:
+            return {"mask": mask, "scores": scores, "current": current, "receiver": r, "sender": s}
+
+        bar = progress_bar(
+            total=graph.n_edges, initial=done, desc="acdc", disable=not progress, unit="edge"
+        )
+        for r in reversed(range(next_r + 1)):
+            rec = graph.receivers[r]
+            upstream = int(graph.n_upstream[r])
+            begin = next_s if r == next_r and next_s >= 0 else upstream  # senders left: [0, begin)
+            if rec.node != "logits" and begin == upstream:
+                sender = graph.sender_index[rec.node]
+                if not bool(mask[sender].any()):  # the node feeds nothing any more
+                    mask[:upstream, r] = 0
+                    done += upstream
+                    bar.update(upstream)
+                    ckpt.maybe_save(lambda r=r: snapshot(r - 1, -1), done)  # type: ignore[misc]
+                    continue
+            # Receivers of layers before this one keep every edge: their senders are clean.
+            start_layer = rec.layer if rec.layer is not None else model.cfg.n_layers
+            for s in reversed(range(begin)):
+                mask[s, r] = 0
+                value = evaluator(mask, start_layer=start_layer)
+                change = value - current
+                scores[s, r] = change
+                if (change if one_sided else abs(change)) < tau:
+                    current = value
+                else:
+                    mask[s, r] = 1
+                done += 1
+                bar.update(1)
+                if s == 0:
+                    ckpt.maybe_save(lambda r=r: snapshot(r - 1, -1), done)  # type: ignore[misc]
+                else:
+                    ckpt.maybe_save(lambda r=r, s=s: snapshot(r, s), done)  # type: ignore[misc]
+        bar.close()
+    ckpt.done()
     return Scores(
         scores,
         kept=mask.bool() & graph.valid,

@@ -9,16 +9,16 @@ only at the readout positions, and a last-layer receiver recomputes only the rea
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from circuitfind.checkpoint import Checkpointer, run_fingerprint
 from circuitfind.graph import Graph
 from circuitfind.model import ForwardCache, Model, RunContext, pick_positions
-from circuitfind.patching import readout_index, readout_logits, run_from, save_checkpoint
+from circuitfind.patching import readout_index, readout_logits, run_from
+from circuitfind.progress import bar as progress_bar
 from circuitfind.runs import PreparedRuns
 from circuitfind.scores import Scores
 
@@ -97,8 +97,8 @@ def tokens_per_pass(device: torch.device | str) -> int:
     """How many tokens (variants x prompts x positions) one batched patched pass should hold.
 
     Measured on 2 CPU cores with GPT-2 small, 32 prompts x 16 tokens
-    (``benchmarks/exact_pass_size.py``, ``reports/exact_pass_size.md``): per edge, passes of
-    ~2k tokens are 1.6x faster than 16k-token passes in early and middle layers (whose
+    (``circuitfind benchmark --suite pass-size``, ``reports/exact_pass_size.md``): per edge,
+    passes of ~2k tokens are 1.6x faster than 16k-token passes in early and middle layers (whose
     activations, hundreds of MB a tensor, go to fresh pages every time) and as fast in the
     last. On a GPU larger passes keep the device busy (not measured: no GPU was lent).
     """
@@ -111,47 +111,61 @@ def score_exact(
     metric: Any = None,
     max_tokens_per_pass: int | None = None,
     checkpoint_every_s: float = 60.0,
+    checkpoint_every: int = 20000,
 ) -> Scores:
     """Exact patching scores for every edge: [S, R] (NaN outside ``graph.valid``).
 
-    With ``runs.checkpoint_dir``, the sums so far are saved there every
-    ``checkpoint_every_s`` seconds and after each batch; a later call with the same directory
-    resumes where it stopped. ``max_tokens_per_pass`` bounds each batched pass (default:
-    :func:`tokens_per_pass`).
+    With ``runs.checkpoint_dir``, the sums so far are saved there (``exact_checkpoint.pt``)
+    every ``checkpoint_every`` edge evaluations (an edge on one batch of prompts), every
+    ``checkpoint_every_s`` seconds and on SIGINT / SIGTERM; a later call with the same
+    directory and the same run (model weights, task, metric, ablation, batch size, versions:
+    :func:`circuitfind.checkpoint.run_fingerprint`) resumes where it stopped, a different run is
+    refused. The file is removed on success. ``max_tokens_per_pass`` bounds each batched pass
+    (default: :func:`tokens_per_pass`).
     """
     model, graph, task = runs.model, runs.graph, runs.task
     if max_tokens_per_pass is None:
         max_tokens_per_pass = tokens_per_pass(model.device)
-    checkpoint = runs.checkpoint_dir / "exact_checkpoint.pt" if runs.checkpoint_dir else None
     S, R = graph.n_senders, graph.n_receivers
     n = len(task)
+    n_batches = len(runs)
     totals = torch.zeros(S, R, dtype=torch.float64)
-    done_batches, done_receivers = 0, 0
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=True)
-        if tuple(state["totals"].shape) == (S, R) and int(state["n"]) == n:
-            totals = state["totals"]
-            done_batches, done_receivers = int(state["batch"]), int(state["receiver"])
-            logger.info("resuming exact patching from %s", checkpoint)
-
-    def save(batch_i: int, receiver: int) -> None:
-        if checkpoint is None:
-            return
-        save_checkpoint(
-            checkpoint, {"totals": totals, "batch": batch_i, "receiver": receiver, "n": n}
-        )
-
-    bar = tqdm(
-        total=graph.n_edges * len(runs),
+    ckpt = Checkpointer(
+        runs.checkpoint_dir / "exact_checkpoint.pt" if runs.checkpoint_dir else None,
+        run_fingerprint(
+            model=model,
+            task=task,
+            method="exact",
+            options={"batch_size": runs.batch_size},
+            ablation=runs.ablation,
+            metric=metric,
+            seed=getattr(task, "meta", {}).get("seed"),
+        ),
+        total=graph.n_edges * n_batches,
+        unit="edge evaluations (edges x prompt batches)",
+        what="exact patching",
+        every=checkpoint_every,
+        every_s=checkpoint_every_s,
+    )
+    # where the work stands: batches before done_batch are summed; in done_batch, receivers
+    # before done_receiver, and senders before done_sender of done_receiver
+    done_batch = done_receiver = done_sender = 0
+    done = 0  # edge evaluations summed into totals
+    bar = progress_bar(
+        total=graph.n_edges * n_batches,
         desc="exact patching",
         disable=not runs.progress,
         unit="edge",
     )
-    last_save = time.monotonic()
-    with torch.no_grad():
+    with ckpt, torch.no_grad():
+        state = ckpt.load()
+        if state is not None:
+            totals = state["totals"]
+            done_batch, done_receiver = int(state["batch"]), int(state["receiver"])
+            done_sender, done = int(state["sender"]), ckpt.saved_done
+            bar.update(done)
         for batch_i, prep in enumerate(runs):
-            if batch_i < done_batches:
-                bar.update(graph.n_edges)
+            if batch_i < done_batch:
                 continue
             batch, cache = prep.batch, prep.cache
             diff = prep.clean_diff  # [S, b, p, d]
@@ -159,24 +173,31 @@ def score_exact(
             clean = prep.metric(task, prep.clean_logits, metric)
             b, p = batch.clean.shape
             chunk = max(1, max_tokens_per_pass // (b * p))
-            for r in range(R):
+            resuming = batch_i == done_batch
+            for r in range(done_receiver if resuming else 0, R):
                 upstream = int(graph.n_upstream[r])
-                if batch_i == done_batches and r < done_receivers:
-                    bar.update(upstream)
-                    continue
-                for start in range(0, upstream, chunk):
+                first = done_sender if resuming and r == done_receiver else 0
+                for start in range(first, upstream, chunk):
                     senders = torch.arange(start, min(start + chunk, upstream))
                     V = len(senders)
                     delta = -diff[senders].reshape(V * b, p, -1)
                     logits = _patched_logits(model, graph, cache, ctx, batch.readout, r, delta)
                     values = prep.metric(task, logits, metric, variants=V).view(V, b)
                     totals[senders, r] += (values - clean[None]).sum(1).double().cpu()
+                    done += V
                     bar.update(V)
-                if checkpoint is not None and time.monotonic() - last_save > checkpoint_every_s:
-                    save(batch_i, r + 1)
-                    last_save = time.monotonic()
-            save(batch_i + 1, 0)
+                    position = (batch_i, r, start + V)
+                    ckpt.maybe_save(
+                        lambda pos=position: {  # type: ignore[misc]
+                            "totals": totals,
+                            "batch": pos[0],
+                            "receiver": pos[1],
+                            "sender": pos[2],
+                        },
+                        done,
+                    )
     bar.close()
+    ckpt.done()
     scores = (totals / n).float()
     scores[~graph.valid] = float("nan")
     return Scores(scores)

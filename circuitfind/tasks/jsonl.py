@@ -13,6 +13,7 @@ Format (one JSON object a line; blank lines and lines starting with ``#`` are sk
   the default metric is ``logit_diff``; without it ``logprob`` (or choose ``kl``).
 
 Each answer must be a single token unless ``first_token=True`` (then its first token counts).
+The file must be UTF-8 (a byte-order mark is accepted); ``wrong`` must differ from ``answer``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,29 @@ from circuitfind.tasks.metrics import Metric
 __all__ = ["FORMAT", "read_jsonl"]
 
 FORMAT = __doc__ or ""
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, stripped text) of each line, decoded as UTF-8 one line at a time, so a
+    bad byte is reported by its line; a UTF-8 byte-order mark at the start is dropped."""
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    out = []
+    for lineno, chunk in enumerate(raw.splitlines(), start=1):
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"{path.name} line {lineno}: not UTF-8 text (byte 0x{chunk[exc.start]:02x} at "
+                f"column {exc.start + 1}); save the file as UTF-8"
+            ) from None
+        out.append((lineno, text.strip()))
+    return out
+
+
+def _as_set(value: Any) -> frozenset[str]:
+    return frozenset([value] if isinstance(value, str) else value)
 
 
 def read_jsonl(
@@ -47,8 +71,7 @@ def read_jsonl(
     wrong: list[Any] = []
     labels: list[str] = []
     with_wrong: bool | None = None
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = raw.strip()
+    for lineno, line in _lines(path):
         if not line or line.startswith("#"):
             continue
         where = f"{path.name} line {lineno}"
@@ -81,6 +104,11 @@ def read_jsonl(
             if key in row and not ok:
                 raise InputError(f"{where}: {key!r} must be a string or a list of strings")
         has_wrong = "wrong" in row
+        if has_wrong and _as_set(row["wrong"]) == _as_set(row["answer"]):
+            raise InputError(
+                f"{where}: 'wrong' equals 'answer' ({row['answer']!r}), so the logit difference "
+                "is 0 whatever the model does; give a different wrong answer"
+            )
         if with_wrong is None:
             with_wrong = has_wrong
         elif with_wrong != has_wrong:
