@@ -96,7 +96,11 @@ def greater_than(
     valid = []
     for yy in range(2, 99):
         ids = encode(tok, text(probe, pool[0], yy))
-        if len(ids) == len(corrupt_ids) and years[yy] in ids:
+        if len(ids) != len(corrupt_ids):
+            continue
+        diff = [p for p, (a, b) in enumerate(zip(ids, corrupt_ids)) if a != b]
+        # the year's two digits are one token, the only one that differs from "...1701..."
+        if len(diff) == 1 and ids[diff[0]] == years[yy] and corrupt_ids[diff[0]] == years[1]:
             valid.append(yy)
     if not valid:
         sample = text(probe, pool[0], 32)
