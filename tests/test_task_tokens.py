@@ -165,3 +165,13 @@ def test_jsonl_allow_unk(tmp_path):
     )
     task = get_task(str(path), word_tokenizer(), allow_unk=True)
     assert task.meta["unk"] == 1
+
+
+def test_no_bos_for_a_llama_trained_gpt2_style():
+    """BOS = EOS (one <|endoftext|>, as the zoo's ioi model and SmolLM have): no BOS."""
+    smol = ids_only("llama", LlamaConfig(vocab_size=49152, bos_token_id=0, eos_token_id=0))
+    assert bos_prefix(smol) == []
+    assert bos_prefix(smol, add_bos=True) == [0]
+    zoo = cf.load("zoo:ioi")
+    task = get_task("ioi", zoo, n=4)
+    assert int(task.clean[0, 0]) != zoo.tokenizer.bos_token_id

@@ -23,11 +23,15 @@ induction task, the repeated-token probe). Never a special token; the rule:
   vocabulary on (GPT-2's 50,256), where byte-level BPE vocabularies keep their special tokens and
   the embedding's padding rows.
 
-**BOS** (:func:`bos_prefix`): a prompt starts with the BOS token where the model's family is
-trained with one (``llama``, ``mistral``, ``gemma``, ``gemma2``, ``gemma3_text``: yes; ``gpt2``,
-``gpt_neo``, ``gpt_neox``, ``qwen2``, ``qwen3`` and the others: no) and the model's config (or its
-tokenizer) has a BOS id. ``add_bos=True`` or ``False`` overrides the family's rule. With a
-tokenizer and no family to go by (a bare tokenizer), the tokenizer's own behaviour decides.
+**BOS** (:func:`bos_prefix`), unless ``add_bos=True`` or ``False`` says otherwise: a prompt
+starts with the BOS token where the tokenizer itself puts it first (Gemma's, Llama-2's), or where
+the model's family is trained with one (``llama``, ``mistral``, ``gemma``, ``gemma2``,
+``gemma3_text``; not ``gpt2``, ``gpt_neo``, ``gpt_neox``, ``qwen2``, ``qwen3`` or the others) and
+the config (or tokenizer) has a BOS id distinct from its EOS id. The last condition tells
+Meta-, Mistral- and Google-style checkpoints (BOS 1 or 2 or 128,000, EOS another id) from
+Llama-architecture models trained GPT-2-style with one ``<|endoftext|>`` for both and no BOS
+(SmolLM; the zoo's ``ioi`` model). So the Llama-3 ``tokenizer.json`` that adds no BOS itself
+still gets ``<|begin_of_text|>`` on a llama model.
 """
 
 from __future__ import annotations
@@ -168,13 +172,23 @@ def tokenizer_adds_bos(tok: Any) -> bool:
     return bool(ids) and ids[0] == bos
 
 
+def _ids_of(value: Any) -> list[int]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [int(v) for v in values if v is not None]
+
+
 def _bos_id(source: Any, tok: Any) -> int | None:
     if tok is not None and getattr(tok, "bos_token_id", None) is not None:
         return int(tok.bos_token_id)
-    value = getattr(_hf_config(source), "bos_token_id", None)
-    if isinstance(value, (list, tuple)):
-        value = value[0] if value else None
-    return int(value) if value is not None else None
+    ids = _ids_of(getattr(_hf_config(source), "bos_token_id", None))
+    return ids[0] if ids else None
+
+
+def _eos_ids(source: Any, tok: Any) -> set[int]:
+    out = set(_ids_of(getattr(_hf_config(source), "eos_token_id", None)))
+    if tok is not None:
+        out |= set(_ids_of(getattr(tok, "eos_token_id", None)))
+    return out
 
 
 def bos_prefix(source: Any, tokenizer: Any = None, *, add_bos: bool | None = None) -> list[int]:
@@ -183,8 +197,8 @@ def bos_prefix(source: Any, tokenizer: Any = None, *, add_bos: bool | None = Non
     Args:
         source: a circuitfind Model, an object with ``.tokenizer``/``.cfg``, or a tokenizer.
         tokenizer: a tokenizer to use instead of the model's.
-        add_bos: ``True``/``False`` to force BOS on or off; ``None`` follows the family (or, for a
-            bare tokenizer, the tokenizer's own behaviour).
+        add_bos: ``True``/``False`` to force BOS on or off; ``None`` follows the tokenizer and
+            the family (module docstring).
 
     Raises:
         InputError: ``add_bos=True`` but neither the tokenizer nor the config has a BOS token.
@@ -192,13 +206,14 @@ def bos_prefix(source: Any, tokenizer: Any = None, *, add_bos: bool | None = Non
     tok = tokenizer if tokenizer is not None else resolve_tokenizer(source, required=False)
     bos = _bos_id(source, tok)
     if add_bos is None:
-        family = _family(source)
-        if family is None:
-            add_bos = tok is not None and tokenizer_adds_bos(tok)
+        if tok is not None and tokenizer_adds_bos(tok):
+            add_bos = True
         else:
-            add_bos = family in BOS_FAMILIES
-        if bos is None:
-            add_bos = False
+            add_bos = (
+                _family(source) in BOS_FAMILIES
+                and bos is not None
+                and bos not in _eos_ids(source, tok)
+            )
     if not add_bos:
         return []
     if bos is None:
