@@ -5,6 +5,7 @@ from __future__ import annotations
 import types
 
 import pytest
+import torch
 from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig, Qwen2Config
 
 import circuitfind as cf
@@ -175,3 +176,14 @@ def test_no_bos_for_a_llama_trained_gpt2_style():
     zoo = cf.load("zoo:ioi")
     task = get_task("ioi", zoo, n=4)
     assert int(task.clean[0, 0]) != zoo.tokenizer.bos_token_id
+
+
+def test_random_ordinary_tokens_for_probes():
+    from circuitfind.tasks.tokens import random_ordinary_tokens
+
+    ids = random_ordinary_tokens(LLAMA2, 4, 20, seed=3)
+    assert ids.shape == (4, 20) and int(ids.min()) >= 512
+    assert all(len(set(r.tolist())) == 20 for r in ids)
+    assert torch.equal(ids, random_ordinary_tokens(LLAMA2, 4, 20, seed=3))
+    gpt2 = random_ordinary_tokens(GPT2, 2, 50, seed=0)
+    assert int(gpt2.max()) < 50256

@@ -1,5 +1,5 @@
-"""Sentiment (the ToyMovieReview task of Tigges et al. 2023, "Linear representations of
-sentiment in large language models").
+"""Sentiment (after the ToyMovieReview prompts of Tigges et al. 2023, "Linear representations
+of sentiment in large language models").
 
 Clean prompt: ``"I thought this movie was wonderful, I loved it. Conclusion: This movie is"``
 -> a word of the review's sentiment (`` great``; `` terrible`` for a negative review). Wrong

@@ -47,6 +47,7 @@ __all__ = [
     "bos_prefix",
     "config_special_ids",
     "ordinary_token_ids",
+    "random_ordinary_tokens",
     "tokenizer_adds_bos",
 ]
 
@@ -222,3 +223,25 @@ def bos_prefix(source: Any, tokenizer: Any = None, *, add_bos: bool | None = Non
             "pass add_bos=False"
         )
     return [bos]
+
+
+def random_ordinary_tokens(
+    source: Any, n: int, length: int, *, seed: int = 0, distinct: bool = True
+) -> Any:
+    """``LongTensor[n, length]`` of random ordinary token ids (no BOS; see :func:`bos_prefix`).
+
+    For probes such as the repeated-random-tokens pattern probe: ids come from
+    :func:`ordinary_token_ids`, distinct within a row when ``distinct`` and the vocabulary
+    allows. Deterministic for a seed.
+    """
+    import torch
+
+    if n < 1 or length < 1:
+        raise InputError(f"n and length must be at least 1; got {n}, {length}")
+    usable = torch.tensor(ordinary_token_ids(source), dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    if distinct and len(usable) >= length:
+        picks = torch.stack([torch.randperm(len(usable), generator=gen)[:length] for _ in range(n)])
+    else:
+        picks = torch.randint(0, len(usable), (n, length), generator=gen)
+    return usable[picks]
