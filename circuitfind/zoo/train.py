@@ -98,7 +98,7 @@ def get_recipe(name: str) -> Recipe:
 
 
 def _load_builtin_recipes() -> None:
-    from circuitfind.zoo import agreement, greater_than, induction_2l, ioi  # noqa: F401 (they register)
+    from circuitfind.zoo import agreement, docstring, greater_than, induction_2l, ioi  # noqa: F401
 
 
 def task_scores(
