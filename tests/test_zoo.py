@@ -14,7 +14,7 @@ from circuitfind.zoo.diagnostics import ablate_heads, head_scores, repeated_toke
 from circuitfind.zoo.recipe import RECIPES, get_recipe
 from circuitfind.zoo.train import train
 
-ZOO = ["greater-than", "induction-2l", "ioi"]
+ZOO = ["agreement", "docstring", "greater-than", "induction-2l", "ioi"]
 FRESH_SEED = 4242  # not the evaluation seed of any training run (those are seed + 1000)
 
 

@@ -64,16 +64,22 @@ def attention_patterns(
 def repeated_random_tokens(
     model: Model, *, n: int = 16, seq_len: int = 20, seed: int = 0
 ) -> Tensor:
-    """``n`` random sequences of ``seq_len`` tokens each followed by itself: [n, 2 * seq_len].
+    """The repeated-token probe: ``n`` rows of BOS (where the model takes one), ``seq_len``
+    random ordinary tokens, then the same tokens again: [n, len(bos) + 2 * seq_len].
 
     Tokens within one half are distinct where the vocabulary allows, so every repeat is planted;
-    the tokenizer's special tokens are never drawn.
+    special, control and byte-fallback tokens are never drawn
+    (:func:`circuitfind.tasks.tokens.ordinary_token_ids`).
     """
-    special = set(getattr(model.tokenizer, "all_special_ids", None) or [])
-    usable = [t for t in range(model.cfg.d_vocab) if t not in special]
-    if model.cfg.positional == "learned" and model.cfg.n_ctx:
-        seq_len = min(seq_len, model.cfg.n_ctx // 2)
-    return repeated_tokens(usable, n=n, length=seq_len, seed=seed).to(model.device)
+    from circuitfind.tasks.tokens import bos_prefix, ordinary_token_ids
+
+    prefix = bos_prefix(model)
+    if model.cfg.n_ctx:
+        seq_len = min(seq_len, (model.cfg.n_ctx - len(prefix)) // 2)
+    tokens = repeated_tokens(
+        ordinary_token_ids(model), n=n, length=seq_len, seed=seed, prefix=prefix
+    )
+    return tokens.to(model.device)
 
 
 def pattern_scores(

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from circuitfind.errors import InputError
 from circuitfind.tasks.metrics import LOGIT_DIFF, LOGPROB, Metric, get_metric
-from circuitfind.tasks.tokenize import encode, pad_id, resolve_tokenizer, show
+from circuitfind.tasks.tokenize import encode, pad_id, resolve_tokenizer, show, unknown_words
 
 __all__ = ["Index", "Task"]
 
@@ -177,12 +177,19 @@ class Task:
         name: str = "custom",
         description: str = "",
         labels: Sequence[str] | None = None,
+        prefix: Sequence[int] | None = None,
+        allow_unk: bool = False,
     ) -> Task:
         """A task from prompt texts, tokenized by ``tokenizer`` (or a model's tokenizer).
 
         ``answer``/``wrong`` are a string a prompt (``" Mary"``) or a list of acceptable
         strings. Each answer must be one token unless ``first_token`` is set (then its first
         token is scored). ``labels`` name the pairs in error messages (default ``pair i``).
+        ``prefix`` (e.g. ``[bos]``, from :func:`circuitfind.tasks.tokens.bos_prefix`) replaces
+        the tokenizer's own special tokens before each prompt; ``None`` keeps the tokenizer's.
+        A prompt word or an answer that the tokenizer turns into its unknown token is an error
+        naming the word and the pair, unless ``allow_unk`` (then ``meta["unk"]`` counts the
+        unknown words, and ``meta["unk_words"]`` lists them).
         """
         tok = resolve_tokenizer(tokenizer)
         n = len(clean)
@@ -191,9 +198,23 @@ class Task:
         if len(corrupted) != n or len(answer) != n or (wrong is not None and len(wrong) != n):
             raise InputError("clean, corrupted, answer and wrong must have one entry a pair")
         where = list(labels) if labels is not None else [f"pair {i}" for i in range(n)]
+        unk_seen: list[str] = []
+        for i in range(n):
+            for what, text in (("clean prompt", clean[i]), ("corrupted prompt", corrupted[i])):
+                unk_seen += _check_known(tok, text, where[i], what, allow_unk)
+            for what, ans in (
+                ("answer", answer[i]),
+                ("wrong", None if wrong is None else wrong[i]),
+            ):
+                for text in [] if ans is None else [ans] if isinstance(ans, str) else list(ans):
+                    unk_seen += _check_known(tok, text, where[i], what, allow_unk)
         rows_c, rows_x = [], []
         for i in range(n):
-            a, b = encode(tok, clean[i]), encode(tok, corrupted[i])
+            if prefix is None:
+                a, b = encode(tok, clean[i]), encode(tok, corrupted[i])
+            else:
+                a = [*prefix, *encode(tok, clean[i], special=False)]
+                b = [*prefix, *encode(tok, corrupted[i], special=False)]
             if len(a) != len(b):
                 raise InputError(
                     f"{where[i]}: clean and corrupted tokenize to different lengths "
@@ -230,6 +251,7 @@ class Task:
             name=name,
             description=description,
             prompts=list(zip(clean, corrupted)),
+            meta={"unk": len(unk_seen), "unk_words": sorted(set(unk_seen))} if unk_seen else {},
         )
 
     @classmethod
@@ -424,6 +446,18 @@ def _pad(
         x[i, : len(b)] = torch.tensor(b)
         mask[i, : len(a)] = 1
     return c, x, (None if min(lengths) == t else mask)
+
+
+def _check_known(tok: Any, text: str, where: str, what: str, allow_unk: bool) -> list[str]:
+    """The unknown words of ``text``; an error naming them unless ``allow_unk``."""
+    words = unknown_words(tok, text)
+    if words and not allow_unk:
+        raise InputError(
+            f"{where}: the tokenizer does not know {', '.join(map(repr, words))} in the {what} "
+            f"{text!r} (it would become {getattr(tok, 'unk_token', '<unk>')}); use words in the "
+            "model's vocabulary, or allow_unk=True (--allow-unk) to accept and count them"
+        )
+    return words
 
 
 def _answer_ids(

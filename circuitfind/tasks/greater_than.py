@@ -16,6 +16,7 @@ from circuitfind.errors import InputError
 from circuitfind.tasks.base import Task
 from circuitfind.tasks.metrics import Metric
 from circuitfind.tasks.tokenize import encode, resolve_tokenizer, show
+from circuitfind.tasks.tokens import bos_prefix
 
 __all__ = ["NOUNS", "TEMPLATES", "greater_than", "year_tokens"]
 
@@ -46,7 +47,8 @@ def year_tokens(tok: Any) -> list[int]:
         if len(t) != 1 or (unk is not None and t[0] == unk):
             raise InputError(
                 f"greater-than needs every two-digit year to be one token; '{y:02d}' is "
-                f"{show(tok, t)} for this tokenizer"
+                f"{show(tok, t)} for this tokenizer (Hanna et al.'s task is built on GPT-2's "
+                "two-digit year tokens; tokenizers that split digits one by one cannot pose it)"
             )
         ids.append(t[0])
     return ids
@@ -61,9 +63,18 @@ def greater_than(
     templates: list[str] | None = None,
     nouns: list[str] | None = None,
     metric: str | Metric | None = None,
+    add_bos: bool | None = None,
+    allow_unk: bool = False,
 ) -> Task:
     """Greater-than prompt pairs for ``source``'s tokenizer; YY drawn from the valid years in
-    02..98. Deterministic for a seed."""
+    02..98. BOS first by :func:`circuitfind.tasks.tokens.bos_prefix` (``add_bos`` overrides).
+    Deterministic for a seed.
+
+    Needs a tokenizer that writes "1732" as "17" + "32" (GPT-2's BPE): tokenizers that split
+    digits one by one (Gemma, Qwen, Llama-2) or in threes (Llama-3: "173" + "2") are refused
+    with a message, because the task's answer, the next two-digit year token, does not exist
+    for them (a one-digit variant would be a different task than Hanna et al.'s).
+    """
     tok = resolve_tokenizer(source)
     if n < 1:
         raise InputError(f"n must be at least 1; got {n}")
@@ -85,26 +96,26 @@ def greater_than(
     valid = []
     for yy in range(2, 99):
         ids = encode(tok, text(probe, pool[0], yy))
-        if len(ids) == len(corrupt_ids) and years[yy] in ids:
+        if len(ids) != len(corrupt_ids):
+            continue
+        diff = [p for p, (a, b) in enumerate(zip(ids, corrupt_ids)) if a != b]
+        # the year's two digits are one token, the only one that differs from "...1701..."
+        if len(diff) == 1 and ids[diff[0]] == years[yy] and corrupt_ids[diff[0]] == years[1]:
             valid.append(yy)
     if not valid:
         sample = text(probe, pool[0], 32)
         raise InputError(
             f"no year 02..98 splits into {century} + YY for this tokenizer: "
             f"{sample!r} -> {show(tok, encode(tok, sample))}, "
-            f"{text(probe, pool[0], 1)!r} -> {show(tok, corrupt_ids)}"
+            f"{text(probe, pool[0], 1)!r} -> {show(tok, corrupt_ids)} (Hanna et al.'s task "
+            "needs the year written as century + a two-digit token, as GPT-2 does; this "
+            "tokenizer groups digits otherwise)"
         )
     rng = random.Random(seed)
     clean, corrupted, answer, wrong = [], [], [], []
     for _ in range(n):
         template, noun, yy = rng.choice(templates), rng.choice(pool), rng.choice(valid)
         c, x = text(template, noun, yy), text(template, noun, 1)
-        ids = encode(tok, c)
-        if unk is not None and unk in ids:
-            raise InputError(
-                f"the tokenizer does not know a word of {c!r}: {show(tok, ids)}; "
-                "pass templates=[...] in words it knows"
-            )
         clean.append(c)
         corrupted.append(x)
         answer.append([f"{y:02d}" for y in range(yy + 1, 100)])
@@ -118,5 +129,7 @@ def greater_than(
         metric=metric or "prob_diff",
         name="greater-than",
         description=f"greater-than (Hanna et al. 2023), century {century}, corrupted YY=01",
+        prefix=bos_prefix(source, tok, add_bos=add_bos),
+        allow_unk=allow_unk,
     )
     return task

@@ -7,9 +7,12 @@ runs is exactly the earlier occurrence that induction reads: the previous-token 
 the attended keys (K-composition) and the copied token (the induction head's value), so
 resample ablation exposes the whole mechanism. (Sharing the first half instead, and corrupting
 the second, would leave the keys the same in both runs and hide the K-composition edges.)
-The tokens of A are distinct, drawn from the model's vocabulary without special tokens;
-``prefix`` is what the tokenizer puts before any text (a BOS for Llama-style tokenizers,
-nothing for GPT-2). Metric: log-probability of the answer (there is no natural wrong answer).
+The tokens of A are distinct, drawn from the ordinary tokens of the model's vocabulary
+(:func:`circuitfind.tasks.tokens.ordinary_token_ids`: never a special or byte-fallback token),
+with or without a tokenizer; ``prefix`` is ``[BOS]`` where the model's family is trained with
+one (Llama, Mistral, Gemma) and nothing otherwise (GPT-2, Pythia, Qwen), by
+:func:`circuitfind.tasks.tokens.bos_prefix` (``add_bos`` overrides). Metric: log-probability of
+the answer (there is no natural wrong answer).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import Any
 from circuitfind.errors import InputError
 from circuitfind.tasks.base import Task
 from circuitfind.tasks.metrics import Metric
-from circuitfind.tasks.tokenize import encode, resolve_tokenizer, special_ids, vocab_size
+from circuitfind.tasks.tokenize import resolve_tokenizer
+from circuitfind.tasks.tokens import bos_prefix, ordinary_token_ids
 
 __all__ = ["induction"]
 
@@ -33,6 +37,7 @@ def induction(
     seed: int = 0,
     length: int = 10,
     metric: str | Metric | None = None,
+    add_bos: bool | None = None,
 ) -> Task:
     """Induction prompt pairs; ``source`` is a model (with ``.tokenizer`` or ``.cfg.d_vocab``)
     or a tokenizer. ``length`` is L, the length of the repeated segment."""
@@ -41,15 +46,8 @@ def induction(
     if length < 2:
         raise InputError(f"length must be at least 2; got {length}")
     tok = resolve_tokenizer(source, required=False)
-    if tok is not None:
-        candidates = sorted(set(range(vocab_size(tok))) - special_ids(tok))
-        prefix = encode(tok, "", special=True)
-    else:
-        cfg = getattr(source, "cfg", None)
-        d_vocab = getattr(cfg, "d_vocab", None)
-        if d_vocab is None:
-            raise InputError("induction needs a tokenizer or a model whose cfg has d_vocab")
-        candidates, prefix = list(range(int(d_vocab))), []
+    candidates = ordinary_token_ids(source)
+    prefix = bos_prefix(source, add_bos=add_bos)
     if len(candidates) < 2 * length:
         raise InputError(
             f"the vocabulary has {len(candidates)} usable tokens; induction with length={length} "
@@ -71,6 +69,7 @@ def induction(
         name="induction",
         description=f"repeated random tokens (segment length {length}); predict the repeat",
     )
+    task.meta.update(bos=bool(prefix), vocabulary=len(candidates))
     if tok is None:
         return task
     prompts = [(tok.decode(c), tok.decode(x)) for c, x in zip(clean, corrupted)]

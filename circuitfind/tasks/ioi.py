@@ -9,6 +9,7 @@ Metric: logit difference, indirect object (answer) minus subject (wrong).
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -16,8 +17,11 @@ from circuitfind.errors import InputError
 from circuitfind.tasks.base import Task
 from circuitfind.tasks.metrics import Metric
 from circuitfind.tasks.tokenize import encode, is_single_token, resolve_tokenizer, show
+from circuitfind.tasks.tokens import bos_prefix
 
 __all__ = ["NAMES", "OBJECTS", "PLACES", "TEMPLATES", "ioi", "single_token_names"]
+
+logger = logging.getLogger(__name__)
 
 # The BABA templates of Wang et al. 2022 ([B] is the subject, [A] the indirect object).
 TEMPLATES: list[str] = [
@@ -94,16 +98,28 @@ def ioi(
     templates: list[str] | None = None,
     names: list[str] | None = None,
     metric: str | Metric | None = None,
+    add_bos: bool | None = None,
+    allow_unk: bool = False,
 ) -> Task:
     """IOI prompt pairs for ``source``'s tokenizer (a model with ``.tokenizer`` or a tokenizer).
 
     Half the prompts are ABBA, half BABA (alternating); names are drawn from the single-token
-    ones. Deterministic for a seed.
+    ones: a name that is several tokens after a space is dropped, logged, and listed in
+    ``task.meta["dropped_names"]``. BOS first by :func:`circuitfind.tasks.tokens.bos_prefix`
+    (``add_bos`` overrides). Deterministic for a seed.
     """
     tok = resolve_tokenizer(source)
     if n < 1:
         raise InputError(f"n must be at least 1; got {n}")
     pool = single_token_names(tok, names)
+    dropped = [x for x in (names or NAMES) if x not in pool]
+    if dropped:
+        logger.info(
+            "ioi: %d of %d names are not one token after a space and are not used: %s",
+            len(dropped),
+            len(names or NAMES),
+            ", ".join(dropped),
+        )
     if len(pool) < 5:
         rejected = {x: show(tok, encode(tok, " " + x, special=False)) for x in (names or NAMES)}
         raise InputError(
@@ -128,15 +144,7 @@ def ioi(
         corrupted.append(_fill(template, b=x, a=y, s2=z, place=place, obj=obj))
         answer.append(" " + io)
         wrong.append(" " + s)
-    unk = getattr(tok, "unk_token_id", None)
-    for i, text in enumerate(clean):
-        ids = encode(tok, text)
-        if unk is not None and unk in ids:
-            raise InputError(
-                f"pair {i}: the tokenizer does not know a word of {text!r}: {show(tok, ids)}; "
-                "pass templates=[...] in words it knows"
-            )
-    return Task.from_texts(
+    task = Task.from_texts(
         tok,
         clean,
         corrupted,
@@ -145,4 +153,8 @@ def ioi(
         metric=metric or "logit_diff",
         name="ioi",
         description="indirect object identification (Wang et al. 2022), ABC corruption",
+        prefix=bos_prefix(source, tok, add_bos=add_bos),
+        allow_unk=allow_unk,
     )
+    task.meta.update(names=pool, dropped_names=dropped)
+    return task

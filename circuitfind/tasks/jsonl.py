@@ -60,8 +60,10 @@ def read_jsonl(
     *,
     metric: str | Metric | None = None,
     first_token: bool = False,
+    allow_unk: bool = False,
 ) -> Task:
-    """Read a JSONL prompt file into a :class:`Task` (tokenized with ``tokenizer``)."""
+    """Read a JSONL prompt file into a :class:`Task` (tokenized with ``tokenizer``); an unknown
+    word is an error naming its line unless ``allow_unk`` (see :meth:`Task.from_texts`)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"prompt file {str(path)!r} does not exist")
@@ -134,4 +136,5 @@ def read_jsonl(
         name=path.stem,
         description=f"prompt pairs from {path.name}",
         labels=labels,
+        allow_unk=allow_unk,
     )

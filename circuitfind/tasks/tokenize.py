@@ -13,6 +13,7 @@ __all__ = [
     "resolve_tokenizer",
     "show",
     "special_ids",
+    "unknown_words",
     "vocab_size",
 ]
 
@@ -65,6 +66,33 @@ def pad_id(tok: Any) -> int:
         if value is not None:
             return int(value)
     return 0
+
+
+def unknown_words(tok: Any, text: str) -> list[str]:
+    """The words of ``text`` that the tokenizer turns into its unknown token (in order, once).
+
+    Byte-level BPEs (GPT-2, Llama-3, Qwen) and SentencePiece vocabularies with byte fallback
+    (Llama-2, Gemma) have no unknown token in practice; word-level vocabularies (the zoo's) do.
+    A "word" is the whitespace-delimited stretch of ``text`` around each unknown token.
+    """
+    unk = getattr(tok, "unk_token_id", None)
+    if unk is None:
+        return []
+    try:
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        spans = [o for i, o in zip(enc["input_ids"], enc["offset_mapping"]) if i == unk]
+    except (NotImplementedError, TypeError, ValueError):  # slow tokenizers have no offsets
+        spans = [] if unk not in encode(tok, text, special=False) else [(0, len(text))]
+    words: list[str] = []
+    for start, end in spans:
+        while start > 0 and not text[start - 1].isspace():
+            start -= 1
+        while end < len(text) and not text[end].isspace():
+            end += 1
+        word = text[start:end].strip() or text
+        if word not in words:
+            words.append(word)
+    return words
 
 
 def is_single_token(tok: Any, text: str) -> bool:

@@ -92,6 +92,8 @@ BUILTIN_RECIPES: tuple[str, ...] = (
     "circuitfind.zoo.induction_2l",
     "circuitfind.zoo.ioi",
     "circuitfind.zoo.greater_than",
+    "circuitfind.zoo.agreement",
+    "circuitfind.zoo.docstring",
 )
 """The modules whose import registers the shipped recipes (imported by name, when first needed:
 they import this module, so this module does not import them)."""
