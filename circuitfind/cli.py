@@ -1,12 +1,19 @@
 """The ``circuitfind`` command line: one entry point, one subcommand per job.
 
-Exit codes: 0 success; 2 a usage or input error (one line on stderr, no traceback unless
-``--debug``); 1 an internal error (one line and a hint to rerun with ``--debug``); 130 when
-interrupted with Ctrl-C (the message says where partial results are).
+Exit codes: 0 success; 2 a usage or input problem the user can fix (one line on stderr naming
+the fix, no traceback unless ``--debug``); 1 an internal error (one line and a hint to rerun
+with ``--debug``); 130 when interrupted with Ctrl-C (the message says what was kept).
 
-Subcommands from other modules register themselves: each of ``circuitfind.tasks.cli``,
-``circuitfind.zoo.cli`` and ``circuitfind.inspect.cli`` that exists provides
-``register(subparsers)``.
+The parser is built from the standard library alone: torch, transformers and the zoo's
+training recipes are imported only when a command runs, so ``--help`` answers at once.
+
+Subcommands from other modules register themselves: each of ``circuitfind.zoo.cli``,
+``circuitfind.inspect.cli`` and ``circuitfind.bench.cli`` provides ``register(subparsers)``
+and imports nothing heavy at module level.
+
+JSON output (``--json``) uses the circuit's own key names: ``n_edges`` (edges in the
+circuit), ``n_edges_total`` (edges in the model's graph), ``faithfulness``, ``metric``
+(``{"name", "higher_is_better"}``) and, for discover, ``timing`` (seconds per phase).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import re
 import shlex
 import sys
@@ -22,24 +30,52 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from circuitfind.discover import METHODS as _ENGINE_METHODS
-from circuitfind.discover import method_name
 from circuitfind.errors import CircuitfindError, InputError
-from circuitfind.patching import ABLATIONS as _ENGINE_ABLATIONS
-from circuitfind.patching import ablation_kind
 
-__all__ = ["METHODS", "build_parser", "main"]
+__all__ = ["ABLATIONS", "METHODS", "METRICS", "TASKS", "available_cpus", "build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = tuple(_ENGINE_METHODS)
-ABLATIONS: tuple[str, ...] = tuple(_ENGINE_ABLATIONS)
-PLUGINS = (
-    "circuitfind.tasks.cli",
-    "circuitfind.zoo.cli",
-    "circuitfind.inspect.cli",
-    "circuitfind.bench.cli",
-)
+# ------------------------------------------------------------------ the names shown in --help
+# argparse needs these before anything heavy is imported, so they are listed here, torch-free;
+# tests/test_cli_fast.py checks each table against the engine's own (circuitfind.discover's
+# METHODS, circuitfind.patching's ABLATIONS, circuitfind.tasks' TASKS and METRICS). This is the
+# one place to switch to circuitfind.methods.table.METHODS once that torch-free table exists.
+METHODS: dict[str, str] = {
+    "eap-ig-inputs": "EAP with integrated gradients over the input embeddings (default)",
+    "eap-ig-activations": "EAP with integrated gradients over every node's activations",
+    "eap": "edge attribution patching (fastest: one forward and one backward pass)",
+    "exact": "exact activation patching of every edge",
+    "acdc": "ACDC iterative pruning (Conmy et al. 2023); prunes itself with --tau",
+    "node": "node (head / MLP) ablation",
+}
+ABLATIONS: dict[str, str] = {
+    "resample": "the corrupted prompt's value",
+    "mean": "the mean over the task's prompts",
+    "mean-positional": "the mean per position",
+    "zero": "zero",
+}
+TASKS: dict[str, str] = {
+    "ioi": "indirect object identification (metric: logit_diff)",
+    "induction": "random tokens then their repeat (metric: logprob)",
+    "greater-than": "'from the year 17YY to the year 17' -> years above YY (metric: prob_diff)",
+}
+METRICS: dict[str, str] = {
+    "logit_diff": "logit(answer) - logit(wrong), higher is better",
+    "logprob": "log p(answer), higher is better",
+    "prob_diff": "p(answer set) - p(wrong set), higher is better",
+    "kl": "KL(clean || run) at the readout, lower is better",
+    "accuracy": "fraction of prompts where the answer beats the wrong answer",
+}
+PLUGINS = ("circuitfind.zoo.cli", "circuitfind.inspect.cli", "circuitfind.bench.cli")
+# options every subcommand accepts before or after its name
+GLOBAL_FLAGS = ("--debug", "-v", "--verbose", "-q", "--quiet", "--threads")
+# keyword arguments of the Python API that error messages name, as the CLI spells them
+_API_HINTS = {
+    "first_token=True": "--first-token",
+    "trust_remote_code=True": "--trust-remote-code",
+    "tokenizer=": "--tokenizer",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,8 +85,123 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Descriptions wrapped by paragraph (indented lines kept as written); each option's
+    default shown once, and only when it says something (a ``None`` default is described in
+    the option's own words)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        paragraphs = []
+        for para in text.split("\n\n"):
+            if any(line.startswith(" ") for line in para.splitlines()):
+                paragraphs.append(textwrap.indent(para, indent))
+            else:
+                paragraphs.append(
+                    textwrap.fill(
+                        " ".join(para.split()),
+                        width,
+                        initial_indent=indent,
+                        subsequent_indent=indent,
+                    )
+                )
+        return "\n\n".join(paragraphs)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or "default" in text
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+# ---------------------------------------------------------------------------- argument types
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} must be a fraction in (0, 1], e.g. 0.9")
+    return value
+
+
+# ---------------------------------------------------------------------------- threads
+def available_cpus() -> int:
+    """The CPU cores this process may run on: its affinity mask (``os.sched_getaffinity``),
+    capped by a cgroup CPU quota where one is set (containers)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpus()
+    if quota is not None:
+        n = min(n, quota)
+    return max(1, n)
+
+
+def _cgroup_cpus() -> int | None:
+    """``ceil(quota / period)`` from cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_*``; None if unset."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return max(1, -(-int(quota) // int(period)))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return max(1, -(-q // p)) if q > 0 and p > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def thread_count(requested: int | None) -> int:
+    """``--threads`` if given, else ``OMP_NUM_THREADS`` if set, else :func:`available_cpus`."""
+    if requested:
+        return requested
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return available_cpus()
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    import torch
+
+    n = thread_count(getattr(args, "threads", None))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    logger.info("torch threads: %d", n)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -65,22 +216,65 @@ def _engine(name: str) -> Any:
     return fn
 
 
+def _lazy(module: str, function: str) -> Any:
+    """A subcommand handler imported only when the subcommand runs."""
+
+    def run(args: argparse.Namespace) -> Any:
+        return getattr(importlib.import_module(module), function)(args)
+
+    run.__name__ = function
+    return run
+
+
 def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars (to stderr) unless ``-q`` or stderr is not a terminal."""
     return not args.quiet and sys.stderr.isatty()
 
 
-def _load_model_and_task(args: argparse.Namespace) -> tuple[Any, Any]:
-    import transformers
+def quiet_third_party(verbose: bool) -> None:
+    """Silence transformers' and huggingface_hub's loading bars and chatter unless verbose."""
+    if verbose:
+        return
+    try:
+        import transformers
 
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+        from huggingface_hub.utils import logging as hub_logging
+
+        disable_progress_bars()
+        hub_logging.set_verbosity_error()  # its retry chatter: the one-line error says it all
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _load_model_and_task(args: argparse.Namespace) -> tuple[Any, Any]:
     from circuitfind.loading import load
     from circuitfind.tasks import get_task
 
-    if not (args.verbose or args.debug):
-        transformers.logging.set_verbosity_error()
-    if not _progress(args):
-        transformers.logging.disable_progress_bar()
-    model = load(args.model, device=args.device, dtype=args.dtype)
-    task = get_task(args.task, model, n=args.n, seed=args.seed)
+    quiet_third_party(args.verbose or args.debug)
+    model = load(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        tokenizer=getattr(args, "tokenizer", None),
+        trust_remote_code=getattr(args, "trust_remote_code", False),
+    )
+    kwargs: dict[str, Any] = {}
+    if getattr(args, "metric", None):
+        kwargs["metric"] = args.metric
+    if getattr(args, "first_token", False):
+        if not str(args.task).endswith(".jsonl") and not Path(args.task).is_file():
+            raise InputError(
+                "--first-token applies to a JSONL prompt file (--task FILE.jsonl); the built-in "
+                "tasks' answers are single tokens already"
+            )
+        kwargs["first_token"] = True
+    task = get_task(args.task, model, n=args.n, seed=args.seed, **kwargs)
     return model, task
 
 
@@ -95,6 +289,24 @@ def _check_shape(circuit: Any, model: Any, source: str) -> None:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "x"
+
+
+def _writable_dir(path: Path) -> Path:
+    """Create ``path`` (a directory) and check that files can be written there, before any
+    work is done; an ``InputError`` naming the fix otherwise."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--out {path} is a file, not a directory: choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".circuitfind-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(
+            f"cannot write to --out {path} ({exc.strerror or exc}): choose a directory you can "
+            "write to"
+        ) from None
+    return path
 
 
 def _roles_from_meta(circuit: Any) -> dict[str, Any] | None:
@@ -114,13 +326,52 @@ def _roles_to_meta(roles: dict[str, Any]) -> dict[str, Any]:
     return {h: {"role": r.name, "score": round(r.score, 4)} for h, r in roles.items()}
 
 
+_BETTER = {True: "higher is better", False: "lower is better"}
+
+
+def _metric_of(task: Any, circuit: Any = None) -> dict[str, Any]:
+    """``{"name", "higher_is_better"}`` of the metric a task (or a circuit's meta) measures."""
+    metric = getattr(task, "metric", None)
+    name = getattr(metric, "name", None) or (circuit.meta.get("metric_name") if circuit else None)
+    higher = getattr(metric, "higher_is_better", None)
+    if higher is None and name is not None:
+        higher = name != "kl"
+    return {"name": name, "higher_is_better": higher}
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="SRC", help="hub name, directory, zoo:NAME")
-    p.add_argument("--task", required=True, help="built-in task name or a .jsonl prompt file")
-    p.add_argument("--n", type=int, default=64, metavar="PROMPTS", help="number of prompt pairs")
+    p.add_argument(
+        "--model", required=True, metavar="SRC", help="hub name (owner/name), directory, zoo:NAME"
+    )
+    p.add_argument(
+        "--task",
+        required=True,
+        help="a built-in task (" + ", ".join(TASKS) + ") or a .jsonl prompt file",
+    )
+    p.add_argument(
+        "--n", type=_positive_int, default=64, metavar="PROMPTS", help="number of prompt pairs"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt generator")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cpu)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    p.add_argument(
+        "--metric",
+        choices=tuple(METRICS),
+        metavar="NAME",
+        help="the task's metric instead of its own: " + ", ".join(METRICS),
+    )
+    p.add_argument(
+        "--first-token",
+        action="store_true",
+        help="JSONL answers of several tokens: score their first token",
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (when not given: cpu)")
+    p.add_argument("--dtype", help="float32, bfloat16 or float16 (when not given: the model's)")
+    p.add_argument("--tokenizer", metavar="SRC", help="tokenizer directory or hub name, for a "
+                   "model saved without one")  # fmt: skip
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a model whose config needs its own Python code (runs that code)",
+    )
 
 
 # ---------------------------------------------------------------------------- doctor
@@ -136,6 +387,7 @@ def _doctor(args: argparse.Namespace) -> int:
         "circuitfind": __version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "threads": f"{torch.get_num_threads()} (of {available_cpus()} available cores)",
         "dot": shutil.which("dot") or "missing (apt-get install graphviz)",
         "chromium": shutil.which("chromium") or "missing (optional: apt-get install chromium)",
     }
@@ -148,7 +400,34 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- discover
+def timing(meta: dict[str, Any]) -> dict[str, float]:
+    """Seconds per phase from a circuit's meta: ``meta["timing"]`` where the engine records it,
+    else what the older keys allow (scoring, then pruning and measuring the circuit)."""
+    if isinstance(meta.get("timing"), dict):
+        return {k: float(v) for k, v in meta["timing"].items() if isinstance(v, (int, float))}
+    out: dict[str, float] = {}
+    scoring, total = meta.get("scoring_time_s"), meta.get("time_s")
+    if isinstance(scoring, (int, float)):
+        out["scoring_s"] = float(scoring)
+        if isinstance(total, (int, float)):
+            out["pruning_s"] = max(0.0, float(total) - float(scoring))
+    elif isinstance(total, (int, float)):
+        out["discover_s"] = float(total)
+    return out
+
+
+def _phase_line(phases: dict[str, float]) -> str:
+    total = sum(v for k, v in phases.items() if k != "total_s")
+    parts = ", ".join(
+        f"{k.removesuffix('_s')} {v:.1f}" for k, v in phases.items() if k != "total_s"
+    )
+    return f"time: {phases.get('total_s', total):.1f} s ({parts})"
+
+
 def _discover(args: argparse.Namespace) -> int:
+    from circuitfind.discover import method_name
+    from circuitfind.patching import ablation_kind
+
     method = method_name(args.method)
     ablation = ablation_kind(args.ablation)
     from circuitfind.render import GraphvizNotFoundError, render
@@ -156,10 +435,13 @@ def _discover(args: argparse.Namespace) -> int:
     from circuitfind.roles import detect_roles
 
     start = time.perf_counter()
+    task_name = Path(args.task).stem if str(args.task).endswith(".jsonl") else args.task
+    out = _writable_dir(
+        Path(args.out or f"circuits/{_safe(args.model)}_{_safe(task_name)}_{method}")
+    )  # checked before the work, so a finished run is never lost to a bad --out
     model, task = _load_model_and_task(args)
+    phases: dict[str, float] = {"load_s": time.perf_counter() - start}
     discover = _engine("discover")
-    out = Path(args.out or f"circuits/{_safe(args.model)}_{_safe(task.name)}_{method}")
-    out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint"
     if method in ("exact", "acdc"):  # the long sequential methods checkpoint and resume
         args.partial = (
@@ -168,6 +450,7 @@ def _discover(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"seed": args.seed}
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
+    t = time.perf_counter()
     circuit = discover(
         model,
         task,
@@ -183,21 +466,33 @@ def _discover(args: argparse.Namespace) -> int:
         checkpoint_dir=checkpoint,
         **options,
     )
+    engine_phases = timing(circuit.meta)
+    phases.update(engine_phases or {"discover_s": time.perf_counter() - t})
     circuit.meta.setdefault("model", args.model)
     circuit.meta["command"] = args.command_line
-    heads = [n for n in circuit.nodes if n.startswith("a")]
-    roles = detect_roles(model, task, heads=heads) if heads else {}
-    circuit.meta["roles"] = _roles_to_meta(roles)
     files = {"circuit": str(circuit.to_json(out / "circuit.json"))}
     args.partial = f"the circuit is saved in {files['circuit']}"
 
+    t = time.perf_counter()
+    heads = [n for n in circuit.nodes if n.startswith("a")]
+    roles = detect_roles(model, task, heads=heads) if heads else {}
+    circuit.meta["roles"] = _roles_to_meta(roles)
+    phases["roles_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    evaluation = _engine("evaluate")(model, task, circuit, curve=True)
+    phases["curve_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     try:
         files["diagram"] = str(render(circuit, out / "circuit.svg", roles=roles))
     except GraphvizNotFoundError as exc:
         print(f"warning: {exc}", file=sys.stderr)
     files["dot"] = str(out / "circuit.gv")
-
-    evaluation = _engine("evaluate")(model, task, circuit, curve=True)
+    phases["render_s"] = time.perf_counter() - t
+    phases["total_s"] = time.perf_counter() - start
+    circuit.meta["cli_timing"] = {k: round(v, 3) for k, v in phases.items()}
+    files["circuit"] = str(circuit.to_json(out / "circuit.json"))
     files["report"] = str(
         write_report(
             circuit,
@@ -208,7 +503,6 @@ def _discover(args: argparse.Namespace) -> int:
             roles=roles,
         )
     )
-    elapsed = time.perf_counter() - start
 
     faith = evaluation.faithfulness if evaluation is not None else circuit.meta.get("faithfulness")
     ranked = sorted(head_scores(circuit).items(), key=lambda kv: -abs(kv[1]))[:5]
@@ -222,19 +516,20 @@ def _discover(args: argparse.Namespace) -> int:
         }
         for h, s in ranked
     ]
+    metric = _metric_of(task, circuit)
     summary = {
         "model": args.model,
         "task": task.name,
         "method": method,
         "ablation": ablation,
-        "edges": circuit.n_edges,
-        "total_edges": circuit.graph.n_edges,
+        "n_edges": circuit.n_edges,
+        "n_edges_total": circuit.graph.n_edges,
         "nodes": circuit.nodes,
         "faithfulness": faith,
+        "metric": metric,
         "metrics": circuit.meta.get("metrics"),
         "top_heads": top,
-        "time_s": round(elapsed, 3),
-        "discovery_time_s": circuit.meta.get("time_s"),
+        "timing": {k: round(v, 3) for k, v in phases.items()},
         "files": files,
     }
     if args.json:
@@ -247,6 +542,11 @@ def _discover(args: argparse.Namespace) -> int:
     )
     if faith is not None:
         print(f"faithfulness: {faith:.3f}")
+    if metric["name"]:
+        better = {True: "higher is better", False: "lower is better"}.get(
+            metric["higher_is_better"]
+        )
+        print(f"metric: {metric['name']}" + (f" ({better})" if better else ""))
     if top:
         print(
             "top heads: "
@@ -256,7 +556,7 @@ def _discover(args: argparse.Namespace) -> int:
                 for t in top
             )
         )
-    print(f"time: {elapsed:.1f} s")
+    print(_phase_line(phases))
     print(f"wrote: {', '.join(files.values())}")
     return 0
 
@@ -264,6 +564,7 @@ def _discover(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- evaluate
 def _evaluate(args: argparse.Namespace) -> int:
     from circuitfind.circuit import Circuit
+    from circuitfind.patching import ablation_kind
 
     circuit = Circuit.from_json(args.circuit)
     ablation = None if args.ablation is None else ablation_kind(args.ablation)
@@ -271,20 +572,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     _check_shape(circuit, model, args.circuit)
     evaluate = _engine("evaluate")
     evaluation = evaluate(model, task, circuit, ablation=ablation, curve=not args.no_curve)
+    metric = _metric_of(task, circuit)
     result = {
         "circuit": args.circuit,
-        "edges": circuit.n_edges,
-        "total_edges": circuit.graph.n_edges,
-        **evaluation.to_dict(),
+        "n_edges": circuit.n_edges,
+        "n_edges_total": circuit.graph.n_edges,
+        "metric": metric,
+        **{k: v for k, v in evaluation.to_dict().items() if k not in ("n_edges", "n_edges_total")},
     }
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"circuit: {circuit.n_edges} of {circuit.graph.n_edges} edges")
     print(f"faithfulness: {evaluation.faithfulness:.3f}")
+    better = {True: ", higher is better", False: ", lower is better"}.get(
+        metric["higher_is_better"]
+    )
     print(
-        f"metric: full {evaluation.metric_full:.4g}, circuit {evaluation.metric_circuit:.4g}, "
-        f"empty {evaluation.metric_empty:.4g}"
+        f"metric {metric['name'] or ''}{better or ''}: full {evaluation.metric_full:.4g}, "
+        f"circuit {evaluation.metric_circuit:.4g}, empty {evaluation.metric_empty:.4g}"
     )
     for key in ("cpr", "cmd"):
         value = getattr(evaluation, key, None)
@@ -325,7 +631,60 @@ def _render(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- the parser
+def _choices_text(title: str, table: dict[str, str]) -> str:
+    width = max(len(k) for k in table)
+    return f"{title}:\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in table.items())
+
+
+def _add_global_args(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """The options accepted before and after the subcommand (``SUPPRESS`` defaults on the
+    subcommands, so one given before the name is not reset by the subparser)."""
+    default: Any = None if top else argparse.SUPPRESS
+    flag: Any = False if top else argparse.SUPPRESS
+    taken = set(p._option_string_actions)  # a subcommand's own option of the same name wins
+    if "--debug" not in taken:
+        p.add_argument("--debug", action="store_true", default=flag, help="show tracebacks")
+    if "--verbose" not in taken:
+        p.add_argument("-v", "--verbose", action="store_true", default=flag, help="log more")
+    if "--quiet" not in taken:
+        p.add_argument(
+            "-q", "--quiet", action="store_true", default=flag, help="no progress bars (stderr)"
+        )
+    if "--threads" in taken:
+        return
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=default,
+        metavar="N",
+        help="torch CPU threads (when not given: $OMP_NUM_THREADS, else the cores this process "
+        "may use, from os.sched_getaffinity and any cgroup quota)",
+    )
+
+
+def add_tasks_parser(sub: Any) -> None:
+    """The ``tasks`` subcommand (defined here: importing ``circuitfind.tasks`` loads torch)."""
+    tasks = sub.add_parser(
+        "tasks",
+        help="list built-in tasks and metrics; show the JSONL prompt format",
+        description="List the built-in tasks and metrics and document the JSONL prompt format.",
+        formatter_class=_Help,
+    )
+    tasks.add_argument("--json", action="store_true", help="print JSON")
+    tasks.set_defaults(func=_lazy("circuitfind.tasks.cli", "run"))
+
+
+def _walk(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.extend(_walk(child))
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``circuitfind`` parser (imports nothing heavy)."""
     parser = _Parser(
         prog="circuitfind",
         description="Find, evaluate and draw circuits in transformer language models.",
@@ -333,18 +692,21 @@ def build_parser() -> argparse.ArgumentParser:
             "quickstart:\n"
             "  circuitfind discover --model zoo:NAME --task induction --out out/\n"
             "  circuitfind render out/circuit.json -o out/circuit.png\n"
-            "  circuitfind evaluate out/circuit.json --model zoo:NAME --task induction"
+            "  circuitfind evaluate out/circuit.json --model zoo:NAME --task induction\n\n"
+            "exit codes: 0 done; 2 a problem with the input (one line naming the fix); "
+            "1 an internal error;\n130 interrupted. --debug, -v, -q and --threads go before or "
+            "after the subcommand."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Help,
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_global_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    doctor = sub.add_parser("doctor", help="check that the install works")
+    doctor = sub.add_parser("doctor", help="check that the install works", formatter_class=_Help)
     doctor.add_argument("--json", action="store_true", help="print JSON")
     doctor.set_defaults(func=_doctor)
+
+    add_tasks_parser(sub)
 
     d = sub.add_parser(
         "discover",
@@ -353,30 +715,46 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Score every edge of the model's graph on the task, keep the important ones, and "
             "write DIR/circuit.json, DIR/circuit.svg (+ .gv) and DIR/report.html.\n\n"
-            "Methods: eap-ig-inputs (default; EAP with integrated gradients on the inputs), "
-            "eap-ig-activations, eap (attribution patching, fastest), exact (activation "
-            "patching of every edge), acdc (iterative pruning), node (ablate nodes).\n"
-            "Ablations: resample (corrupted prompts), mean, mean-positional, zero.\n"
-            "Pruning: --top-n N edges, --threshold T on |score|, or the smallest circuit "
-            "reaching --target-faithfulness F (at most one)."
+            + _choices_text("tasks (--task NAME, or a .jsonl file: see `circuitfind tasks`)", TASKS)
+            + "\n\n"
+            + _choices_text("methods (--method)", METHODS)
+            + "\n\n"
+            + _choices_text(
+                "ablations (--ablation): an edge outside the circuit carries", ABLATIONS
+            )
+            + "\n\npruning: --top-n N edges, --threshold T on |score|, or the smallest circuit "
+            "reaching --target-faithfulness F (at most one; F = 0.9 when none is given)."
         ),
     )
     _add_model_args(d)
-    d.add_argument("--method", default="eap-ig-inputs", help=f"one of {', '.join(METHODS)}")
-    d.add_argument("--ablation", default="resample", help=f"one of {', '.join(ABLATIONS)}")
+    d.add_argument("--method", default="eap-ig-inputs", help="how edges are scored (see above)")
+    d.add_argument("--ablation", default="resample", help="what a pruned edge carries (see above)")
     prune = d.add_mutually_exclusive_group()
-    prune.add_argument("--top-n", type=int, metavar="N", help="keep the N best edges")
-    prune.add_argument("--threshold", type=float, metavar="T", help="keep edges with |score|>=T")
+    prune.add_argument("--top-n", type=_positive_int, metavar="N", help="keep the N best edges")
     prune.add_argument(
-        "--target-faithfulness", type=float, metavar="F", help="smallest circuit reaching F"
+        "--threshold", type=_non_negative, metavar="T", help="keep edges with |score| >= T"
     )
-    d.add_argument("--batch-size", type=int, metavar="B", help="prompts per forward pass")
-    d.add_argument("--steps", type=int, default=5, help="integrated-gradient steps (eap-ig-*)")
-    d.add_argument("--tau", type=float, default=0.01, help="ACDC's threshold on the metric change")
+    prune.add_argument(
+        "--target-faithfulness",
+        type=_fraction,
+        metavar="F",
+        help="the smallest circuit reaching faithfulness F (0.9 when no rule is given)",
+    )
+    d.add_argument(
+        "--batch-size", type=_positive_int, metavar="B", help="prompts per forward pass (32)"
+    )
+    d.add_argument(
+        "--steps", type=_positive_int, default=5, help="integrated-gradient steps (eap-ig-*)"
+    )
+    d.add_argument(
+        "--tau", type=_non_negative, default=0.01, help="ACDC's threshold on the metric change"
+    )
     d.add_argument(
         "--greedy", action="store_true", help="with --top-n: grow from the logits (EAP-IG greedy)"
     )
-    d.add_argument("--out", metavar="DIR", help="output directory (default: circuits/...)")
+    d.add_argument(
+        "--out", metavar="DIR", help="output directory (when not given: circuits/MODEL_TASK_METHOD)"
+    )
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
     d.set_defaults(func=_discover)
 
@@ -384,34 +762,38 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="faithfulness of a saved circuit on a task",
         formatter_class=_Help,
-        description="Run the model with only the circuit's edges and report its faithfulness.",
+        description="Run the model with only the circuit's edges and report its faithfulness.\n\n"
+        + _choices_text("tasks (--task NAME, or a .jsonl file)", TASKS),
     )
     e.add_argument("circuit", metavar="CIRCUIT.json")
     _add_model_args(e)
-    e.add_argument("--ablation", default=None, help="override the circuit's ablation")
+    e.add_argument("--ablation", help="override the circuit's ablation: " + ", ".join(ABLATIONS))
     e.add_argument("--no-curve", action="store_true", help="skip the faithfulness curve")
     e.add_argument("--json", action="store_true", help="print JSON")
     e.set_defaults(func=_evaluate)
 
     r = sub.add_parser(
         "render",
-        help="draw a saved circuit (svg, png, pdf, gv) or write its HTML report",
+        help="draw a saved circuit (svg, png, pdf, gv) or write its HTML report (html)",
         formatter_class=_Help,
         description=(
             "Draw CIRCUIT.json with graphviz. The output format follows the suffix of -o: "
             ".svg, .png, .pdf, .gv (DOT only, needs no graphviz) or .html (the report). Head "
             "roles come from the file (saved by discover) or, with --model and --task, are "
-            "detected afresh."
+            "detected afresh. Circuits of more than 150 edges are drawn with their strongest "
+            "150 (the picture says how many it leaves out)."
         ),
     )
     r.add_argument("circuit", metavar="CIRCUIT.json")
-    r.add_argument("-o", "--output", metavar="FILE", help="default: CIRCUIT.svg")
+    r.add_argument(
+        "-o", "--output", metavar="FILE", help="the picture (when not given: CIRCUIT.svg)"
+    )
     r.add_argument("--model", metavar="SRC", help="detect head roles with this model")
     r.add_argument("--task", help="... on this task's prompts")
-    r.add_argument("--n", type=int, default=32, metavar="PROMPTS", help=argparse.SUPPRESS)
+    r.add_argument("--n", type=_positive_int, default=32, metavar="PROMPTS", help=argparse.SUPPRESS)
     r.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    r.add_argument("--device", default=None, help=argparse.SUPPRESS)
-    r.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
+    r.add_argument("--device", help=argparse.SUPPRESS)
+    r.add_argument("--dtype", help=argparse.SUPPRESS)
     r.set_defaults(func=_render)
 
     for name in PLUGINS:
@@ -422,14 +804,35 @@ def build_parser() -> argparse.ArgumentParser:
                 raise  # the module exists but something it imports is missing
             continue
         module.register(sub)
+    for child in _walk(parser)[1:]:
+        _add_global_args(child, top=False)
+        if child.formatter_class is argparse.HelpFormatter:
+            child.formatter_class = _Help
     return parser
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    for api, flag in _API_HINTS.items():
+        if api in text and flag not in text:
+            text = text.replace(api, f"{api} (on the command line: {flag})")
+    return text
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The one-line message for an exception the user can fix, or None for an internal error."""
+    if isinstance(exc, CircuitfindError):
+        return _one_line(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8"
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot use{where}: {exc.strerror or exc}; check the path and its permissions"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -440,12 +843,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _set_threads(args)
         return int(args.func(args) or 0)
-    except CircuitfindError as exc:
-        if args.debug:
-            raise
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         partial = getattr(args, "partial", None)
         print("interrupted" + (f"; {partial}" if partial else ""), file=sys.stderr)
@@ -453,6 +852,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        message = _user_error(exc)
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
+            return 2
         print(
             f"internal error: {type(exc).__name__}: {_one_line(exc)} "
             "(rerun with --debug for the traceback)",

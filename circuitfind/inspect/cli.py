@@ -9,8 +9,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from circuitfind.errors import InputError
 
 if TYPE_CHECKING:
@@ -46,6 +44,8 @@ def _tokens(model: Model, args: argparse.Namespace, *, required: bool = True) ->
         rows = [[int(t) for t in row.split(",") if t.strip()] for row in args.tokens.split(";")]
         if len({len(r) for r in rows}) != 1:
             raise InputError("--tokens rows must have equal lengths")
+        import torch
+
         return torch.tensor(rows)
     if getattr(args, "prompt", None):
         return args.prompt if len(args.prompt) > 1 else args.prompt[0]
@@ -204,6 +204,8 @@ def _probe(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- sae
 def _sae(args: argparse.Namespace) -> int:
+    import torch
+
     from circuitfind.inspect._common import as_tokens
     from circuitfind.inspect.sae import (
         SAE,
