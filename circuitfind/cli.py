@@ -67,6 +67,7 @@ METRICS: dict[str, str] = {
     "kl": "KL(clean || run) at the readout, lower is better",
     "accuracy": "fraction of prompts where the answer beats the wrong answer",
 }
+RENDER_FORMATS = ("svg", "png", "pdf", "gv", "dot")  # circuitfind.render.FORMATS
 PLUGINS = ("circuitfind.zoo.cli", "circuitfind.inspect.cli", "circuitfind.bench.cli")
 # options every subcommand accepts before or after its name
 GLOBAL_FLAGS = ("--debug", "-v", "--verbose", "-q", "--quiet", "--threads")
@@ -605,8 +606,14 @@ def _render(args: argparse.Namespace) -> int:
     from circuitfind.render import render
     from circuitfind.report import write_report
 
-    circuit = Circuit.from_json(args.circuit)
     out = Path(args.output or Path(args.circuit).with_suffix(".svg"))
+    if out.suffix.lower().lstrip(".") not in (*RENDER_FORMATS, "html", "htm"):
+        raise InputError(
+            f"cannot write {out.name!r}: use -o with a file ending in "
+            + ", ".join(f".{f}" for f in RENDER_FORMATS)
+            + " or .html (the report)"
+        )
+    circuit = Circuit.from_json(args.circuit)
     roles = _roles_from_meta(circuit)
     model = task = None
     if args.model or args.task:
