@@ -866,6 +866,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _set_threads(args)
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `circuitfind ... | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         partial = getattr(args, "partial", None)
         print("interrupted" + (f"; {partial}" if partial else ""), file=sys.stderr)
