@@ -277,7 +277,29 @@ def _load_model_and_task(args: argparse.Namespace) -> tuple[Any, Any]:
             )
         kwargs["first_token"] = True
     task = get_task(args.task, model, n=args.n, seed=args.seed, **kwargs)
+    args.unknown_tokens = _count_unknown(model, task, args.task)
     return model, task
+
+
+def _count_unknown(model: Any, task: Any, where: str) -> int:
+    """Warn (one line) and count when a task's prompts hold the tokenizer's unknown token."""
+    unk = getattr(getattr(model, "tokenizer", None), "unk_token_id", None)
+    clean = getattr(task, "clean", None)
+    if unk is None or clean is None:
+        return 0
+    mask = getattr(task, "attention_mask", None)
+    hits = clean == unk
+    if mask is not None:
+        hits = hits & mask.bool()
+    n = int(hits.sum())
+    if n:
+        print(
+            f"warning: {n} prompt tokens of {where} are unknown to the tokenizer (became "
+            f"{model.tokenizer.unk_token!r}) in {int(hits.any(-1).sum())} of {len(clean)} "
+            "prompts; use words of the model's vocabulary",
+            file=sys.stderr,
+        )
+    return n
 
 
 def _check_shape(circuit: Any, model: Any, source: str) -> None:
@@ -537,6 +559,7 @@ def _discover(args: argparse.Namespace) -> int:
         "metric": metric,
         "metrics": circuit.meta.get("metrics"),
         "top_heads": top,
+        "unknown_tokens": getattr(args, "unknown_tokens", 0),
         "timing": {k: round(v, 3) for k, v in phases.items()},
         "files": files,
     }
@@ -586,6 +609,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "n_edges": circuit.n_edges,
         "n_edges_total": circuit.graph.n_edges,
         "metric": metric,
+        "unknown_tokens": getattr(args, "unknown_tokens", 0),
         **{k: v for k, v in evaluation.to_dict().items() if k not in ("n_edges", "n_edges_total")},
     }
     if args.json:
@@ -825,8 +849,22 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub)
     for child in _walk(parser)[1:]:
         _add_global_args(child, top=False)
-        if child.formatter_class is argparse.HelpFormatter:
+        # each default shown once, and only when it says something
+        if child.formatter_class in (argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter):
             child.formatter_class = _Help
+        for action in child._actions:
+            if (
+                action.help is None
+                and action.option_strings
+                and action.default
+                not in (
+                    None,
+                    False,
+                    True,
+                    argparse.SUPPRESS,
+                )
+            ):
+                action.help = "(default: %(default)s)"
     return parser
 
 

@@ -265,3 +265,16 @@ def test_missing_tokenizer_warning_is_whole_and_names_the_fix(tmp_path, caplog):
     text = " ".join(r.getMessage() for r in caplog.records)
     assert "tokenizer=" in text and "--tokenizer" in text and "token ids" in text
     assert text.rstrip().endswith(".")
+
+
+def test_discover_and_evaluate_count_prompt_tokens_that_became_unknown(capsys):
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(tokenizer=SimpleNamespace(unk_token_id=7, unk_token="<unk>"))
+    clean = torch.tensor([[1, 7, 7, 0], [1, 2, 3, 7]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])  # the last 7 is padding
+    task = SimpleNamespace(clean=clean, attention_mask=mask)
+    assert cli._count_unknown(model, task, "p.jsonl") == 2
+    err = capsys.readouterr().err
+    assert "2 prompt tokens of p.jsonl are unknown" in err and "in 1 of 2 prompts" in err
+    assert cli._count_unknown(SimpleNamespace(tokenizer=None), task, "x") == 0
