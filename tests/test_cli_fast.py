@@ -50,10 +50,17 @@ def test_lazy_names_are_the_real_ones_even_after_their_modules_are_imported():
         _ = cf.no_such_name
 
 
-def _help_seconds(command: list[str]) -> float:
+def _help_seconds(command: list[str]) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of ``circuitfind COMMAND --help``, the best of three runs.
+
+    CPU time (user + system of the child) is what the command costs; wall time also holds
+    the waits of a shared machine, so it gets a looser bound below."""
+    import resource
+
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    best = float("inf")
-    for _ in range(3):  # the best of three: a shared machine's hiccups are not the CLI's
+    best_cpu = best_wall = float("inf")
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "circuitfind", *command, "--help"],
@@ -61,11 +68,14 @@ def _help_seconds(command: list[str]) -> float:
             env=env,
             timeout=120,
         )
-        best = min(best, time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         assert done.returncode == 0, done.stderr
-        if best < 1.0:
+        best_cpu, best_wall = min(best_cpu, cpu), min(best_wall, wall)
+        if best_wall < 1.0:
             break
-    return best
+    return best_cpu, best_wall
 
 
 def _subcommands() -> list[str]:
@@ -76,8 +86,10 @@ def _subcommands() -> list[str]:
 
 def test_every_help_answers_under_a_second():
     for command in [[], *[[c] for c in _subcommands()], ["zoo", "train"]]:
-        seconds = _help_seconds(command)
-        assert seconds < 1.0, f"circuitfind {' '.join(command)} --help took {seconds:.2f} s"
+        cpu, wall = _help_seconds(command)
+        name = f"circuitfind {' '.join(command)} --help"
+        assert cpu < 1.0, f"{name} used {cpu:.2f} s of CPU"
+        assert wall < 3.0, f"{name} took {wall:.2f} s"  # torch alone takes 2-15 s to import
 
 
 def test_help_tables_match_the_engine():
