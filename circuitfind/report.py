@@ -241,7 +241,7 @@ def _curve(circuit: Circuit, evaluation: Any) -> str:
     ax.set_xlabel("edges kept (% of all edges)")
     ax.set_ylabel("faithfulness")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="upper left", fontsize=7)  # the curves start low on the left
     fig.tight_layout()
     buf = io.StringIO()
     fig.savefig(buf, format="svg")
