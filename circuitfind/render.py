@@ -2,9 +2,19 @@
 
 Layout: ``input`` at the bottom, ``logits`` at the top, one rank per layer (a layer's heads side
 by side; in sequential models its MLP gets the rank just above, because it reads the heads'
-output). Heads are labelled ``L9H6`` and filled by role; edge width grows with |score|; edges
-into a head's query, key and value are blue, orange and green; other edges grey; negative
-scores are dashed. Only nodes and edges in the circuit are drawn. A legend sits at the bottom.
+output); every row is labelled (``layer 3``, ``layer 3 MLP``). Heads are labelled ``L9H6`` and
+filled by role; edge width grows with |score|; edges into a head's query, key and value are
+blue, orange and green; other edges grey.
+
+Solid edges help the task, dashed ones hurt it. Helpfulness is the score times the circuit's
+``meta["score_orientation"]`` (+1 or -1, set by discover: scores are "metric with the edge
+ablated minus clean", so for a metric that ablation lowers, the important edges have negative
+scores); without an orientation the picture falls back to the score's sign and says so.
+
+Only nodes and edges in the circuit are drawn; a circuit of more than ``MAX_EDGES`` edges is
+drawn with its strongest ``MAX_EDGES`` (by |score|) and the legend says how many are left out.
+PNG output is capped at ``MAX_PNG_INCHES`` x ``PNG_DPI`` pixels a side. A legend sits at the
+bottom.
 """
 
 from __future__ import annotations
@@ -28,9 +38,13 @@ if TYPE_CHECKING:
 __all__ = [
     "EDGE_COLOURS",
     "FORMATS",
+    "HURTS_STYLE",
+    "MAX_EDGES",
     "NEGATIVE_STYLE",
     "GraphvizNotFoundError",
     "dot_source",
+    "drawn_edges",
+    "helpfulness_sign",
     "render",
 ]
 
@@ -38,8 +52,11 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("svg", "png", "pdf", "gv", "dot")
 EDGE_COLOURS: dict[str, str] = {"q": "#1f77b4", "k": "#ff7f0e", "v": "#2ca02c", "": "#555555"}
-NEGATIVE_STYLE = "dashed"
+HURTS_STYLE = "dashed"
+NEGATIVE_STYLE = HURTS_STYLE  # the former name (edges that hurt the task)
 MIN_WIDTH, MAX_WIDTH = 0.6, 6.0
+MAX_EDGES = 150  # more than a person can follow in one picture
+MAX_PNG_INCHES, PNG_DPI = 40, 96  # PNGs at most 3840 px a side
 INSTALL_HINT = (
     "install Graphviz's `dot` (Debian/Ubuntu: apt-get install graphviz; macOS: brew install "
     "graphviz; conda: conda install graphviz)"
@@ -54,9 +71,49 @@ def _fmt(x: float) -> str:
     return "nan" if math.isnan(x) else f"{x:.3g}"
 
 
-def _legend(roles_used: list[str], negative: bool) -> str:
-    """An HTML-like graphviz table: role fills, q/k/v colours, the negative style."""
+def helpfulness_sign(circuit: Circuit) -> float | None:
+    """+1 or -1: ``sign * score > 0`` for an edge that helps the task; None when unknown.
+
+    From ``meta["score_orientation"]`` (discover sets it), else from the metrics it saved (the
+    empty circuit's metric above the full model's means ablation raises the metric, so helpful
+    edges have positive scores), else None."""
+    meta = circuit.meta
+    orientation = meta.get("score_orientation")
+    if isinstance(orientation, (int, float)) and orientation != 0:
+        return 1.0 if orientation > 0 else -1.0
+    metrics = meta.get("metrics") or {}
+    full, empty = metrics.get("full"), metrics.get("empty")
+    if isinstance(full, (int, float)) and isinstance(empty, (int, float)):
+        return 1.0 if empty >= full else -1.0
+    return None
+
+
+def drawn_edges(
+    circuit: Circuit, max_edges: int | None = MAX_EDGES
+) -> tuple[list[tuple[int, int, float]], int]:
+    """The circuit's edges to draw, strongest |score| first where there are more than
+    ``max_edges`` (NaN scores last), as ``(sender index, receiver index, score)``; and how many
+    were left out."""
+    s_idx, r_idx = circuit.in_graph.nonzero(as_tuple=True)
+    scores = circuit.score_matrix[s_idx, r_idx]
+    edges = list(zip(s_idx.tolist(), r_idx.tolist(), scores.tolist()))
+    if max_edges is None or len(edges) <= max_edges:
+        return edges, 0
+    edges.sort(key=lambda e: -1.0 if math.isnan(e[2]) else -abs(e[2]))
+    kept = sorted(edges[:max_edges], key=lambda e: (e[0], e[1]))
+    return kept, len(edges) - max_edges
+
+
+def _legend(
+    roles_used: list[str], sign: float | None, styles: set[str], left_out: int, total: int
+) -> str:
+    """An HTML-like graphviz table: role fills, q/k/v colours, what solid and dashed mean."""
     rows = ['<TR><TD COLSPAN="2"><B>legend</B></TD></TR>']
+    if left_out:
+        rows.append(
+            f'<TR><TD COLSPAN="2"><B>showing the {total - left_out} strongest of {total} edges '
+            f"(by |score|); {left_out} left out, all in circuit.json</B></TD></TR>"
+        )
     for role in roles_used:
         rows.append(
             f'<TR><TD BGCOLOR="{ROLE_COLOURS[role]}" STYLE="rounded"> </TD>'
@@ -67,16 +124,47 @@ def _legend(roles_used: list[str], negative: bool) -> str:
             f'<TR><TD><FONT COLOR="{EDGE_COLOURS[key]}"><B>━━</B></FONT></TD>'
             f'<TD ALIGN="LEFT">{what}</TD></TR>'
         )
-    if negative:
-        rows.append('<TR><TD>- - -</TD><TD ALIGN="LEFT">negative score</TD></TR>')
+    if sign is not None:
+        rows.append(
+            '<TR><TD>━━</TD><TD ALIGN="LEFT">helps the task (ablating it moves the metric '
+            "toward the empty circuit's)</TD></TR>"
+        )
+        if "hurts" in styles:
+            rows.append(
+                '<TR><TD>- - -</TD><TD ALIGN="LEFT">hurts the task (ablating it moves the metric '
+                "away from the empty circuit's)</TD></TR>"
+            )
+    elif "hurts" in styles:
+        rows.append(
+            '<TR><TD>- - -</TD><TD ALIGN="LEFT">negative score (the circuit does not record '
+            "which sign helps)</TD></TR>"
+        )
+    if "nan" in styles:
+        rows.append('<TR><TD>· · ·</TD><TD ALIGN="LEFT">not scored</TD></TR>')
     rows.append('<TR><TD COLSPAN="2">width ∝ |score|</TD></TR>')
     return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="2">' + "".join(rows) + "</TABLE>>"
 
 
+def _row_label(rank: str) -> str:
+    """The label of a row of the diagram: ``tokens``, ``layer 3``, ``layer 3 MLP``, ``output``."""
+    if rank == "input":
+        return "tokens"
+    if rank == "logits":
+        return "output"
+    if rank.endswith("m"):
+        return f"layer {rank[1:-1]} MLP"
+    return f"layer {rank[1:]}"
+
+
 def dot_source(
-    circuit: Circuit, *, roles: dict[str, Role] | dict[str, str] | None = None, title: str = ""
+    circuit: Circuit,
+    *,
+    roles: dict[str, Role] | dict[str, str] | None = None,
+    title: str = "",
+    max_edges: int | None = MAX_EDGES,
 ) -> graphviz.Digraph:
-    """The circuit as a ``graphviz.Digraph`` (nodes and edges in the circuit only)."""
+    """The circuit as a ``graphviz.Digraph``: its nodes and edges only, at most ``max_edges``
+    edges (the strongest; ``None`` for all), the nodes those edges touch."""
     import graphviz
 
     g = circuit.graph
@@ -87,7 +175,14 @@ def dot_source(
     dot.attr("node", shape="box", style="rounded,filled", fontname="Helvetica", fontsize="11")
     dot.attr("edge", arrowsize="0.5")
 
-    nodes = circuit.nodes
+    edges, left_out = drawn_edges(circuit, max_edges)
+    if left_out:
+        touched = {g.senders[i].name for i, _, _ in edges} | {
+            g.receivers[j].node for _, j, _ in edges
+        }
+        nodes = [n for n in circuit.nodes if n in touched]
+    else:
+        nodes = circuit.nodes
     if not nodes:
         nodes = ["input", "logits"]
     node_scores = circuit.node_scores or {}
@@ -118,15 +213,12 @@ def dot_source(
         attrs["tooltip"] = ", ".join(tooltip)
         dot.node(name, **attrs)
         ranks.setdefault(rank, []).append(name)
-    # A column of layer labels, chained by invisible edges, pins the ranks in layer order.
+    # A column of row labels, chained by invisible edges, pins the ranks in layer order.
     order = ["input"] + [f"L{x}{m}" for x in range(g.cfg.n_layers) for m in ("", "m")] + ["logits"]
     previous = None
     for rank in [r for r in order if r in ranks]:
         anchor = f"rank_{rank}"
-        text = "" if rank in ("input", "logits") else f"layer {rank[1:].rstrip('m')}"
-        if rank.endswith("m"):
-            text = ""
-        dot.node(anchor, label=text, shape="plaintext", style="", fontcolor="#888888")
+        dot.node(anchor, label=_row_label(rank), shape="plaintext", style="", fontcolor="#888888")
         if previous is not None:
             dot.edge(previous, anchor, style="invis")
         previous = anchor
@@ -135,12 +227,11 @@ def dot_source(
             for m in [anchor, *ranks[rank]]:
                 s.node(m)
 
-    s_idx, r_idx = circuit.in_graph.nonzero(as_tuple=True)
-    scores = circuit.score_matrix[s_idx, r_idx]
-    finite = scores[~scores.isnan()].abs()
-    biggest = float(finite.max()) if len(finite) and float(finite.max()) > 0 else 1.0
-    negative = False
-    for i, j, score in zip(s_idx.tolist(), r_idx.tolist(), scores.tolist()):
+    finite = [abs(x) for _, _, x in edges if not math.isnan(x)]
+    biggest = max(finite) if finite and max(finite) > 0 else 1.0
+    sign = helpfulness_sign(circuit)
+    styles: set[str] = set()
+    for i, j, score in edges:
         sender = g.senders[i].name
         recv = g.receivers[j]
         width = MIN_WIDTH
@@ -149,17 +240,22 @@ def dot_source(
         attrs = {
             "color": EDGE_COLOURS[recv.qkv or ""],
             "penwidth": f"{width:.2f}",
-            "tooltip": f"{g.edge_name(i, j)}: {_fmt(score)}",
         }
-        if not math.isnan(score) and score < 0:
-            attrs["style"] = NEGATIVE_STYLE
-            negative = True
-        elif math.isnan(score):
+        if math.isnan(score):
             attrs["style"] = "dotted"
+            styles.add("nan")
+            effect = "not scored"
+        elif score * (sign if sign is not None else 1.0) < 0:
+            attrs["style"] = HURTS_STYLE
+            styles.add("hurts")
+            effect = "hurts the task" if sign is not None else "negative score"
+        else:
+            effect = "helps the task" if sign is not None else "score >= 0"
+        attrs["tooltip"] = f"{g.edge_name(i, j)}: {_fmt(score)} ({effect})"
         dot.edge(sender, recv.node, **attrs)
 
     ordered = [r for r in ROLES if r in roles_used]
-    legend = _legend(ordered, negative)
+    legend = _legend(ordered, sign, styles, left_out, circuit.n_edges)
     if title:
         legend = legend.replace(
             '<TR><TD COLSPAN="2"><B>legend</B></TD></TR>',
@@ -184,8 +280,13 @@ def render(
     model: Any = None,
     task: Any = None,
     roles: dict[str, Role] | dict[str, str] | None = None,
+    max_edges: int | None = MAX_EDGES,
 ) -> Path:
     """Draw ``circuit`` to ``path`` (``.svg``, ``.png``, ``.pdf``; ``.gv``/``.dot`` for DOT only).
+
+    At most ``max_edges`` edges are drawn (the strongest by |score|; ``None`` draws all) and
+    the legend says how many were left out; a PNG is scaled down to at most
+    ``MAX_PNG_INCHES * PNG_DPI`` pixels a side, with a warning when it was.
 
     The DOT source is always written next to the image (``circuit.gv``). Heads are coloured by
     ``roles`` (``{head: Role or role name}``); when none are given and ``model`` and ``task``
@@ -207,13 +308,26 @@ def render(
         raise InputError(
             f"cannot render to {path.name!r}: use a file ending in "
             + ", ".join(f".{f}" for f in FORMATS)
+            + " (or .html for the report: circuitfind render CIRCUIT.json -o report.html)"
         )
     if roles is None and model is not None and task is not None:
         from circuitfind.roles import detect_roles
 
         heads = [n for n in circuit.nodes if n.startswith("a")]
         roles = detect_roles(model, task, heads=heads) if heads else {}
-    dot = dot_source(circuit, roles=roles, title=_title(circuit))
+    dot = dot_source(circuit, roles=roles, title=_title(circuit), max_edges=max_edges)
+    _, left_out = drawn_edges(circuit, max_edges)
+    if left_out:
+        logger.warning(
+            "%s shows the %d strongest of %d edges; %d are left out (all are in the circuit "
+            "file; render(..., max_edges=None) draws every one)",
+            path.name,
+            circuit.n_edges - left_out,
+            circuit.n_edges,
+            left_out,
+        )
+    if fmt == "png":
+        dot.attr(size=f"{MAX_PNG_INCHES},{MAX_PNG_INCHES}", dpi=str(PNG_DPI))
     path.parent.mkdir(parents=True, exist_ok=True)
     gv = path if fmt in ("gv", "dot") else path.with_suffix(".gv")
     gv.write_text(dot.source)
@@ -224,6 +338,28 @@ def render(
             f"wrote the DOT source to {gv} but cannot draw {path.name}: {INSTALL_HINT}, then run "
             f"`dot -T{fmt} {gv} -o {path}`"
         )
+    if fmt == "png":
+        _warn_if_scaled(dot, path)
     path.write_bytes(dot.pipe(format=fmt, quiet=True))
     logger.info("wrote %s and %s", path, gv)
     return path
+
+
+def _warn_if_scaled(dot: graphviz.Digraph, path: Path) -> None:
+    """Warn when the layout is larger than the PNG cap (graphviz then scales it down)."""
+    try:
+        first = dot.pipe(format="plain", quiet=True).decode().splitlines()[0].split()
+        width, height = float(first[2]), float(first[3])
+    except (IndexError, ValueError):
+        return
+    if max(width, height) > MAX_PNG_INCHES:
+        side = MAX_PNG_INCHES * PNG_DPI
+        logger.warning(
+            "%s is scaled down to fit %d x %d px (the layout is %.0f x %.0f in); use .svg or "
+            ".pdf for full detail",
+            path.name,
+            side,
+            side,
+            width,
+            height,
+        )

@@ -192,8 +192,8 @@ def test_discover_writes_everything_and_prints_a_summary(tmp_path, capsys, fake_
     assert fake_engine["discover"]["method"] == "eap-ig-inputs"
     assert fake_engine["discover"]["top_n"] == 20
     assert fake_engine["discover"]["checkpoint_dir"] == out / "checkpoint"
-    assert summary["faithfulness"] == 0.9 and summary["edges"] > 0
-    assert summary["total_edges"] > summary["edges"]
+    assert summary["faithfulness"] == 0.9 and summary["n_edges"] > 0
+    assert summary["n_edges_total"] > summary["n_edges"]
     assert all(t["role"] for t in summary["top_heads"])
     assert (out / "circuit.json").is_file() and (out / "report.html").is_file()
     assert (out / "circuit.gv").is_file()
@@ -216,7 +216,7 @@ def test_evaluate_prints_json(tmp_path, capsys, fake_engine):
     path = c(graph, torch.ones(keep.shape), keep).to_json(tmp_path / "c.json")
     assert main(["evaluate", str(path), "--model", "m", "--task", "t", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["faithfulness"] == 0.9 and result["edges"] == graph.n_edges
+    assert result["faithfulness"] == 0.9 and result["n_edges"] == graph.n_edges
     assert main(["evaluate", str(path), "--model", "m", "--task", "t"]) == 0
     assert "faithfulness: 0.900" in capsys.readouterr().out
     # a circuit of another model's shape is refused in one line
@@ -246,7 +246,7 @@ def test_zoo_end_to_end_discover_render_evaluate(tmp_path, capsys):
                  "--json"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert 0 < summary["edges"] <= 30
+    assert 0 < summary["n_edges"] <= 30
     assert isinstance(summary["faithfulness"], float)
     assert main(["render", str(out / "circuit.json"), "-o", str(tmp_path / "c.png")]) == 0
     capsys.readouterr()
@@ -272,7 +272,7 @@ def test_real_engine_end_to_end_on_a_random_model(tmp_path, capsys):
     argv = ["-q", "discover", *common, "--method", "eap", "--top-n", "12", "--out", str(out)]
     assert main([*argv, "--json"]) == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
-    assert 0 < summary["edges"] <= 12 and summary["total_edges"] > 12
+    assert 0 < summary["n_edges"] <= 12 and summary["n_edges_total"] > 12
     assert isinstance(summary["faithfulness"], float)
     for name in ("circuit.json", "circuit.gv", "report.html"):
         assert (out / name).is_file()
@@ -281,4 +281,4 @@ def test_real_engine_end_to_end_on_a_random_model(tmp_path, capsys):
     assert main(["evaluate", str(out / "circuit.json"), *common, "--no-curve", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["faithfulness"] == pytest.approx(summary["faithfulness"], abs=1e-4)
-    assert result["edges"] == summary["edges"]
+    assert result["n_edges"] == summary["n_edges"]

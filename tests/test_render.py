@@ -13,7 +13,11 @@ from circuitfind.circuit import Circuit, graph_from_shape
 from circuitfind.errors import InputError
 from circuitfind.render import (
     EDGE_COLOURS,
+    HURTS_STYLE,
+    MAX_EDGES,
+    MAX_PNG_INCHES,
     NEGATIVE_STYLE,
+    PNG_DPI,
     GraphvizNotFoundError,
     dot_source,
     render,
@@ -159,3 +163,74 @@ def test_to_networkx_matches_the_drawing():
     g = c.to_networkx()
     assert set(g.nodes) == set(c.nodes)
     assert g.number_of_edges() == len(EDGES)
+
+
+# ------------------------------------------------ what the picture says: sign, size, rows
+def _big_circuit(n_edges: int = 400) -> Circuit:
+    graph = graph_from_shape(6, 8)
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(graph.n_senders, graph.n_receivers, generator=gen)
+    valid = graph.valid.nonzero()
+    chosen = valid[torch.randperm(len(valid), generator=gen)[:n_edges]]
+    keep = torch.zeros_like(graph.valid)
+    keep[chosen[:, 0], chosen[:, 1]] = True
+    return Circuit(graph, scores, keep, {"model": "toy", "task": "ioi", "score_orientation": 1.0})
+
+
+def test_edges_are_drawn_by_helpfulness_not_by_sign():
+    c = small_circuit()
+    c.meta["score_orientation"] = -1.0  # the metric falls when an edge is ablated
+    source = dot_source(c).source
+    _, edges = parse_dot(source)
+    for _, _, attrs in edges:
+        name = attrs["tooltip"].split(":")[0]
+        helps = EDGES[name] * -1.0 > 0
+        assert (attrs.get("style") == HURTS_STYLE) == (not helps), name
+        assert ("helps the task" in attrs["tooltip"]) == helps
+    assert "helps the task" in source and "hurts the task" in source
+    assert "negative score" not in source
+    # without an orientation, the saved metrics decide (empty below full: ablation lowers it)
+    c.meta.pop("score_orientation")
+    c.meta["metrics"] = {"full": 3.0, "empty": 0.1}
+    assert parse_dot(dot_source(c).source)[1] == edges
+
+
+def test_every_row_is_labelled_mlp_rows_too():
+    source = dot_source(small_circuit()).source
+    found = re.findall(r'"?(rank_\w+)"?\s*\[label=("[^"]*"|\w+)', source)
+    labels = {rank: label.strip('"') for rank, label in found}
+    assert labels == {
+        "rank_input": "tokens",
+        "rank_L0": "layer 0",
+        "rank_L0m": "layer 0 MLP",
+        "rank_L1": "layer 1",
+        "rank_logits": "output",
+    }
+
+
+def test_a_big_circuit_keeps_its_strongest_edges_and_says_how_many_are_left_out():
+    c = _big_circuit(400)
+    assert c.n_edges == 400
+    _, edges = parse_dot(dot_source(c).source)
+    assert len(edges) == MAX_EDGES
+    drawn = {a["tooltip"].split(":")[0] for _, _, a in edges}
+    strongest = {name for name, _ in c.top_edges(MAX_EDGES)}
+    assert drawn == strongest
+    assert "showing the 150 strongest of 400 edges" in dot_source(c).source
+    assert "250 left out" in dot_source(c).source
+    assert len(parse_dot(dot_source(c, max_edges=None).source)[1]) == 400
+    small = parse_dot(dot_source(small_circuit()).source)[1]
+    assert len(small) == len(EDGES) and "left out" not in dot_source(small_circuit()).source
+
+
+@needs_dot
+def test_png_is_capped_in_size_with_a_message(tmp_path, caplog):
+    import logging
+    import struct
+
+    c = _big_circuit(400)
+    with caplog.at_level(logging.WARNING, logger="circuitfind.render"):
+        png = render(c, tmp_path / "big.png")
+    width, height = struct.unpack(">II", png.read_bytes()[16:24])
+    assert max(width, height) <= MAX_PNG_INCHES * PNG_DPI
+    assert "250 are left out" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from circuitfind.circuit import Circuit
 from circuitfind.render import EDGE_COLOURS
 from circuitfind.report import head_scores, node_scores, write_report
 from circuitfind.roles import ROLE_COLOURS, Role
@@ -141,3 +143,103 @@ def test_report_as_a_person_sees_it(tmp_path):
     # the value edges (green) run from layer 0 up to layer 1: the drawing has real height
     xs, ys = where(EDGE_COLOURS["v"], tolerance=30)
     assert len(xs) > 50 and max(ys) - min(ys) > 80, "the diagram is missing or tiny"
+
+
+# ------------------------------------------------- the figure and tables say what they show
+def _curve_of(text: str) -> dict:
+    m = re.search(r'data-curve="([^"]*)"', text)
+    assert m, "no curve data in the report"
+    return json.loads(html.unescape(m.group(1)))
+
+
+def _on_line(point: tuple[float, float], line: list) -> bool:
+    return any(abs(x - point[0]) < 1e-9 and abs(y - point[1]) < 1e-9 for x, y in line)
+
+
+def _pruned(rule: dict) -> Circuit:
+    c = small_circuit()
+    c.meta.update({"pruning": rule, "score_orientation": 1.0})
+    return c
+
+
+def test_the_curve_is_the_ranking_the_circuit_was_pruned_by_and_the_dot_is_on_it(tmp_path):
+    total = small_circuit().graph.n_edges
+    evaluation = {
+        **EVALUATION,
+        "faithfulness": 0.92,
+        "curve_abs": [(1.0, 0.1), (10.0, 0.6), (50.0, 0.97), (100.0, 1.0)],
+        "curve": [(1.0, 0.05), (10.0, 0.5), (50.0, 0.5), (100.0, 1.0)],  # IOI-like: differs
+    }
+    c = _pruned({"rule": "top-n", "n": 8})
+    text = write_report(c, tmp_path / "r.html", evaluation=evaluation).read_text()
+    data = _curve_of(text)
+    lines = {line["ranking"]: line for line in data["lines"]}
+    assert list(lines) == ["abs", "signed"]
+    assert "|score|" in lines["abs"]["label"] and "pruned by" in lines["abs"]["label"]
+    assert "signed" in lines["signed"]["label"] and "CPR" in lines["signed"]["label"]
+    dot = data["dot"]
+    assert dot["line"] == "abs" and dot["x"] == pytest.approx(100 * 8 / total)
+    assert dot["y"] == 0.92 and _on_line((dot["x"], dot["y"]), lines["abs"]["points"])
+    assert [tuple(p) for p in lines["signed"]["points"]] == evaluation["curve"]
+    for x, y in evaluation["curve_abs"]:  # the measured points are all still there
+        assert _on_line((x, y), lines["abs"]["points"])
+    # the legend of the picture carries the same labels
+    assert "pruned by" in text and "this circuit (0.92)" in text
+
+
+def test_one_line_when_both_rankings_agree_and_no_false_dot_for_acdc(tmp_path):
+    same = [(1.0, 0.2), (10.0, 0.8), (100.0, 1.0)]
+    evaluation = {**EVALUATION, "curve_abs": same, "curve": same}
+    c = _pruned({"rule": "threshold", "threshold": 1.0})
+    data = _curve_of(write_report(c, tmp_path / "a.html", evaluation=evaluation).read_text())
+    assert [line["ranking"] for line in data["lines"]] == ["abs"]
+    n = int((c.score_matrix[c.graph.valid].abs() >= 1.0).sum())
+    assert data["dot"]["x"] == pytest.approx(100 * n / c.graph.n_edges)
+    assert _on_line((data["dot"]["x"], data["dot"]["y"]), data["lines"][0]["points"])
+    acdc = _pruned({"rule": "acdc", "tau": 0.01})
+    data = _curve_of(write_report(acdc, tmp_path / "b.html", evaluation=evaluation).read_text())
+    assert data["dot"]["line"] is None and "ACDC" in data["dot"]["label"]
+    assert "pruned by" not in data["lines"][0]["label"]
+
+
+@dataclass
+class MetricStub:
+    name: str = "logprob"
+    description: str = "log p(answer)"
+    higher_is_better: bool = True
+
+
+class WordTokenizer:
+    def decode(self, ids):
+        return " ".join(f"w{i}" for i in ids)
+
+
+def test_report_names_the_metric_answers_node_scores_and_time_per_phase(tmp_path):
+    import torch
+
+    task = _task()
+    task.answer = torch.tensor([[3, -1], [4, 5], [6, -1], [7, -1], [8, -1]])  # type: ignore[attr-defined]
+    task.wrong = torch.tensor([9, 10, 11, 12, 13])  # type: ignore[attr-defined]
+    task.metric = MetricStub()  # type: ignore[attr-defined]
+    c = small_circuit()
+    c.meta["timing"] = {"scoring_s": 4.0, "pruning_s": 6.0, "evaluation_s": 1.5}
+    text = write_report(
+        c, tmp_path / "r.html", evaluation=EVALUATION, task=task, tokenizer=WordTokenizer()
+    ).read_text()
+    assert "metric: logprob: log p(answer), higher is better" in text
+    assert "<th>answer</th><th>wrong</th>" in text
+    assert html.escape("'w4' | 'w5'") in text and html.escape("'w9'") in text
+    assert "sum of its in-circuit outgoing edges" in text
+    assert "time 11.5 s (scoring 4.0, pruning 6.0, evaluation 1.5)" in text
+    assert "The diagram shows all 8 edges of the circuit." in text
+    # without a tokenizer the ids are shown
+    text = write_report(c, tmp_path / "ids.html", task=task).read_text()
+    assert "<code>4 | 5</code>" in text
+
+
+def test_a_big_circuits_report_says_what_the_diagram_leaves_out(tmp_path):
+    from tests.test_render import _big_circuit
+
+    text = write_report(_big_circuit(400), tmp_path / "big.html").read_text()
+    assert "shows the 150 strongest of the circuit&#x27;s 400 edges" in text
+    assert "250 are left out" in text

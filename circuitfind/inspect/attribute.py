@@ -39,10 +39,21 @@ from circuitfind.inspect._common import (
 if TYPE_CHECKING:
     from circuitfind.model import Model
 
-__all__ = ["METHODS", "attribute", "embed_metric", "logit_metric"]
+__all__ = [
+    "BASELINE_METHODS",
+    "COMPLETE_METHODS",
+    "METHODS",
+    "attribute",
+    "attribution_summary",
+    "baseline_token",
+    "embed_metric",
+    "logit_metric",
+]
 
 Metric = Callable[[Tensor], Tensor]
 METHODS = ("gradient", "grad_x_input", "integrated_gradients", "occlusion", "rollout", "shap")
+BASELINE_METHODS = ("integrated_gradients", "occlusion", "shap")  # compare with a baseline
+COMPLETE_METHODS = ("integrated_gradients", "shap")  # scores sum to f(input) - f(baseline)
 
 
 def logit_metric(
@@ -97,6 +108,20 @@ def _embedding(model: Model, tokens: Tensor, attention_mask: Tensor | None) -> T
     return seen[0]
 
 
+def baseline_token(model: Model, baseline: str | int | None = None) -> str | int:
+    """The baseline actually used: ``baseline`` if given, else the tokenizer's pad (else
+    end-of-text) token id, else 0."""
+    if baseline is not None:
+        return baseline
+    tok = model.tokenizer
+    pad = (
+        None
+        if tok is None
+        else (tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    )
+    return int(pad) if pad is not None and 0 <= int(pad) < model.cfg.d_vocab else 0
+
+
 def _baseline(
     model: Model,
     tokens: Tensor,
@@ -104,14 +129,7 @@ def _baseline(
     baseline: str | int | None,
     x: Tensor,
 ) -> Tensor:
-    if baseline is None:
-        tok = model.tokenizer
-        pad = (
-            None
-            if tok is None
-            else (tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-        )
-        baseline = int(pad) if pad is not None and 0 <= int(pad) < model.cfg.d_vocab else 0
+    baseline = baseline_token(model, baseline)
     if baseline == "zero":
         return torch.zeros_like(x)
     if isinstance(baseline, int):
@@ -256,3 +274,57 @@ def _rollout(
         rollout = a @ rollout
     pos = readout_positions(ids, mask, position)
     return rollout[torch.arange(ids.shape[0], device=ids.device), pos]
+
+
+def attribution_summary(
+    model: Model,
+    tokens: TokensLike,
+    scores: Tensor,
+    answer: AnswerLike | None = None,
+    wrong: AnswerLike | None = None,
+    *,
+    method: str = "integrated_gradients",
+    metric: Metric | None = None,
+    position: int | Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    baseline: str | int | None = None,
+) -> list[dict[str, float | None]]:
+    """What an attribution's scores should be read against, one dict a row:
+
+    ``f_input`` (the metric on the input), ``f_baseline`` (on the baseline: every token's
+    embedding replaced by the baseline's; None for methods without one), ``sum`` (of the row's
+    scores), ``expected`` (``f_input - f_baseline`` where the method is complete, i.e. its
+    scores should sum to it: integrated gradients up to quadrature error, shap exactly in
+    expectation), ``gap`` (``sum - expected``) and ``baseline_norm`` (the baseline embedding's
+    mean norm over positions: near zero, pre-norm models are singular and integrated gradients
+    needs many steps)."""
+    ids, mask = as_tokens(model, tokens, attention_mask)
+    if metric is None:
+        if answer is None:
+            raise InputError("give an answer token (or a metric) to summarise attributions")
+        metric = logit_metric(model, ids, answer, wrong, position=position, attention_mask=mask)
+    x = _embedding(model, ids, mask)
+    with torch.no_grad():
+        f_input = embed_metric(model, ids, mask, metric, x).float().cpu()
+        f_base = norm = None
+        if method in BASELINE_METHODS:
+            x0 = _baseline(model, ids, mask, baseline, x)
+            f_base = embed_metric(model, ids, mask, metric, x0).float().cpu()
+            norm = x0.float().norm(dim=-1).mean(-1).cpu()  # [batch]
+    sums = scores.detach().float().sum(-1).cpu()
+    rows: list[dict[str, float | None]] = []
+    for i in range(ids.shape[0]):
+        row: dict[str, float | None] = {
+            "f_input": float(f_input[i]),
+            "f_baseline": None if f_base is None else float(f_base[i]),
+            "sum": float(sums[i]),
+            "expected": None,
+            "gap": None,
+            "baseline_norm": None if norm is None else float(norm[i]),
+        }
+        if f_base is not None and method in COMPLETE_METHODS:
+            expected = float(f_input[i] - f_base[i])
+            row["expected"] = expected
+            row["gap"] = float(sums[i]) - expected
+        rows.append(row)
+    return rows

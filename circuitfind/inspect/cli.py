@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from circuitfind.errors import InputError
 
@@ -36,7 +35,10 @@ def _common(p: argparse.ArgumentParser, *, prompt: bool = True) -> None:
 
 
 def _load(args: argparse.Namespace) -> Model:
+    from circuitfind.cli import quiet_third_party
     from circuitfind.loading import load
+
+    quiet_third_party(getattr(args, "verbose", False) or getattr(args, "debug", False))
 
     return load(args.model, device=args.device, dtype=args.dtype)
 
@@ -46,8 +48,11 @@ def _tokens(model: Model, args: argparse.Namespace, *, required: bool = True) ->
         rows = [[int(t) for t in row.split(",") if t.strip()] for row in args.tokens.split(";")]
         if len({len(r) for r in rows}) != 1:
             raise InputError("--tokens rows must have equal lengths")
+        import torch
+
         return torch.tensor(rows)
     if getattr(args, "prompt", None):
+        _warn_unknown(model, args.prompt, args, "--prompt")
         return args.prompt if len(args.prompt) > 1 else args.prompt[0]
     if required:
         raise InputError("give --prompt TEXT (or --tokens IDS for a model without tokenizer)")
@@ -67,14 +72,70 @@ def _decode(model: Model, ids: Any) -> list[str]:
     return [model.tokenizer.decode([i]) for i in ids]
 
 
-def _lines(path: str) -> list[str]:
+def _lines(
+    path: str, model: Model | None = None, args: argparse.Namespace | None = None
+) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"file {path} does not exist")
-    return [ln for ln in p.read_text().splitlines() if ln.strip()]
+    lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if model is not None and args is not None:
+        _warn_unknown(model, lines, args, path)
+    return lines
+
+
+def unknown_tokens(model: Model, texts: list[str]) -> tuple[int, int, list[str]]:
+    """How many of the texts' tokens are the tokenizer's unknown token: (unknown, total, the
+    pieces of text that became it, where the tokenizer gives offsets)."""
+    tok = model.tokenizer
+    unk = getattr(tok, "unk_token_id", None)
+    if tok is None or unk is None:
+        return 0, 0, []
+    n_unknown = total = 0
+    pieces: list[str] = []
+    for text in texts:
+        try:
+            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, TypeError, ValueError):  # slow tokenizers: no offsets
+            enc = tok(text, add_special_tokens=False)
+        ids = list(enc["input_ids"])
+        offsets = enc.get("offset_mapping")
+        total += len(ids)
+        for k, i in enumerate(ids):
+            if i == unk:
+                n_unknown += 1
+                if offsets is not None:
+                    start, end = offsets[k]
+                    pieces.append(text[start:end])
+    return n_unknown, total, pieces
+
+
+def _warn_unknown(model: Model, texts: list[str], args: argparse.Namespace, where: str) -> None:
+    """Warn (one line on stderr) and count when text falls back to the unknown token."""
+    n, total, pieces = unknown_tokens(model, texts)
+    args.unknown_tokens = getattr(args, "unknown_tokens", 0) + n
+    if not n:
+        return
+    tok = model.tokenizer
+    shown = ", ".join(repr(p) for p in list(dict.fromkeys(pieces))[:8])
+    special = set(getattr(tok, "all_special_tokens", []) or [])
+    vocab = (
+        sorted(tok.get_vocab().items(), key=lambda kv: kv[1]) if hasattr(tok, "get_vocab") else []
+    )
+    examples = [w for w, _ in vocab if w not in special][:5]
+    hint = f", e.g. {', '.join(repr(w) for w in examples)}" if examples else ""
+    print(
+        f"warning: {n} of {total} tokens of {where} are unknown to the tokenizer and became "
+        f"{getattr(tok, 'unk_token', '<unk>')!r}"
+        + (f" ({shown})" if shown else "")
+        + f"; results at those positions mean nothing: use words of the model's vocabulary{hint}",
+        file=sys.stderr,
+    )
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if getattr(args, "unknown_tokens", None) is not None:
+        data = {**data, "unknown_tokens": args.unknown_tokens}
     print(json.dumps(data) if args.json else text)
 
 
@@ -86,7 +147,7 @@ def _lens(args: argparse.Namespace) -> int:
     model = _load(args)
     lens = None
     if args.train_tuned:
-        corpus = _lines(args.corpus) if args.corpus else None
+        corpus = _lines(args.corpus, model, args) if args.corpus else None
         if corpus is None:
             raise InputError("--train-tuned needs --corpus FILE (one text a line)")
         ids, _ = as_tokens(model, corpus)
@@ -204,6 +265,8 @@ def _probe(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- sae
 def _sae(args: argparse.Namespace) -> int:
+    import torch
+
     from circuitfind.inspect.sae import (
         SAE,
         SAEConfig,
@@ -217,7 +280,7 @@ def _sae(args: argparse.Namespace) -> int:
     )
 
     model = _load(args)
-    texts = _lines(args.data) if args.data else None
+    texts = _lines(args.data, model, args) if args.data else None
     ev = evaluation_data(
         model, task=args.task, texts=texts, n=args.random, seed=0, allow_random=True
     )
@@ -288,7 +351,10 @@ def _steer(args: argparse.Namespace) -> int:
         vector = vecs[key].reshape(-1, model.cfg.d_model)[0]
     elif args.positive and args.negative:
         vector = steer.steering_vector(
-            model, _lines(args.positive), _lines(args.negative), layer=args.layer
+            model,
+            _lines(args.positive, model, args),
+            _lines(args.negative, model, args),
+            layer=args.layer,
         )
     else:
         raise InputError("give --positive FILE and --negative FILE, or --vector FILE")
@@ -327,23 +393,81 @@ def _steer(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- attribute
 def _attribute(args: argparse.Namespace) -> int:
     from circuitfind.inspect._common import as_tokens
-    from circuitfind.inspect.attribute import attribute
+    from circuitfind.inspect.attribute import attribute, attribution_summary, baseline_token
 
     model = _load(args)
     ids, mask = as_tokens(model, _tokens(model, args))
+    answer, wrong = _answer(args.answer), _answer(args.wrong)
+    baseline = _baseline_arg(model, args.baseline)
     scores = attribute(
-        model, ids, _answer(args.answer), _answer(args.wrong), method=args.method,
-        attention_mask=mask, steps=args.steps,
+        model, ids, answer, wrong, method=args.method, attention_mask=mask, steps=args.steps,
+        baseline=baseline,
     )  # fmt: skip
     words = _decode(model, ids[0])
-    data = {"tokens": words, "scores": scores[0].tolist(), "method": args.method}
-    text = "\n".join(f"{w!r:>16} {s:+9.4f}" for w, s in zip(words, scores[0].tolist()))
+    data: dict[str, Any] = {"tokens": words, "scores": scores[0].tolist(), "method": args.method}
+    lines = [f"{w!r:>16} {s:+9.4f}" for w, s in zip(words, scores[0].tolist())]
+    if args.method != "rollout" and answer is not None:
+        summary = attribution_summary(
+            model, ids, scores, answer, wrong, method=args.method, attention_mask=mask,
+            baseline=baseline,
+        )[0]  # fmt: skip
+        data["summary"] = summary
+        lines += _summary_lines(model, args, summary, baseline_token(model, baseline))
     if args.plot:
         from circuitfind.inspect.plots import plot_attribution
 
         plot_attribution(words, scores[0], args.plot)
-    _emit(args, data, text)
+    _emit(args, data, "\n".join(lines))
     return 0
+
+
+def _summary_lines(
+    model: Model, args: argparse.Namespace, summary: dict[str, Any], baseline: Any
+) -> list[str]:
+    """f(input), f(baseline) and the scores' sum, so completeness reads at a glance."""
+    what = "logit(answer)" + (" - logit(wrong)" if args.wrong is not None else "")
+    out = [f"{'f(input)':>16} {summary['f_input']:+9.4f}  ({what} at the last position)"]
+    if summary["f_baseline"] is not None:
+        name = "the zero vector" if baseline == "zero" else (
+            f"token {baseline}" + (f" {_decode(model, [baseline])[0]!r}" if model.tokenizer else "")
+        )  # fmt: skip
+        out.append(
+            f"{'f(baseline)':>16} {summary['f_baseline']:+9.4f}  (every token's embedding "
+            f"replaced by that of {name})"
+        )
+    line = f"{'sum':>16} {summary['sum']:+9.4f}"
+    if summary["expected"] is not None:
+        line += (
+            f"  (complete: should equal f(input) - f(baseline) = {summary['expected']:+.4f}; "
+            f"gap {summary['gap']:+.4f}"
+            + (f", {args.steps} steps" if args.method == "integrated_gradients" else "")
+            + ")"
+        )
+    elif args.method in ("occlusion", "gradient", "grad_x_input"):
+        line += "  (this method's scores need not sum to f(input) - f(baseline))"
+    out.append(line)
+    expected, gap = summary["expected"], summary["gap"]
+    if expected is not None and abs(gap) > 0.05 * abs(expected) + 1e-6:
+        if (summary.get("baseline_norm") or 0.0) < 1e-6:
+            out.append(
+                "note: the baseline's embedding is zero, where the model's norms are singular, "
+                "so the path integral converges slowly: choose another --baseline (a token id "
+                "or text) or raise --steps"
+            )
+        else:
+            out.append("note: the gap is more than 5%: raise --steps")
+    return out
+
+
+def _baseline_arg(model: Model, value: str | None) -> str | int | None:
+    """--baseline as attribute() takes it: None, "zero", or a token id (from an id or text)."""
+    if value is None or value == "zero":
+        return value
+    if value.lstrip("-").isdigit():
+        return int(value)
+    from circuitfind.inspect._common import token_ids
+
+    return int(token_ids(model, value, 1)[0])
 
 
 # ----------------------------------------------------------------------------- wiring
@@ -356,7 +480,7 @@ def register(sub: Any) -> None:
         description="Read the residual stream before each layer through the final norm and "
         "unembedding (logit lens), or through trained per-layer translators (tuned lens). "
         "Prints the top token at each position per layer, and the KL to the final layer.\n\n"
-        "  circuitfind lens --model zoo:induction-2l --prompt 'a b c a b' --plot lens.png\n"
+        "  circuitfind lens --model zoo:induction-2l --prompt 't1 t2 t3 t1 t2' --plot lens.png\n"
         "  circuitfind lens --model M --train-tuned lens/ --corpus texts.txt --prompt '...'",
         formatter_class=fmt,
     )
@@ -489,4 +613,9 @@ def register(sub: Any) -> None:
         ],
     )
     p.add_argument("--steps", type=int, default=32, help="integrated-gradients steps")
+    p.add_argument(
+        "--baseline",
+        help="what stands in for every token (integrated_gradients, occlusion, shap): a token "
+        "id or text, or zero (when not given: the pad, else end-of-text token)",
+    )
     p.set_defaults(func=_attribute)

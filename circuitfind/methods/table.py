@@ -64,7 +64,7 @@ class MethodSpec:
         prunes: True when the method chooses its circuit itself (ACDC); pruning options are
             then ignored.
         orientation: how its score points (:data:`Orientation`).
-        options: option name -> default; the CLI exposes each as ``--name``.
+        options: option name -> default; the CLI exposes each as a flag of the same name.
         option_help: option name -> one-line help text.
         cost: the cost in passes, in words (the README's methods table).
         floor: (F, B, options) -> seconds, the physical floor the speed suite compares with,

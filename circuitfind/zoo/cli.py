@@ -48,9 +48,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the ``zoo`` subcommand (``zoo list``, ``zoo train NAME --seed S --out DIR``)."""
-    from circuitfind.zoo.recipe import RECIPES, load_builtin_recipes
+    from circuitfind.zoo import list_zoo  # reads a directory; the recipes load on `train`
 
-    load_builtin_recipes()
     zoo = subparsers.add_parser(
         "zoo",
         help="the bundled models trained here: list them or retrain one",
@@ -65,11 +64,13 @@ def register(subparsers: Any) -> None:
         help="retrain a zoo model (deterministic for a seed)",
         description="Train zoo model NAME and write config, weights, tokenizer and card to DIR.",
     )
-    tr.add_argument("name", choices=sorted(RECIPES), metavar="NAME", help=", ".join(RECIPES))
-    tr.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    tr.add_argument(
+        "name", metavar="NAME", help="a recipe; the bundled models': " + ", ".join(list_zoo())
+    )
+    tr.add_argument("--seed", type=int, default=0, help="training seed")
     tr.add_argument("--out", required=True, metavar="DIR", help="output directory")
     tr.add_argument("--quick", action="store_true", help="a few steps only, to test the path")
-    tr.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    tr.add_argument("--threads", type=int, default=1, help="CPU threads for training")
     tr.add_argument("--json", action="store_true", help="print the card as JSON")
     tr.set_defaults(func=_train)
     zoo.set_defaults(func=_list, json=False)
