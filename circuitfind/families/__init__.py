@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor
 
 from circuitfind.errors import UnsupportedModelError
-from circuitfind.model import ModelConfig, ModelWeights
+from circuitfind.records import ModelConfig, ModelWeights
 
 __all__ = ["Adapter", "adapt", "register", "supported_families"]
 

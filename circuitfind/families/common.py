@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 from transformers.activations import ACT2FN
 
-from circuitfind.model import LayerWeights, ModelWeights
+from circuitfind.records import LayerWeights, ModelWeights
 
 __all__ = [
     "act_fn",
