@@ -26,14 +26,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from circuitfind.errors import InputError
-from circuitfind.ops import pick_positions, rms_norm, rotate_half
+from circuitfind.ops import pick_positions, rms_norm, rotate_every_two, rotate_half, softcap
 from circuitfind.records import (
     ForwardCache,
     LayerWeights,
@@ -189,24 +189,56 @@ class Model:
                 allowed = allowed & attention_mask.bool()[:, None, None, :]
             masks[window] = allowed
 
-        cos = sin = None
+        cos: dict[str | None, Tensor] = {}
+        sin: dict[str | None, Tensor] = {}
         if self.w.rotary is not None:
             dummy = torch.empty(0, dtype=self.dtype, device=device)
-            cos, sin = self.w.rotary(dummy, positions)
+            for kind in set(self.cfg.rotary_kind) or {None}:
+                args = (dummy, positions) if kind is None else (dummy, positions, kind)
+                cos[kind], sin[kind] = self.w.rotary(*args)
         return RunContext(positions, masks, cos, sin, attention_mask)
 
     # ----------------------------------------------------------------- components
     def embed(self, tokens: Tensor, ctx: RunContext) -> Tensor:
         """The ``input`` node: token (+ learned position) embeddings. [batch, pos, d_model]"""
         x = self.w.W_E[tokens]
+        if self.cfg.embed_scale is not None:  # Gemma: sqrt(d_model), rounded to the dtype as HF
+            x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype, device=x.device)
         if self.w.W_pos is not None:
             x = x + self.w.W_pos[ctx.positions]
         return x
 
-    def norm(self, x: Tensor, w: Tensor, b: Tensor | None, eps: float) -> Tensor:
+    def norm(self, x: Tensor, w: Tensor | None, b: Tensor | None, eps: float) -> Tensor:
+        """The family's norm (``w`` None: no norm there, the identity)."""
+        if w is None:
+            return x
         if self.cfg.norm == "rmsnorm":
-            return rms_norm(x, w, eps)
+            return rms_norm(x, w, eps, self.cfg.norm_offset)
         return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+
+    def norm_scale(self, w: Tensor | None) -> Tensor:
+        """The per-dimension scale a norm with weight ``w`` applies (``offset + w``; ones for
+        no norm), float32 [d_model]."""
+        if w is None:
+            return torch.ones(self.cfg.d_model, device=self.device)
+        return w.float() + self.cfg.norm_offset
+
+    def _qk_rms(self, layer: int, xn: Tensor, kind: Literal["q", "k"]) -> Tensor:
+        """1 / RMS of the whole q (or k) projection of each input ("full" q/k norm, OLMo-2):
+        [batch, pos, 1, 1] for a shared input, [batch, pos, head, 1] for per-head ones."""
+        lw = self.w.layers[layer]
+        W, b = (lw.W_Q, lw.b_Q) if kind == "q" else (lw.W_K, lw.b_K)
+        if xn.dim() == 3:
+            full = torch.einsum("bpd,hde->bphe", xn, W)
+            if b is not None:
+                full = full + b
+            ms = full.float().pow(2).mean((-2, -1), keepdim=True)
+        else:
+            full = torch.einsum("bpsd,hde->bpshe", xn, W)
+            if b is not None:
+                full = full + b
+            ms = full.float().pow(2).mean((-2, -1))[..., None]
+        return torch.rsqrt(ms + lw.qk_norm_eps)
 
     def _project(
         self, x: Tensor, W: Tensor, b: Tensor | None, per_query_head: bool, kv: bool
@@ -233,19 +265,23 @@ class Model:
             out = out + b
         return out
 
-    def _rotate(self, x: Tensor, ctx: RunContext, q_index: Tensor | None = None) -> Tensor:
+    def _rotate(
+        self, x: Tensor, ctx: RunContext, layer: int, q_index: Tensor | None = None
+    ) -> Tensor:
         """Apply rotary embeddings to [batch, pos, head, d_head] (first rotary_dim dims)."""
-        if ctx.cos is None or ctx.sin is None:
+        if not ctx.cos:
             return x
-        cos, sin = ctx.cos, ctx.sin
+        kind = self.cfg.layer_rotary(layer)
+        cos, sin = ctx.cos[kind], ctx.sin[kind]
         if q_index is not None:
             cos, sin = pick_positions(cos, q_index), pick_positions(sin, q_index)
         cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+        turn = rotate_every_two if self.cfg.rotary_interleaved else rotate_half
         rot = cos.shape[-1]
         if rot == x.shape[-1]:
-            return x * cos + rotate_half(x) * sin
+            return x * cos + turn(x) * sin
         x_rot, x_pass = x[..., :rot], x[..., rot:]
-        return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+        return torch.cat((x_rot * cos + turn(x_rot) * sin, x_pass), dim=-1)
 
     def attention(
         self,
@@ -274,8 +310,9 @@ class Model:
                 the outputs' head axis follows this list.
             probes: tensors [batch, pos, head, d_head] added to the projected queries, keys
                 and values of each query head (keys/values already expanded to query heads,
-                before rotary). Their gradients are the gradients w.r.t. each head's own
-                projections, which EAP maps back to the receivers' inputs.
+                before rotary; before a per-head q/k norm, after a whole-projection one).
+                Their gradients are the gradients w.r.t. each head's own projections, which
+                EAP maps back to the receivers' inputs.
 
         Returns:
             z [batch, q, head, d_head] (before W_O) and the pattern or None.
@@ -293,13 +330,15 @@ class Model:
 
         if q_index is not None:
             x_q = pick_positions(x_q, q_index)
+        kv_idx = self._kv_index.to(lw.W_Q.device)
+        q_slots: Tensor | None = None  # which head each query slot is (None: all, in order)
         if heads is None:
             q = self._project(ln(x_q), lw.W_Q, lw.b_Q, per_head, kv=False)
             k = self._project(ln(x_k), lw.W_K, lw.b_K, per_head, kv=True)
             v = self._project(ln(x_v), lw.W_V, lw.b_V, per_head, kv=True)
         else:  # a subset of query heads, each with its own key/value group's weights
             idx = torch.as_tensor(heads, device=lw.W_Q.device)
-            kv_idx = self._kv_index.to(idx.device)[idx]
+            q_slots, kv_idx = idx, kv_idx[idx]
 
             def pick(b: Tensor | None, i: Tensor) -> Tensor | None:
                 return None if b is None else b[i]
@@ -307,13 +346,31 @@ class Model:
             q = self._project(ln(x_q), lw.W_Q[idx], pick(lw.b_Q, idx), True, kv=False)
             k = self._project(ln(x_k), lw.W_K[kv_idx], pick(lw.b_K, kv_idx), True, kv=False)
             v = self._project(ln(x_v), lw.W_V[kv_idx], pick(lw.b_V, kv_idx), True, kv=False)
+        # the kv head of each key slot: all kv heads in order, or one per query slot
+        k_slots = torch.arange(cfg.n_kv_heads, device=kv_idx.device)
+        if heads is not None or k.shape[2] != cfg.n_kv_heads:
+            k_slots = kv_idx
         if probes is not None:
             if k.shape[2] != q.shape[2]:
                 k = k.repeat_interleave(cfg.group_size, dim=2)
                 v = v.repeat_interleave(cfg.group_size, dim=2)
-            q, k, v = q + probes[0], k + probes[1], v + probes[2]
-        q = self._rotate(q, ctx, q_index)
-        k = self._rotate(k, ctx)
+                k_slots = kv_idx
+            if cfg.qk_norm != "full":
+                q, k, v = q + probes[0], k + probes[1], v + probes[2]
+        if cfg.qk_norm == "head":  # per head, over d_head (Qwen3, Gemma-3)
+            q = self.norm(q, lw.q_norm_w, None, lw.qk_norm_eps)
+            k = self.norm(k, lw.k_norm_w, None, lw.qk_norm_eps)
+        elif cfg.qk_norm == "full":  # over the whole projection of each receiver's input
+            assert lw.q_norm_w is not None and lw.k_norm_w is not None
+            wq = lw.q_norm_w.view(cfg.n_heads, cfg.d_head)
+            wq = wq if q_slots is None else wq[q_slots]
+            wk = lw.k_norm_w.view(cfg.n_kv_heads, cfg.d_head)[k_slots]
+            q = (q.float() * self._qk_rms(layer, ln(x_q), "q") * wq.float()).to(q.dtype)
+            k = (k.float() * self._qk_rms(layer, ln(x_k), "k") * wk.float()).to(k.dtype)
+            if probes is not None:
+                q, k, v = q + probes[0], k + probes[1], v + probes[2]
+        q = self._rotate(q, ctx, layer, q_index)
+        k = self._rotate(k, ctx, layer)
         if k.shape[2] != q.shape[2]:  # shared input, grouped kv heads: expand to query heads
             k = k.repeat_interleave(cfg.group_size, dim=2)
             v = v.repeat_interleave(cfg.group_size, dim=2)
@@ -321,6 +378,7 @@ class Model:
         if cfg.scores_fp32:
             q, k = q.float(), k.float()
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * cfg.attn_scale[layer]
+        scores = softcap(scores, cfg.attn_softcap)
         mask = ctx.masks[cfg.window[layer]]
         if q_index is not None:
             if q_index.dim() == 1:
@@ -337,18 +395,32 @@ class Model:
         """Each head's output z_h @ W_O[h] into the stream: [batch, pos, head, d_model]."""
         return torch.einsum("bphe,hem->bphm", z, self.w.layers[layer].W_O)
 
-    def attn_out(self, layer: int, z: Tensor) -> Tensor:
-        """The summed attention output including the constant bias b_O: [batch, pos, d_model]."""
+    def attn_pre(self, layer: int, z: Tensor) -> Tensor:
+        """The heads' summed output plus b_O, before any post-norm: [batch, pos, d_model]."""
         lw = self.w.layers[layer]
         out = torch.einsum("bphe,hem->bpm", z, lw.W_O)
         return out + lw.b_O if lw.b_O is not None else out
 
+    def post_attn(self, layer: int, pre: Tensor) -> Tensor:
+        """What layer ``layer``'s attention writes into the stream, from ``attn_pre``: the
+        post-norm of it (Gemma-2/3, OLMo-2), or itself."""
+        lw = self.w.layers[layer]
+        return self.norm(pre, lw.post_attn_w, None, lw.post_attn_eps)
+
+    def attn_out(self, layer: int, z: Tensor) -> Tensor:
+        """The attention output written into the stream (b_O and any post-norm included)."""
+        return self.post_attn(layer, self.attn_pre(layer, z))
+
     def attn_bias(self, layer: int) -> Tensor | None:
-        """Layer ``layer``'s constant attention output bias b_O [d_model] (None if absent)."""
+        """Layer ``layer``'s constant attention output bias b_O [d_model], added to the stream
+        (None if absent, and with post-norms, where b_O sits inside the norm)."""
+        if self.cfg.post_norms:
+            return None
         return self.w.layers[layer].b_O
 
     def mlp(self, layer: int, x: Tensor) -> Tensor:
-        """MLP ``m{layer}`` from its residual-stream input (normalised here); output incl. bias."""
+        """MLP ``m{layer}`` from its residual-stream input (normalised here); output incl. bias
+        and any post-norm (the MLP node's output is what it writes into the stream)."""
         lw = self.w.layers[layer]
         h = self.norm(x, lw.ln2_w, lw.ln2_b, lw.ln2_eps)
         pre = h @ lw.W_in
@@ -362,7 +434,8 @@ class Model:
         else:
             act = lw.act(pre)
         out = act @ lw.W_out
-        return out + lw.b_out if lw.b_out is not None else out
+        out = out + lw.b_out if lw.b_out is not None else out
+        return self.norm(out, lw.post_mlp_w, None, lw.post_mlp_eps)
 
     def final_norm(self, x: Tensor) -> Tensor:
         return self.norm(x, self.w.lnf_w, self.w.lnf_b, self.w.lnf_eps)
@@ -370,7 +443,8 @@ class Model:
     def unembed(self, x: Tensor) -> Tensor:
         """Logits from the final residual stream (final norm applied here)."""
         logits = self.final_norm(x) @ self.w.W_U
-        return logits + self.w.b_U if self.w.b_U is not None else logits
+        logits = logits + self.w.b_U if self.w.b_U is not None else logits
+        return softcap(logits, self.cfg.final_softcap)
 
     # ----------------------------------------------------------------- whole runs
     def forward(
@@ -527,7 +601,14 @@ class Model:
                 heads = self.head_results(layer, zl)
                 bias = self.attn_bias(layer)
                 attn = heads.sum(2)
-                attn = attn + bias if bias is not None else attn
+                if self.cfg.post_norms:
+                    b_O = self.w.layers[layer].b_O
+                    pre = attn + b_O if b_O is not None else attn
+                    attn = self.post_attn(layer, pre)
+                    cache.attn_pre.append(pre)
+                    cache.attn_post.append(attn)
+                else:
+                    attn = attn + bias if bias is not None else attn
                 cache.resid_pre.append(resid)
                 cache.heads.append(heads)
                 cache.attn_bias.append(bias)

@@ -48,6 +48,15 @@ class ModelConfig:
     scores_fp32: bool = False  # attention scores computed in float32 (GPT-Neo, upcast GPT-2)
     tied_embeddings: bool = False
     name: str = ""
+    # Family-specific structure (defaults: a plain pre-norm transformer).
+    norm_offset: float = 0.0  # norms scale by (offset + weight): Gemma's RMSNorm has 1
+    embed_scale: float | None = None  # input embeddings times this (Gemma: sqrt(d_model))
+    attn_softcap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma-2)
+    final_softcap: float | None = None  # logits -> cap * tanh(logits / cap) (Gemma-2)
+    qk_norm: Literal["head", "full"] | None = None  # RMSNorm of q and k: per head / whole proj.
+    post_norms: bool = False  # norms after attention and MLP, before the residual add
+    rotary_interleaved: bool = False  # rotary on interleaved pairs (GPT-J's rotate_every_two)
+    rotary_kind: tuple[str | None, ...] = ()  # per layer: which rotary table (Gemma-3)
 
     @property
     def group_size(self) -> int:
@@ -60,14 +69,19 @@ class ModelConfig:
         out = asdict(self)
         out["attn_scale"] = list(self.attn_scale)
         out["window"] = list(self.window)
+        out["rotary_kind"] = list(self.rotary_kind)
         return out
+
+    def layer_rotary(self, layer: int) -> str | None:
+        """The rotary table layer ``layer`` uses (None: the model's only one)."""
+        return self.rotary_kind[layer] if self.rotary_kind else None
 
 
 @dataclass
 class LayerWeights:
     """One layer's weights, canonical shapes (views of the HF parameters where possible)."""
 
-    ln1_w: Tensor  # [d_model]
+    ln1_w: Tensor | None  # [d_model] (None: no norm before attention, OLMo-2)
     ln1_b: Tensor | None
     ln1_eps: float
     W_Q: Tensor  # [head, d_model, d_head]
@@ -78,7 +92,7 @@ class LayerWeights:
     b_K: Tensor | None  # [kv_head, d_head]
     b_V: Tensor | None  # [kv_head, d_head]
     b_O: Tensor | None  # [d_model]  (constant: belongs to no head, see module docstring)
-    ln2_w: Tensor
+    ln2_w: Tensor | None  # (None: no norm before the MLP, OLMo-2)
     ln2_b: Tensor | None
     ln2_eps: float
     W_in: Tensor  # [d_model, d_mlp]
@@ -88,6 +102,13 @@ class LayerWeights:
     act: Callable[[Tensor], Tensor]
     W_gate: Tensor | None = None  # [d_model, d_mlp] (gated MLPs: act(x W_gate) * (x W_in))
     b_gate: Tensor | None = None
+    q_norm_w: Tensor | None = None  # [d_head] ("head") or [head * d_head] ("full")
+    k_norm_w: Tensor | None = None  # [d_head] or [kv_head * d_head]
+    qk_norm_eps: float = 1e-6
+    post_attn_w: Tensor | None = None  # [d_model]: norm of the attention output (post-norms)
+    post_attn_eps: float = 1e-6
+    post_mlp_w: Tensor | None = None  # [d_model]: norm of the MLP output
+    post_mlp_eps: float = 1e-6
 
 
 @dataclass
@@ -100,7 +121,8 @@ class ModelWeights:
     lnf_eps: float
     W_U: Tensor  # [d_model, vocab]
     b_U: Tensor | None  # [vocab]
-    rotary: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None  # (x, pos) -> cos, sin
+    # (x, pos) -> cos, sin [batch, pos, rotary_dim]; (x, pos, kind) with ModelConfig.rotary_kind
+    rotary: Callable[..., tuple[Tensor, Tensor]] | None = None
 
 
 @dataclass
@@ -113,8 +135,8 @@ class RunContext:
 
     positions: Tensor  # [batch, pos] position ids (left padding shifts them)
     masks: dict[int | None, Tensor]  # window -> bool [batch or 1, 1, q, k], True = attend
-    cos: Tensor | None  # [batch, pos, rotary_dim]
-    sin: Tensor | None
+    cos: dict[str | None, Tensor]  # rotary kind -> [batch, pos, rotary_dim] (empty: none)
+    sin: dict[str | None, Tensor]
     attention_mask: Tensor | None  # [batch, pos] 1 = real token
 
     @property
@@ -130,8 +152,8 @@ class RunContext:
         return RunContext(
             positions=rep(self.positions),  # type: ignore[arg-type]
             masks={w: rep(m) for w, m in self.masks.items()},  # type: ignore[misc]
-            cos=rep(self.cos),
-            sin=rep(self.sin),
+            cos={k: rep(v) for k, v in self.cos.items()},  # type: ignore[misc]
+            sin={k: rep(v) for k, v in self.sin.items()},  # type: ignore[misc]
             attention_mask=rep(self.attention_mask),
         )
 
@@ -146,8 +168,8 @@ class RunContext:
         return RunContext(
             positions=sel(self.positions),  # type: ignore[arg-type]
             masks={w: sel(m) for w, m in self.masks.items()},  # type: ignore[misc]
-            cos=sel(self.cos),
-            sin=sel(self.sin),
+            cos={k: sel(v) for k, v in self.cos.items()},  # type: ignore[misc]
+            sin={k: sel(v) for k, v in self.sin.items()},  # type: ignore[misc]
             attention_mask=sel(self.attention_mask),
         )
 
@@ -174,6 +196,12 @@ class ForwardCache:
     streams): ``resid_pre[L]`` feeds layer L's q/k/v (and, in parallel families, its MLP),
     ``resid_mid[L]`` feeds MLP L in sequential families, ``resid_final`` feeds the logits.
     ``z[L]`` [batch, pos, head, d_head] and ``patterns[L]`` [batch, head, q, k] when asked for.
+
+    With post-norms (``cfg.post_norms``: Gemma-2/3, OLMo-2) a layer writes
+    ``attn_post[L] = postnorm(attn_pre[L])`` into the stream, ``attn_pre[L]`` being the sum of
+    its heads plus b_O: the stream is then the input plus, per layer, ``attn_post`` and the MLP
+    (whose node output includes its own post-norm), not the plain sum of the head outputs
+    (``attn_bias`` holds None there: b_O sits inside the norm).
     """
 
     cfg: ModelConfig
@@ -186,6 +214,8 @@ class ForwardCache:
     resid_final: Tensor | None = None
     z: list[Tensor] = field(default_factory=list)
     patterns: list[Tensor] = field(default_factory=list)
+    attn_pre: list[Tensor] = field(default_factory=list)  # post-norm families only
+    attn_post: list[Tensor] = field(default_factory=list)
 
     def __getitem__(self, name: str) -> Tensor:
         """A node's output by name: ``input``, ``a{L}.h{H}`` or ``m{L}`` (any common spelling)."""

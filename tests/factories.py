@@ -23,6 +23,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 VOCAB = 101
@@ -147,6 +149,34 @@ FAMILY_CONFIGS: dict[str, Callable[[], Any]] = {
             num_key_value_heads=2,
             intermediate_size=48,
             sliding_window=5,
+        )
+    ),
+    "qwen3-gqa-untied": lambda: Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=VOCAB,
+            hidden_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,  # != d_model / n_heads
+            intermediate_size=64,
+            tie_word_embeddings=False,
+        )
+    ),
+    "qwen3-sliding-mqa": lambda: Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=8,
+            intermediate_size=48,
+            use_sliding_window=True,
+            sliding_window=4,
+            max_window_layers=1,
+            attention_bias=True,
+            tie_word_embeddings=True,
         )
     ),
     "gpt_neo": lambda: GPTNeoForCausalLM(

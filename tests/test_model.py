@@ -42,7 +42,9 @@ def test_forward_does_not_run_the_hf_modules(family_config):
     _, hf = family_config
     model = cf.load(hf)
     calls = []
-    handles = [m.register_forward_hook(lambda *a: calls.append(1)) for m in hf.modules()]
+    # HF's rotary modules are the one part we call (they own the RoPE scaling rules).
+    modules = [m for m in hf.modules() if "Rotary" not in type(m).__name__]
+    handles = [m.register_forward_hook(lambda *a: calls.append(1)) for m in modules]
     tokens = torch.randint(0, VOCAB, (2, 7))
     try:
         with torch.no_grad():
@@ -52,9 +54,7 @@ def test_forward_does_not_run_the_hf_modules(family_config):
     finally:
         for h in handles:
             h.remove()
-    # HF's rotary module is the one part we call (it owns the RoPE scaling rules).
-    rotary = 1 if model.w.rotary is not None else 0
-    assert ours == rotary
+    assert ours == 0
     assert len(calls) > 10
 
 

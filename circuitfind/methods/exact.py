@@ -22,6 +22,7 @@ from circuitfind.model import ForwardCache, Model, RunContext, pick_positions
 from circuitfind.patching import (
     Ablation,
     batches,
+    edge_deltas,
     readout_index,
     readout_logits,
     run_from,
@@ -89,6 +90,9 @@ def _patched_logits(
         )
         new_head = torch.einsum("bpe,em->bpm", z[:, :, 0], model.w.layers[layer].W_O[head])
         change = new_head - _tile(here(cache.heads[layer][:, :, head]), V)
+        if cfg.post_norms:  # the stream moves by the post-norm's change of the heads' sum
+            pre = _tile(here(cache.attn_pre[layer]), V)
+            change = model.post_attn(layer, pre + change) - _tile(here(cache.attn_post[layer]), V)
         if cfg.parallel_attn_mlp:
             resid = _tile(after, V) + change
         else:
@@ -179,7 +183,7 @@ def exact_scores(
                 for start in range(0, upstream, chunk):
                     senders = torch.arange(start, min(start + chunk, upstream))
                     V = len(senders)
-                    delta = -diff[senders].reshape(V * b, p, -1)
+                    delta = edge_deltas(model, cache, diff, senders).reshape(V * b, p, -1)
                     logits = _patched_logits(model, graph, cache, ctx, batch.readout, r, delta)
                     values = task.metric_fn(
                         logits.float(), batch.idx.repeat(V), reduce="none", metric=metric
