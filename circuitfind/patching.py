@@ -362,8 +362,8 @@ def _masked_forward_post_norms(
         """Inputs of receivers ``cols``: [b, p, len(cols), d], or the shared [b, p, d] when
         every column keeps the same edges."""
         w = mask[:upstream, cols]  # [s, c]
-        if bool((w == w[:, :1]).all()):
-            w = w[:, :1]
+        if not w.requires_grad and bool((w == w[:, :1]).all()):
+            w = w[:, :1]  # (with a gradient wanted, each column keeps its own weights)
         x = A[0].unsqueeze(2) + D[0].unsqueeze(2) * w[0][:, None]  # [b, p, c, d]
         for layer in range(cfg.n_layers):
             first = 1 + layer * (H + 1)

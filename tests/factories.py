@@ -11,6 +11,12 @@ from typing import Any
 
 import torch
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GemmaConfig,
+    GemmaForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     GPTNeoConfig,
@@ -179,6 +185,92 @@ FAMILY_CONFIGS: dict[str, Callable[[], Any]] = {
             tie_word_embeddings=True,
         )
     ),
+    "gemma-mqa": lambda: GemmaForCausalLM(
+        GemmaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=12,
+            intermediate_size=48,
+        )
+    ),
+    "gemma-untied": lambda: GemmaForCausalLM(
+        GemmaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=12,
+            intermediate_size=64,
+            tie_word_embeddings=False,
+        )
+    ),
+    "gemma2-softcap-sliding": lambda: Gemma2ForCausalLM(
+        Gemma2Config(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=48,
+            query_pre_attn_scalar=12,
+            attn_logit_softcapping=4.0,  # small caps: the tanh is far from linear here
+            final_logit_softcapping=3.0,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        )
+    ),
+    "gemma2-mqa-untied": lambda: Gemma2ForCausalLM(
+        Gemma2Config(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=8,
+            intermediate_size=40,
+            query_pre_attn_scalar=8,
+            sliding_window=3,
+            tie_word_embeddings=False,
+        )
+    ),
+    "gemma3_text": lambda: Gemma3ForCausalLM(
+        Gemma3TextConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=48,
+            query_pre_attn_scalar=16,
+            sliding_window=4,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 1000.0},
+            },
+            final_logit_softcapping=5.0,
+        )
+    ),
+    "gemma3_text-mqa-untied": lambda: Gemma3ForCausalLM(
+        Gemma3TextConfig(
+            vocab_size=VOCAB,
+            hidden_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            num_key_value_heads=1,
+            head_dim=8,
+            intermediate_size=40,
+            sliding_window=3,
+            layer_types=["full_attention", "sliding_attention"],
+            tie_word_embeddings=False,
+        )
+    ),
     "gpt_neo": lambda: GPTNeoForCausalLM(
         GPTNeoConfig(
             vocab_size=VOCAB,
@@ -208,4 +300,8 @@ def make_hf_model(name: str, *, seed: int = 0, scale: float = 0.25) -> Any:
                 )
             else:
                 p.normal_(0.0, scale)
+        if model.config.model_type.startswith("gemma"):
+            # Gemma multiplies embeddings by sqrt(d_model): keep the stream at the other
+            # families' spread, so that float32 rounding stays far below the tolerance.
+            model.get_input_embeddings().weight.div_(model.config.hidden_size**0.25)
     return model.eval()

@@ -112,17 +112,28 @@ def test_residual_stream_is_the_sum_of_node_outputs(family_config):
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens)
     total = cache.input.clone()
+    post = model.cfg.post_norms
     for layer in range(model.cfg.n_layers):
         torch.testing.assert_close(cache.resid_pre[layer], total, atol=ATOL, rtol=0)
-        total = (
-            total
-            + cache.heads[layer].sum(2)
-            + (cache.attn_bias[layer] if cache.attn_bias[layer] is not None else 0)
-        )
+        heads = cache.heads[layer].sum(2)
+        if post:  # the layer writes postnorm(sum of its heads + b_O): not a sum over heads
+            b_O = model.w.layers[layer].b_O
+            pre = heads + b_O if b_O is not None else heads
+            torch.testing.assert_close(cache.attn_pre[layer], pre, atol=ATOL, rtol=0)
+            written = model.post_attn(layer, pre)
+            torch.testing.assert_close(cache.attn_post[layer], written, atol=ATOL, rtol=0)
+            assert cache.attn_bias[layer] is None
+            assert not torch.allclose(written, pre, atol=1e-2)
+            total = total + written
+        else:
+            bias = cache.attn_bias[layer]
+            total = total + heads + (bias if bias is not None else 0)
         if not model.cfg.parallel_attn_mlp:
             torch.testing.assert_close(cache.resid_mid[layer], total, atol=ATOL, rtol=0)
         total = total + cache.mlps[layer]
     torch.testing.assert_close(cache.resid_final, total, atol=ATOL, rtol=0)
+    if post:
+        return
     # Stacked node outputs plus the constant biases also give the final stream.
     stacked = cache.node_outputs().sum(0) + cache.constant(model.cfg.n_layers)
     torch.testing.assert_close(stacked, cache.resid_final, atol=ATOL, rtol=0)
