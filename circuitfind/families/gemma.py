@@ -63,9 +63,8 @@ def adapt_gemma(hf: Any) -> tuple[ModelConfig, ModelWeights]:
             else:
                 extra.update(norm_fields("ln2", layer.post_attention_layernorm))
             if family == "gemma3_text":
-                extra.update(
-                    q_norm_w=attn.q_norm.weight, k_norm_w=attn.k_norm.weight, qk_norm_eps=attn.q_norm.eps
-                )
+                extra.update(q_norm_w=attn.q_norm.weight, k_norm_w=attn.k_norm.weight)
+                extra["qk_norm_eps"] = attn.q_norm.eps
             layers.append(
                 split_attention_layer(
                     attn,
