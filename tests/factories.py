@@ -19,6 +19,8 @@ from transformers import (
     GemmaForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
+    GPTJConfig,
+    GPTJForCausalLM,
     GPTNeoConfig,
     GPTNeoForCausalLM,
     GPTNeoXConfig,
@@ -27,6 +29,10 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -269,6 +275,102 @@ FAMILY_CONFIGS: dict[str, Callable[[], Any]] = {
             sliding_window=3,
             layer_types=["full_attention", "sliding_attention"],
             tie_word_embeddings=False,
+        )
+    ),
+    "phi3-partial-longrope": lambda: Phi3ForCausalLM(
+        Phi3Config(
+            vocab_size=VOCAB,
+            hidden_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            # prompts of 5+ tokens use the long factors (HF switches on the batch's longest
+            # position, so a padded batch's short prompt would too: all test prompts are long)
+            original_max_position_embeddings=4,
+            partial_rotary_factor=0.5,
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                "short_factor": [1.0, 1.5, 2.0],
+                "long_factor": [2.0, 3.0, 5.0],
+                "attention_factor": 1.1,  # (default sqrt(3) here: patterns too sharp to test)
+            },
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=False,
+        )
+    ),
+    "phi3-sliding-mqa": lambda: Phi3ForCausalLM(
+        Phi3Config(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            intermediate_size=40,
+            sliding_window=4,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=True,
+        )
+    ),
+    "gptj": lambda: GPTJForCausalLM(
+        GPTJConfig(
+            vocab_size=VOCAB,
+            n_embd=48,
+            n_layer=3,
+            n_head=4,
+            rotary_dim=8,  # of d_head 12
+            n_positions=64,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    ),
+    "gptj-full-rotary": lambda: GPTJForCausalLM(
+        GPTJConfig(
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_inner=40,
+            rotary_dim=16,  # the whole head
+            n_positions=64,
+            activation_function="gelu",
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    ),
+    "olmo2-gqa": lambda: Olmo2ForCausalLM(
+        Olmo2Config(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    ),
+    "olmo2-mqa-bias-tied": lambda: Olmo2ForCausalLM(
+        Olmo2Config(
+            vocab_size=VOCAB,
+            hidden_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            num_key_value_heads=1,
+            intermediate_size=40,
+            attention_bias=True,  # b_O sits inside the post-norm
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=True,
         )
     ),
     "gpt_neo": lambda: GPTNeoForCausalLM(

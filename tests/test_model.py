@@ -169,8 +169,8 @@ def test_weights_are_views_of_the_hf_parameters(family_config):
     model = cf.load(hf)
     hf_ptrs = {p.untyped_storage().data_ptr() for p in hf.parameters()}
     for lw in model.w.layers:
-        for t in (lw.W_Q, lw.W_K, lw.W_V, lw.W_O, lw.W_in, lw.W_out, lw.ln1_w):
-            assert t.untyped_storage().data_ptr() in hf_ptrs
+        for t in (lw.W_Q, lw.W_K, lw.W_V, lw.W_O, lw.W_in, lw.W_out, lw.ln1_w, lw.q_norm_w):
+            assert t is None or t.untyped_storage().data_ptr() in hf_ptrs
     assert model.w.W_U.untyped_storage().data_ptr() in hf_ptrs
     tokens = torch.randint(0, VOCAB, (1, 5))
     before = model(tokens).detach().clone()

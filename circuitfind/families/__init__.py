@@ -77,4 +77,4 @@ def _alias_weights(weights: ModelWeights) -> None:
 
 
 def _load_builtin() -> None:
-    from circuitfind.families import gemma, gpt2, gpt_neo, gpt_neox, llama, qwen3  # noqa: F401
+    from circuitfind.families import gemma, gpt2, gpt_neo, gpt_neox, gptj, llama, olmo2, phi3, qwen3  # noqa: F401
