@@ -392,3 +392,46 @@ def test_attention_at_per_row_query_positions_equals_the_full_pattern(family_con
                 rows[:, 0], full[torch.arange(3), readout], atol=1e-5, rtol=0
             )
             torch.testing.assert_close(shared[:, 0], full[:, 8], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["olmo2-gqa", "qwen3-gqa-untied", "gemma3_text"])
+def test_qk_norms_keep_each_receiver_to_its_own_head(name):
+    """With q/k norms (per head, or OLMo-2's over the whole projection) a per-head input gives
+    the shared result, and changing one head's query input moves that head only; its query is
+    HF's q_norm(q_proj(x)) of its own input, head h's slice."""
+    hf = make_hf_model(name)
+    model = cf.load(hf)
+    tokens = torch.randint(0, VOCAB, (2, 8))
+    H = model.cfg.n_heads
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        ctx = model.context(model.check_tokens(tokens))
+        x = cache.resid_pre[1]
+        shared, _ = model.attention(1, x, x, x, ctx)
+        per_head = x.unsqueeze(2).expand(-1, -1, H, -1).clone()
+        split, _ = model.attention(1, per_head, per_head, per_head, ctx)
+        torch.testing.assert_close(split, shared, atol=ATOL, rtol=0)
+        q_in = per_head.clone()
+        q_in[:, :, 0] = torch.randn_like(q_in[:, :, 0])
+        patched, _ = model.attention(1, q_in, per_head, per_head, ctx)
+        assert not torch.allclose(patched[:, :, 0], shared[:, :, 0], atol=1e-3)
+        torch.testing.assert_close(patched[:, :, 1:], shared[:, :, 1:], atol=ATOL, rtol=0)
+        # head 0's normalised query from its own input, against HF's modules
+        attn = hf.model.layers[1].self_attn
+        ln = getattr(hf.model.layers[1], "input_layernorm", None)
+        y = ln(q_in[:, :, 0]) if ln is not None else q_in[:, :, 0]
+        dh = model.cfg.d_head
+        if model.cfg.qk_norm == "full":
+            q_hf = attn.q_norm(attn.q_proj(y))[..., :dh]
+        else:
+            q_hf = attn.q_norm(attn.q_proj(y).view(*y.shape[:2], H, dh))[:, :, 0]
+        lw = model.w.layers[1]
+        ours = model._project(
+            model.norm(q_in, lw.ln1_w, lw.ln1_b, lw.ln1_eps), lw.W_Q, lw.b_Q, True, kv=False
+        )
+        if model.cfg.qk_norm == "full":
+            ours = ours * model._qk_rms(1, model.norm(q_in, lw.ln1_w, lw.ln1_b, lw.ln1_eps), "q")
+            ours = ours * lw.q_norm_w.view(H, dh)
+        else:
+            ours = model.norm(ours, lw.q_norm_w, None, lw.qk_norm_eps)
+        torch.testing.assert_close(ours[:, :, 0], q_hf, atol=ATOL, rtol=0)
