@@ -308,7 +308,7 @@ def eap_scores(
             post = model.cfg.post_norms
             if mode == "eap-ig-activations" or (post and len(alphas) > 1):
                 clean = model.cache(batch.clean, batch.attention_mask).node_outputs()
-            elif mode == "eap-ig-inputs":
+            if mode == "eap-ig-inputs":
                 embed_clean = model.embed(batch.clean, ctx)
         A_full = A.expand(S, b, p, model.cfg.d_model)
         diff: Tensor | None = None  # [S, b, p, d] ablated - clean, float32
