@@ -435,3 +435,14 @@ def test_qk_norms_keep_each_receiver_to_its_own_head(name):
         else:
             ours = model.norm(ours, lw.q_norm_w, None, lw.qk_norm_eps)
         torch.testing.assert_close(ours[:, :, 0], q_hf, atol=ATOL, rtol=0)
+
+
+def test_parallel_families_have_no_edge_from_a_layers_heads_to_its_mlp():
+    """GPT-J's MLP reads ln_1 of the stream its heads read: a0.h* -> m0 is no edge."""
+    model = cf.load(make_hf_model("gptj"))
+    assert model.cfg.parallel_attn_mlp and model.cfg.rotary_interleaved
+    graph = cf.Graph.from_model(model)
+    names = set(graph.edges)
+    assert "a0.h1->m1" in names and "m0->m1" in names
+    assert not any(name.endswith("->m0") and name.startswith("a0.") for name in names)
+    assert "input->m0" in names
