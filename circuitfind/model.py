@@ -26,14 +26,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from circuitfind.context import run_context
 from circuitfind.errors import InputError
+from circuitfind.ops import pick_positions, rms_norm, rotate_every_two, rotate_half, softcap
+from circuitfind.records import (
+    ForwardCache,
+    LayerWeights,
+    ModelConfig,
+    ModelWeights,
+    RunContext,
+    cache_bytes,
+)
 
 __all__ = [
     "ForwardCache",
@@ -43,233 +52,12 @@ __all__ = [
     "ModelWeights",
     "RunContext",
     "cache_bytes",
+    "pick_positions",
 ]
 
 logger = logging.getLogger(__name__)
 
 Hook = Callable[[Tensor], Tensor]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The shape and the architectural choices of a model, family-independent."""
-
-    family: str
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_model: int
-    d_head: int
-    d_mlp: int
-    d_vocab: int
-    n_ctx: int | None
-    parallel_attn_mlp: bool
-    norm: Literal["layernorm", "rmsnorm"]
-    gated_mlp: bool
-    positional: Literal["learned", "rotary"]
-    attn_scale: tuple[float, ...]  # per layer: the factor applied to q.k
-    window: tuple[int | None, ...]  # per layer: sliding/local window (key kept iff q - k < window)
-    scores_fp32: bool = False  # attention scores computed in float32 (GPT-Neo, upcast GPT-2)
-    tied_embeddings: bool = False
-    name: str = ""
-
-    @property
-    def group_size(self) -> int:
-        """Query heads per key/value head (1 without grouped-query attention)."""
-        return self.n_heads // self.n_kv_heads
-
-    def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        out = asdict(self)
-        out["attn_scale"] = list(self.attn_scale)
-        out["window"] = list(self.window)
-        return out
-
-
-@dataclass
-class LayerWeights:
-    """One layer's weights, canonical shapes (views of the HF parameters where possible)."""
-
-    ln1_w: Tensor  # [d_model]
-    ln1_b: Tensor | None
-    ln1_eps: float
-    W_Q: Tensor  # [head, d_model, d_head]
-    W_K: Tensor  # [kv_head, d_model, d_head]
-    W_V: Tensor  # [kv_head, d_model, d_head]
-    W_O: Tensor  # [head, d_head, d_model]
-    b_Q: Tensor | None  # [head, d_head]
-    b_K: Tensor | None  # [kv_head, d_head]
-    b_V: Tensor | None  # [kv_head, d_head]
-    b_O: Tensor | None  # [d_model]  (constant: belongs to no head, see module docstring)
-    ln2_w: Tensor
-    ln2_b: Tensor | None
-    ln2_eps: float
-    W_in: Tensor  # [d_model, d_mlp]
-    b_in: Tensor | None  # [d_mlp]
-    W_out: Tensor  # [d_mlp, d_model]
-    b_out: Tensor | None  # [d_model]
-    act: Callable[[Tensor], Tensor]
-    W_gate: Tensor | None = None  # [d_model, d_mlp] (gated MLPs: act(x W_gate) * (x W_in))
-    b_gate: Tensor | None = None
-
-
-@dataclass
-class ModelWeights:
-    W_E: Tensor  # [vocab, d_model]
-    W_pos: Tensor | None  # [n_ctx, d_model] (learned positions)
-    layers: list[LayerWeights]
-    lnf_w: Tensor
-    lnf_b: Tensor | None
-    lnf_eps: float
-    W_U: Tensor  # [d_model, vocab]
-    b_U: Tensor | None  # [vocab]
-    rotary: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None  # (x, pos) -> cos, sin
-
-
-@dataclass
-class RunContext:
-    """What every layer of one run shares: positions, masks, rotary angles.
-
-    Batch-major; ``tile(k)`` repeats it for k patched variants stacked along the batch axis
-    (variant-major: variant 0's batch, then variant 1's, ...).
-    """
-
-    positions: Tensor  # [batch, pos] position ids (left padding shifts them)
-    masks: dict[int | None, Tensor]  # window -> bool [batch or 1, 1, q, k], True = attend
-    cos: Tensor | None  # [batch, pos, rotary_dim]
-    sin: Tensor | None
-    attention_mask: Tensor | None  # [batch, pos] 1 = real token
-
-    @property
-    def batch(self) -> int:
-        return self.positions.shape[0]
-
-    def tile(self, k: int) -> RunContext:
-        def rep(t: Tensor | None) -> Tensor | None:
-            if t is None or t.shape[0] == 1:
-                return t
-            return t.repeat(k, *([1] * (t.dim() - 1)))
-
-        return RunContext(
-            positions=rep(self.positions),  # type: ignore[arg-type]
-            masks={w: rep(m) for w, m in self.masks.items()},  # type: ignore[misc]
-            cos=rep(self.cos),
-            sin=rep(self.sin),
-            attention_mask=rep(self.attention_mask),
-        )
-
-    def select(self, index: Tensor) -> RunContext:
-        """The context of a subset of the batch (``index`` into the batch axis)."""
-
-        def sel(t: Tensor | None) -> Tensor | None:
-            if t is None or t.shape[0] == 1:
-                return t
-            return t[index]
-
-        return RunContext(
-            positions=sel(self.positions),  # type: ignore[arg-type]
-            masks={w: sel(m) for w, m in self.masks.items()},  # type: ignore[misc]
-            cos=sel(self.cos),
-            sin=sel(self.sin),
-            attention_mask=sel(self.attention_mask),
-        )
-
-
-def cache_bytes(
-    cfg: ModelConfig, batch: int, seq: int, *, dtype_bytes: int = 4, patterns: bool = False
-) -> int:
-    """Bytes a full ``ForwardCache`` takes: node outputs, residual streams, optional patterns."""
-    per_token = cfg.d_model * (1 + cfg.n_layers * (cfg.n_heads + 1))  # node outputs
-    per_token += cfg.d_model * (2 * cfg.n_layers + 1)  # resid_pre, resid_mid, resid_final
-    per_token += cfg.n_layers * cfg.n_heads * cfg.d_head  # z
-    total = per_token * batch * seq
-    if patterns:
-        total += cfg.n_layers * cfg.n_heads * batch * seq * seq
-    return total * dtype_bytes
-
-
-@dataclass
-class ForwardCache:
-    """Node outputs and receiver inputs of one run.
-
-    Node outputs: ``input`` [batch, pos, d_model], ``heads[L]`` [batch, pos, head, d_model]
-    (z_h @ W_O[h], no bias), ``mlps[L]`` [batch, pos, d_model]. Receiver inputs (residual
-    streams): ``resid_pre[L]`` feeds layer L's q/k/v (and, in parallel families, its MLP),
-    ``resid_mid[L]`` feeds MLP L in sequential families, ``resid_final`` feeds the logits.
-    ``z[L]`` [batch, pos, head, d_head] and ``patterns[L]`` [batch, head, q, k] when asked for.
-    """
-
-    cfg: ModelConfig
-    input: Tensor
-    heads: list[Tensor] = field(default_factory=list)
-    mlps: list[Tensor] = field(default_factory=list)
-    attn_bias: list[Tensor | None] = field(default_factory=list)
-    resid_pre: list[Tensor] = field(default_factory=list)
-    resid_mid: list[Tensor] = field(default_factory=list)
-    resid_final: Tensor | None = None
-    z: list[Tensor] = field(default_factory=list)
-    patterns: list[Tensor] = field(default_factory=list)
-
-    def __getitem__(self, name: str) -> Tensor:
-        """A node's output by name: ``input``, ``a{L}.h{H}`` or ``m{L}`` (any common spelling)."""
-        from circuitfind.names import parse_node
-
-        canonical = parse_node(name)
-        if canonical == "input":
-            return self.input
-        if canonical.startswith("m"):
-            return self.mlps[int(canonical[1:])]
-        if canonical == "logits":
-            raise KeyError("'logits' is a receiver; its input is cache.resid_final")
-        layer, head = canonical[1:].split(".h")
-        return self.heads[int(layer)][:, :, int(head)]
-
-    def node_outputs(self) -> Tensor:
-        """All node outputs stacked in graph sender order: [sender, batch, pos, d_model]."""
-        parts = [self.input.unsqueeze(0)]
-        for layer in range(self.cfg.n_layers):
-            parts.append(self.heads[layer].permute(2, 0, 1, 3))
-            parts.append(self.mlps[layer].unsqueeze(0))
-        return torch.cat(parts, dim=0)
-
-    def receiver_input(self, layer: int, kind: Literal["attn", "mlp"]) -> Tensor:
-        """The residual stream a receiver of layer ``layer`` reads in this (unpatched) run."""
-        if kind == "attn" or self.cfg.parallel_attn_mlp:
-            return self.resid_pre[layer]
-        return self.resid_mid[layer]
-
-    def constant(self, upto_layer: int, *, include_layer: bool = False) -> Tensor | float:
-        """Sum of the constant attention-output biases of layers < upto_layer (<= if include)."""
-        stop = upto_layer + 1 if include_layer else upto_layer
-        total: Tensor | float = 0.0
-        for b in self.attn_bias[:stop]:
-            if b is not None:
-                total = total + b
-        return total
-
-
-def _rms_norm(x: Tensor, w: Tensor, eps: float) -> Tensor:
-    dtype = x.dtype
-    x32 = x.to(torch.float32)
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return w * x32.to(dtype)
-
-
-def pick_positions(x: Tensor, index: Tensor) -> Tensor:
-    """x[:, index] for a shared [n] index, or row by row for a [batch, n] one (x: [batch,
-    pos, ...]; a batch-1 x is broadcast to the index's rows)."""
-    if index.dim() == 1:
-        return x[:, index]
-    if x.shape[0] != index.shape[0]:
-        x = x.expand(index.shape[0], *x.shape[1:])
-    rows = torch.arange(index.shape[0], device=index.device)[:, None]
-    return x[rows, index]
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class Model:
@@ -358,68 +146,49 @@ class Model:
         them numbers every position 0..T-1, padding included, which differs from the unpadded
         prompt for left-padded learned-position models (GPT-2, GPT-Neo).
         """
-        batch, seq = tokens.shape
-        device = tokens.device
-        if attention_mask is not None:
-            attention_mask = attention_mask.to(device)
-            if attention_mask.shape != tokens.shape:
-                raise InputError(
-                    f"attention_mask shape {tuple(attention_mask.shape)} differs from tokens "
-                    f"shape {tuple(tokens.shape)}"
-                )
-            if bool(attention_mask.all()):
-                attention_mask = None
-        if position_ids is not None:
-            positions = torch.as_tensor(position_ids, device=device).long()
-            if positions.ndim == 1:
-                positions = positions.unsqueeze(0)
-            if positions.shape[-1] != seq or positions.shape[0] not in (1, batch):
-                raise InputError(
-                    f"position_ids shape {tuple(positions.shape)} does not fit tokens shape "
-                    f"{tuple(tokens.shape)}; give [batch, pos] or [pos]"
-                )
-            positions = positions.expand(batch, seq)
-            learned = self.cfg.positional == "learned"
-            if learned and self.cfg.n_ctx and int(positions.max()) >= self.cfg.n_ctx:
-                raise InputError(
-                    f"position id {int(positions.max())} is outside the model's context "
-                    f"({self.cfg.n_ctx})"
-                )
-        elif attention_mask is None:
-            positions = torch.arange(seq, device=device).unsqueeze(0).expand(batch, seq)
-        else:
-            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-        q_idx = torch.arange(seq, device=device)[:, None]
-        k_idx = torch.arange(seq, device=device)[None, :]
-        masks: dict[int | None, Tensor] = {}
-        for window in set(self.cfg.window):
-            allowed = k_idx <= q_idx
-            if window is not None:
-                allowed = allowed & (q_idx - k_idx < window)
-            allowed = allowed[None, None]  # [1, 1, q, k]
-            if attention_mask is not None:
-                allowed = allowed & attention_mask.bool()[:, None, None, :]
-            masks[window] = allowed
-
-        cos = sin = None
-        if self.w.rotary is not None:
-            dummy = torch.empty(0, dtype=self.dtype, device=device)
-            cos, sin = self.w.rotary(dummy, positions)
-        return RunContext(positions, masks, cos, sin, attention_mask)
+        return run_context(self.cfg, self.w, self.dtype, tokens, attention_mask, position_ids)
 
     # ----------------------------------------------------------------- components
     def embed(self, tokens: Tensor, ctx: RunContext) -> Tensor:
         """The ``input`` node: token (+ learned position) embeddings. [batch, pos, d_model]"""
         x = self.w.W_E[tokens]
+        if self.cfg.embed_scale is not None:  # Gemma: sqrt(d_model), rounded to the dtype as HF
+            x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype, device=x.device)
         if self.w.W_pos is not None:
             x = x + self.w.W_pos[ctx.positions]
         return x
 
-    def norm(self, x: Tensor, w: Tensor, b: Tensor | None, eps: float) -> Tensor:
+    def norm(self, x: Tensor, w: Tensor | None, b: Tensor | None, eps: float) -> Tensor:
+        """The family's norm (``w`` None: no norm there, the identity)."""
+        if w is None:
+            return x
         if self.cfg.norm == "rmsnorm":
-            return _rms_norm(x, w, eps)
+            return rms_norm(x, w, eps, self.cfg.norm_offset)
         return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+
+    def norm_scale(self, w: Tensor | None) -> Tensor:
+        """The per-dimension scale a norm with weight ``w`` applies (``offset + w``; ones for
+        no norm), float32 [d_model]."""
+        if w is None:
+            return torch.ones(self.cfg.d_model, device=self.device)
+        return w.float() + self.cfg.norm_offset
+
+    def _qk_rms(self, layer: int, xn: Tensor, kind: Literal["q", "k"]) -> Tensor:
+        """1 / RMS of the whole q (or k) projection of each input ("full" q/k norm, OLMo-2):
+        [batch, pos, 1, 1] for a shared input, [batch, pos, head, 1] for per-head ones."""
+        lw = self.w.layers[layer]
+        W, b = (lw.W_Q, lw.b_Q) if kind == "q" else (lw.W_K, lw.b_K)
+        if xn.dim() == 3:
+            full = torch.einsum("bpd,hde->bphe", xn, W)
+            if b is not None:
+                full = full + b
+            ms = full.float().pow(2).mean((-2, -1), keepdim=True)
+        else:
+            full = torch.einsum("bpsd,hde->bpshe", xn, W)
+            if b is not None:
+                full = full + b
+            ms = full.float().pow(2).mean((-2, -1))[..., None]
+        return torch.rsqrt(ms + lw.qk_norm_eps)
 
     def _project(
         self, x: Tensor, W: Tensor, b: Tensor | None, per_query_head: bool, kv: bool
@@ -446,19 +215,23 @@ class Model:
             out = out + b
         return out
 
-    def _rotate(self, x: Tensor, ctx: RunContext, q_index: Tensor | None = None) -> Tensor:
+    def _rotate(
+        self, x: Tensor, ctx: RunContext, layer: int, q_index: Tensor | None = None
+    ) -> Tensor:
         """Apply rotary embeddings to [batch, pos, head, d_head] (first rotary_dim dims)."""
-        if ctx.cos is None or ctx.sin is None:
+        if not ctx.cos:
             return x
-        cos, sin = ctx.cos, ctx.sin
+        kind = self.cfg.layer_rotary(layer)
+        cos, sin = ctx.cos[kind], ctx.sin[kind]
         if q_index is not None:
             cos, sin = pick_positions(cos, q_index), pick_positions(sin, q_index)
         cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+        turn = rotate_every_two if self.cfg.rotary_interleaved else rotate_half
         rot = cos.shape[-1]
         if rot == x.shape[-1]:
-            return x * cos + _rotate_half(x) * sin
+            return x * cos + turn(x) * sin
         x_rot, x_pass = x[..., :rot], x[..., rot:]
-        return torch.cat((x_rot * cos + _rotate_half(x_rot) * sin, x_pass), dim=-1)
+        return torch.cat((x_rot * cos + turn(x_rot) * sin, x_pass), dim=-1)
 
     def attention(
         self,
@@ -487,8 +260,9 @@ class Model:
                 the outputs' head axis follows this list.
             probes: tensors [batch, pos, head, d_head] added to the projected queries, keys
                 and values of each query head (keys/values already expanded to query heads,
-                before rotary). Their gradients are the gradients w.r.t. each head's own
-                projections, which EAP maps back to the receivers' inputs.
+                before rotary; before a per-head q/k norm, after a whole-projection one).
+                Their gradients are the gradients w.r.t. each head's own projections, which
+                EAP maps back to the receivers' inputs.
 
         Returns:
             z [batch, q, head, d_head] (before W_O) and the pattern or None.
@@ -506,13 +280,15 @@ class Model:
 
         if q_index is not None:
             x_q = pick_positions(x_q, q_index)
+        kv_idx = self._kv_index.to(lw.W_Q.device)
+        q_slots: Tensor | None = None  # which head each query slot is (None: all, in order)
         if heads is None:
             q = self._project(ln(x_q), lw.W_Q, lw.b_Q, per_head, kv=False)
             k = self._project(ln(x_k), lw.W_K, lw.b_K, per_head, kv=True)
             v = self._project(ln(x_v), lw.W_V, lw.b_V, per_head, kv=True)
         else:  # a subset of query heads, each with its own key/value group's weights
             idx = torch.as_tensor(heads, device=lw.W_Q.device)
-            kv_idx = self._kv_index.to(idx.device)[idx]
+            q_slots, kv_idx = idx, kv_idx[idx]
 
             def pick(b: Tensor | None, i: Tensor) -> Tensor | None:
                 return None if b is None else b[i]
@@ -520,13 +296,31 @@ class Model:
             q = self._project(ln(x_q), lw.W_Q[idx], pick(lw.b_Q, idx), True, kv=False)
             k = self._project(ln(x_k), lw.W_K[kv_idx], pick(lw.b_K, kv_idx), True, kv=False)
             v = self._project(ln(x_v), lw.W_V[kv_idx], pick(lw.b_V, kv_idx), True, kv=False)
+        # the kv head of each key slot: all kv heads in order, or one per query slot
+        k_slots = torch.arange(cfg.n_kv_heads, device=kv_idx.device)
+        if heads is not None or k.shape[2] != cfg.n_kv_heads:
+            k_slots = kv_idx
         if probes is not None:
             if k.shape[2] != q.shape[2]:
                 k = k.repeat_interleave(cfg.group_size, dim=2)
                 v = v.repeat_interleave(cfg.group_size, dim=2)
-            q, k, v = q + probes[0], k + probes[1], v + probes[2]
-        q = self._rotate(q, ctx, q_index)
-        k = self._rotate(k, ctx)
+                k_slots = kv_idx
+            if cfg.qk_norm != "full":
+                q, k, v = q + probes[0], k + probes[1], v + probes[2]
+        if cfg.qk_norm == "head":  # per head, over d_head (Qwen3, Gemma-3)
+            q = self.norm(q, lw.q_norm_w, None, lw.qk_norm_eps)
+            k = self.norm(k, lw.k_norm_w, None, lw.qk_norm_eps)
+        elif cfg.qk_norm == "full":  # over the whole projection of each receiver's input
+            assert lw.q_norm_w is not None and lw.k_norm_w is not None
+            wq = lw.q_norm_w.view(cfg.n_heads, cfg.d_head)
+            wq = wq if q_slots is None else wq[q_slots]
+            wk = lw.k_norm_w.view(cfg.n_kv_heads, cfg.d_head)[k_slots]
+            q = (q.float() * self._qk_rms(layer, ln(x_q), "q") * wq.float()).to(q.dtype)
+            k = (k.float() * self._qk_rms(layer, ln(x_k), "k") * wk.float()).to(k.dtype)
+            if probes is not None:
+                q, k, v = q + probes[0], k + probes[1], v + probes[2]
+        q = self._rotate(q, ctx, layer, q_index)
+        k = self._rotate(k, ctx, layer)
         if k.shape[2] != q.shape[2]:  # shared input, grouped kv heads: expand to query heads
             k = k.repeat_interleave(cfg.group_size, dim=2)
             v = v.repeat_interleave(cfg.group_size, dim=2)
@@ -534,6 +328,7 @@ class Model:
         if cfg.scores_fp32:
             q, k = q.float(), k.float()
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * cfg.attn_scale[layer]
+        scores = softcap(scores, cfg.attn_softcap)
         mask = ctx.masks[cfg.window[layer]]
         if q_index is not None:
             if q_index.dim() == 1:
@@ -550,18 +345,32 @@ class Model:
         """Each head's output z_h @ W_O[h] into the stream: [batch, pos, head, d_model]."""
         return torch.einsum("bphe,hem->bphm", z, self.w.layers[layer].W_O)
 
-    def attn_out(self, layer: int, z: Tensor) -> Tensor:
-        """The summed attention output including the constant bias b_O: [batch, pos, d_model]."""
+    def attn_pre(self, layer: int, z: Tensor) -> Tensor:
+        """The heads' summed output plus b_O, before any post-norm: [batch, pos, d_model]."""
         lw = self.w.layers[layer]
         out = torch.einsum("bphe,hem->bpm", z, lw.W_O)
         return out + lw.b_O if lw.b_O is not None else out
 
+    def post_attn(self, layer: int, pre: Tensor) -> Tensor:
+        """What layer ``layer``'s attention writes into the stream, from ``attn_pre``: the
+        post-norm of it (Gemma-2/3, OLMo-2), or itself."""
+        lw = self.w.layers[layer]
+        return self.norm(pre, lw.post_attn_w, None, lw.post_attn_eps)
+
+    def attn_out(self, layer: int, z: Tensor) -> Tensor:
+        """The attention output written into the stream (b_O and any post-norm included)."""
+        return self.post_attn(layer, self.attn_pre(layer, z))
+
     def attn_bias(self, layer: int) -> Tensor | None:
-        """Layer ``layer``'s constant attention output bias b_O [d_model] (None if absent)."""
+        """Layer ``layer``'s constant attention output bias b_O [d_model], added to the stream
+        (None if absent, and with post-norms, where b_O sits inside the norm)."""
+        if self.cfg.post_norms:
+            return None
         return self.w.layers[layer].b_O
 
     def mlp(self, layer: int, x: Tensor) -> Tensor:
-        """MLP ``m{layer}`` from its residual-stream input (normalised here); output incl. bias."""
+        """MLP ``m{layer}`` from its residual-stream input (normalised here); output incl. bias
+        and any post-norm (the MLP node's output is what it writes into the stream)."""
         lw = self.w.layers[layer]
         h = self.norm(x, lw.ln2_w, lw.ln2_b, lw.ln2_eps)
         pre = h @ lw.W_in
@@ -575,7 +384,8 @@ class Model:
         else:
             act = lw.act(pre)
         out = act @ lw.W_out
-        return out + lw.b_out if lw.b_out is not None else out
+        out = out + lw.b_out if lw.b_out is not None else out
+        return self.norm(out, lw.post_mlp_w, None, lw.post_mlp_eps)
 
     def final_norm(self, x: Tensor) -> Tensor:
         return self.norm(x, self.w.lnf_w, self.w.lnf_b, self.w.lnf_eps)
@@ -583,7 +393,8 @@ class Model:
     def unembed(self, x: Tensor) -> Tensor:
         """Logits from the final residual stream (final norm applied here)."""
         logits = self.final_norm(x) @ self.w.W_U
-        return logits + self.w.b_U if self.w.b_U is not None else logits
+        logits = logits + self.w.b_U if self.w.b_U is not None else logits
+        return softcap(logits, self.cfg.final_softcap)
 
     # ----------------------------------------------------------------- whole runs
     def forward(
@@ -740,7 +551,14 @@ class Model:
                 heads = self.head_results(layer, zl)
                 bias = self.attn_bias(layer)
                 attn = heads.sum(2)
-                attn = attn + bias if bias is not None else attn
+                if self.cfg.post_norms:
+                    b_O = self.w.layers[layer].b_O
+                    pre = attn + b_O if b_O is not None else attn
+                    attn = self.post_attn(layer, pre)
+                    cache.attn_pre.append(pre)
+                    cache.attn_post.append(attn)
+                else:
+                    attn = attn + bias if bias is not None else attn
                 cache.resid_pre.append(resid)
                 cache.heads.append(heads)
                 cache.attn_bias.append(bias)

@@ -37,6 +37,7 @@ __all__ = [
     "MaskEvaluator",
     "ablation_kind",
     "batches",
+    "edge_deltas",
     "masked_forward",
     "readout_logits",
     "save_checkpoint",
@@ -259,6 +260,10 @@ def masked_forward(
     Returns:
         logits [b, vocab] at ``readout``, or [b, p, vocab].
     """
+    if model.cfg.post_norms:
+        return _masked_forward_post_norms(
+            model, graph, tokens, attention_mask, ablated, mask, readout, prefix, start_layer
+        )
     cfg = model.cfg
     H = cfg.n_heads
     mask = mask.to(device=tokens.device, dtype=model.dtype)
@@ -336,6 +341,105 @@ def masked_forward(
     if readout is not None:
         return readout_logits(model, final, readout)
     return model.unembed(final)
+
+
+def _masked_forward_post_norms(
+    model: Model,
+    graph: Graph,
+    tokens: Tensor,
+    attention_mask: Tensor | None,
+    ablated: Tensor,
+    mask: Tensor,
+    readout: Tensor | None,
+    prefix: list[Tensor] | None,
+    start_layer: int,
+) -> Tensor:
+    """``masked_forward`` for families with post-norms (Gemma-2/3, OLMo-2).
+
+    A layer writes postnorm_L(sum of its heads + b_O) into the stream, which is not a sum over
+    heads. So receiver r reads, per upstream layer L, postnorm_L(sum_h (A_h + mask[h, r] D_h) +
+    b_O): that layer's heads as r sees them (each kept or ablated for r alone), normalised
+    together; the input and MLP senders (an MLP's output includes its own post-norm) enter as
+    the plain sum ``A_s + mask[s, r] D_s``. Every edge kept is the clean run and none kept the
+    ablated one (for ``resample``: the corrupted run, whose layers normalise the corrupted
+    heads' sum) exactly; ablating one edge a{L}.h{j} -> r is patching head j's output in the
+    sum that layer L's post-norm sees, for receiver r only.
+    """
+    cfg = model.cfg
+    H = cfg.n_heads
+    mask = mask.to(device=tokens.device, dtype=model.dtype)
+    ctx = model.context(tokens, attention_mask)
+    b, p = tokens.shape
+    A = ablated.expand(ablated.shape[0], b, p, cfg.d_model)
+    D: list[Tensor] = [model.embed(tokens, ctx) - A[0]] if prefix is None else list(prefix)
+    if prefix is not None and len(D) != 1 + start_layer * (H + 1):
+        raise ValueError("prefix must hold the senders before start_layer")
+    a_pre = []  # per layer: the ablated heads' sum + b_O, the post-norm's input with none kept
+    for layer in range(cfg.n_layers):
+        first = 1 + layer * (H + 1)
+        total = A[first : first + H].sum(0)
+        bias = model.w.layers[layer].b_O
+        a_pre.append(total + bias if bias is not None else total)
+
+    def receiver_input(cols: list[int], upstream: int) -> Tensor:
+        """Inputs of receivers ``cols``: [b, p, len(cols), d], or the shared [b, p, d] when
+        every column keeps the same edges."""
+        w = mask[:upstream, cols]  # [s, c]
+        if not w.requires_grad and bool((w == w[:, :1]).all()):
+            w = w[:, :1]  # (with a gradient wanted, each column keeps its own weights)
+        x = A[0].unsqueeze(2) + D[0].unsqueeze(2) * w[0][:, None]  # [b, p, c, d]
+        for layer in range(cfg.n_layers):
+            first = 1 + layer * (H + 1)
+            if first >= upstream:
+                break
+            heads = torch.stack(D[first : first + H])  # [H, b, p, d]
+            pre = a_pre[layer].unsqueeze(2) + torch.einsum("sbpd,sc->bpcd", heads, w[first:][:H])
+            x = x + model.post_attn(layer, pre)
+            m = first + H
+            if m < upstream:
+                x = x + A[m].unsqueeze(2) + D[m].unsqueeze(2) * w[m][:, None]
+        return x[:, :, 0] if x.shape[2] == 1 else x
+
+    for layer in range(start_layer, cfg.n_layers):
+        first = graph.receiver_index[f"a{layer}.h0<q>"]
+        upstream = int(graph.n_upstream[first])
+        xs = [
+            receiver_input(list(range(first + j * H, first + (j + 1) * H)), upstream)
+            for j in range(3)
+        ]
+        z, _ = model.attention(layer, xs[0], xs[1], xs[2], ctx)
+        heads = model.head_results(layer, z)  # [b, p, h, d] (before the post-norm)
+        for h in range(H):
+            D.append(heads[:, :, h] - A[upstream + h])
+        m_idx = graph.receiver_index[f"m{layer}"]
+        x_mlp = receiver_input([m_idx], int(graph.n_upstream[m_idx]))
+        D.append(model.mlp(layer, x_mlp) - A[upstream + H])
+    final = receiver_input([graph.n_receivers - 1], graph.n_senders)
+    if readout is not None:
+        return readout_logits(model, final, readout)
+    return model.unembed(final)
+
+
+def edge_deltas(model: Model, cache: ForwardCache, diff: Tensor, senders: Tensor) -> Tensor:
+    """How ablating each edge from ``senders`` shifts its receiver's input: [V, b, p, d].
+
+    ``diff`` [S, b, p, d] holds the senders' ``out_s - A_s`` in ``cache``'s run. That is
+    ``-diff[s]``, except for the heads of a post-norm layer L, whose edge shifts the receiver
+    by postnorm_L(attn_pre_L - diff[s]) - postnorm_L(attn_pre_L) (see
+    ``_masked_forward_post_norms``).
+    """
+    delta = -diff[senders]
+    if not model.cfg.post_norms:
+        return delta
+    H = model.cfg.n_heads
+    layer = (senders - 1).div(H + 1, rounding_mode="floor")
+    is_head = (senders > 0) & ((senders - 1) % (H + 1) < H)
+    delta = delta.clone()
+    for i in is_head.nonzero()[:, 0].tolist():
+        L = int(layer[i])
+        pre = cache.attn_pre[L]
+        delta[i] = model.post_attn(L, pre + delta[i]) - cache.attn_post[L]
+    return delta
 
 
 def readout_index(readout: Tensor, rows: int | None = None) -> Tensor:

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from circuitfind.graph import parse_node
+from circuitfind.names import parse_node
 from circuitfind.roles import ROLE_COLOURS, Role, role_names
 
 if TYPE_CHECKING:

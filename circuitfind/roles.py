@@ -126,6 +126,13 @@ def _dla(model: Any, cache: Any, readout: Tensor, direction: Tensor) -> Tensor:
     The final norm is linearised around the run's own final residual stream (its scale is
     frozen), the standard DLA. Returns [layer, head] (mean over prompts).
     """
+    from circuitfind.inspect.dla import additive_readout
+
+    if not additive_readout(model):  # no DLA through post-norms: no name-mover verdicts
+        logger.warning(
+            "%s: no DLA-based roles (post-norms or soft-capped logits)", model.cfg.family
+        )
+        return torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
     rows = torch.arange(len(readout), device=readout.device)
     resid = cache.resid_final[rows, readout].float()  # [batch, d_model]
     w = model.w
@@ -178,7 +185,7 @@ def detect_roles(
     Returns:
         ``{head name: Role}`` for every requested head, ``unlabelled`` where nothing fits.
     """
-    from circuitfind.graph import parse_node
+    from circuitfind.names import parse_node
 
     thr = {**THRESHOLDS, **(thresholds or {})}
     cfg = model.cfg
@@ -307,7 +314,7 @@ def _ioi_scores(
 
 def role_names(roles: dict[str, Any] | None) -> dict[str, str]:
     """``{head: role name}`` from ``{head: Role}`` or ``{head: str}`` (any head spelling)."""
-    from circuitfind.graph import parse_node
+    from circuitfind.names import parse_node
 
     out: dict[str, str] = {}
     for head, role in (roles or {}).items():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import circuitfind as cf
-from circuitfind import cli
+from circuitfind import commands
 from circuitfind.circuit import Circuit
 from circuitfind.cli import main
 from circuitfind.tasks import Task
@@ -178,7 +178,7 @@ def fake_engine(monkeypatch):
         calls["evaluate"] = kwargs
         return FakeEvaluation()
 
-    monkeypatch.setattr(cli, "_load_model_and_task", lambda args: (model, task))
+    monkeypatch.setattr(commands, "_load_model_and_task", lambda args: (model, task))
     monkeypatch.setattr(cf, "discover", fake_discover, raising=False)
     monkeypatch.setattr(cf, "evaluate", fake_evaluate, raising=False)
     return calls

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from circuitfind import cli
+from circuitfind import cli, cli_base
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "numpy", "matplotlib", "circuitfind.zoo.train")
@@ -109,9 +109,9 @@ def test_help_tables_match_the_engine():
 def test_threads_follow_the_affinity_mask_and_the_flag(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
-    monkeypatch.setattr(cli, "_cgroup_cpus", lambda: None)
+    monkeypatch.setattr(cli_base, "_cgroup_cpus", lambda: None)
     assert cli.available_cpus() == 3 and cli.thread_count(None) == 3
-    monkeypatch.setattr(cli, "_cgroup_cpus", lambda: 2)
+    monkeypatch.setattr(cli_base, "_cgroup_cpus", lambda: 2)
     assert cli.thread_count(None) == 2
     assert cli.thread_count(7) == 7
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import circuitfind as cf
-from circuitfind import cli
+from circuitfind import cli, commands
 from circuitfind.cli import main
 from tests.factories import make_hf_model
 from tests.test_cli import fake_engine  # noqa: F401 (the fixture)
@@ -162,7 +162,9 @@ def test_debug_is_accepted_after_the_subcommand(tmp_path, monkeypatch):
 
 
 def test_out_that_is_a_file_fails_before_any_work(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_load_model_and_task", lambda args: pytest.fail("loaded a model"))
+    monkeypatch.setattr(
+        commands, "_load_model_and_task", lambda args: pytest.fail("loaded a model")
+    )
     (tmp_path / "f").write_text("x")
     err = _one_line(
         capsys,

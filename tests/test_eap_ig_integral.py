@@ -373,8 +373,21 @@ def test_ungrouping_keeps_the_logits():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+# The HF-side reference reads each family's own modules; it knows the families below. For
+# gptj and phi3 (fused / unusual module layouts) and the post-norm families (gemma2,
+# gemma3_text, olmo2: a head's edge goes through its layer's post-norm, which this reference
+# does not model) multi-step EAP-IG is not checked against an independent integral yet; their
+# one-step EAP-IG equals EAP, which equals the gradient of a float edge mask (test_patching).
+_REFERENCE_KNOWS = ("gpt2", "gpt_neo", "gpt_neox", "llama", "qwen2", "mistral", "gemma", "qwen3")
+_INTEGRAL_CASES = [
+    n
+    for n in sorted(FAMILY_CONFIGS)
+    if n.startswith(_REFERENCE_KNOWS) and not n.startswith(("gemma2", "gemma3"))
+]
+
+
 @pytest.mark.parametrize("mode", ["eap-ig-inputs", "eap-ig-activations"])
-@pytest.mark.parametrize("name", sorted(FAMILY_CONFIGS))
+@pytest.mark.parametrize("name", _INTEGRAL_CASES)
 def test_eap_ig_equals_the_riemann_sum_on_the_hf_model(name, mode):
     """Every family: the engine's k-step EAP-IG is the right Riemann sum of HF autograd
     gradients along the same path (resample ablation, batches of 3 that split the prompts)."""

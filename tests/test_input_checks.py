@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import circuitfind as cf
-from circuitfind import cli
+from circuitfind import cli, commands
 from circuitfind.checks import (
     CostEstimate,
     check_context,
@@ -83,7 +83,9 @@ def test_good_options_pass():
 )
 def test_cli_refuses_bad_options_before_loading_anything(extra, capsys, monkeypatch, tmp_path):
     """Before: --batch-size 0 ended as "internal error"; -1 thresholds ran."""
-    monkeypatch.setattr(cli, "_load_model_and_task", lambda args: pytest.fail("loaded a model"))
+    monkeypatch.setattr(
+        commands, "_load_model_and_task", lambda args: pytest.fail("loaded a model")
+    )
     argv = ["discover", "--model", "m", "--task", "ioi", "--out", str(tmp_path / "o"), *extra]
     try:
         code = cli.main(argv)
@@ -96,7 +98,9 @@ def test_cli_refuses_bad_options_before_loading_anything(extra, capsys, monkeypa
 
 def test_cli_checks_the_output_directory_before_the_work(capsys, monkeypatch, tmp_path):
     """Before: the directory was written only at the end, throwing a finished run away."""
-    monkeypatch.setattr(cli, "_load_model_and_task", lambda args: pytest.fail("loaded a model"))
+    monkeypatch.setattr(
+        commands, "_load_model_and_task", lambda args: pytest.fail("loaded a model")
+    )
     target = tmp_path / "a-file"
     target.write_text("x")
     assert cli.main(["discover", "--model", "m", "--task", "ioi", "--out", str(target)]) == 2
@@ -104,7 +108,9 @@ def test_cli_checks_the_output_directory_before_the_work(capsys, monkeypatch, tm
 
 
 def test_cli_refuses_a_second_writer(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "_load_model_and_task", lambda args: pytest.fail("loaded a model"))
+    monkeypatch.setattr(
+        commands, "_load_model_and_task", lambda args: pytest.fail("loaded a model")
+    )
     out = tmp_path / "o"
     out.mkdir()
     (out / ".circuitfind.lock").write_text(

@@ -80,3 +80,10 @@ def test_dla_rejects_a_multi_token_answer_with_a_fix():
     model = cf.load(make_hf_model("gpt2"))
     with pytest.raises(cf.InputError, match="outside the vocabulary"):
         cf.dla(model, torch.randint(0, VOCAB, (1, 4)), 10_000)
+
+
+def test_dla_refuses_a_readout_that_does_not_add_up():
+    """Post-norms and soft-capped logits break DLA's sum: refused, not silently wrong."""
+    model = cf.load(make_hf_model("gemma2-softcap-sliding"))
+    with pytest.raises(cf.InputError, match="does not add up"):
+        cf.dla(model, torch.zeros(1, 4, dtype=torch.long), 1, 2)

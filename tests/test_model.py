@@ -42,7 +42,9 @@ def test_forward_does_not_run_the_hf_modules(family_config):
     _, hf = family_config
     model = cf.load(hf)
     calls = []
-    handles = [m.register_forward_hook(lambda *a: calls.append(1)) for m in hf.modules()]
+    # HF's rotary modules are the one part we call (they own the RoPE scaling rules).
+    modules = [m for m in hf.modules() if "Rotary" not in type(m).__name__]
+    handles = [m.register_forward_hook(lambda *a: calls.append(1)) for m in modules]
     tokens = torch.randint(0, VOCAB, (2, 7))
     try:
         with torch.no_grad():
@@ -52,9 +54,7 @@ def test_forward_does_not_run_the_hf_modules(family_config):
     finally:
         for h in handles:
             h.remove()
-    # HF's rotary module is the one part we call (it owns the RoPE scaling rules).
-    rotary = 1 if model.w.rotary is not None else 0
-    assert ours == rotary
+    assert ours == 0
     assert len(calls) > 10
 
 
@@ -112,17 +112,28 @@ def test_residual_stream_is_the_sum_of_node_outputs(family_config):
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens)
     total = cache.input.clone()
+    post = model.cfg.post_norms
     for layer in range(model.cfg.n_layers):
         torch.testing.assert_close(cache.resid_pre[layer], total, atol=ATOL, rtol=0)
-        total = (
-            total
-            + cache.heads[layer].sum(2)
-            + (cache.attn_bias[layer] if cache.attn_bias[layer] is not None else 0)
-        )
+        heads = cache.heads[layer].sum(2)
+        if post:  # the layer writes postnorm(sum of its heads + b_O): not a sum over heads
+            b_O = model.w.layers[layer].b_O
+            pre = heads + b_O if b_O is not None else heads
+            torch.testing.assert_close(cache.attn_pre[layer], pre, atol=ATOL, rtol=0)
+            written = model.post_attn(layer, pre)
+            torch.testing.assert_close(cache.attn_post[layer], written, atol=ATOL, rtol=0)
+            assert cache.attn_bias[layer] is None
+            assert not torch.allclose(written, pre, atol=1e-2)
+            total = total + written
+        else:
+            bias = cache.attn_bias[layer]
+            total = total + heads + (bias if bias is not None else 0)
         if not model.cfg.parallel_attn_mlp:
             torch.testing.assert_close(cache.resid_mid[layer], total, atol=ATOL, rtol=0)
         total = total + cache.mlps[layer]
     torch.testing.assert_close(cache.resid_final, total, atol=ATOL, rtol=0)
+    if post:
+        return
     # Stacked node outputs plus the constant biases also give the final stream.
     stacked = cache.node_outputs().sum(0) + cache.constant(model.cfg.n_layers)
     torch.testing.assert_close(stacked, cache.resid_final, atol=ATOL, rtol=0)
@@ -158,8 +169,8 @@ def test_weights_are_views_of_the_hf_parameters(family_config):
     model = cf.load(hf)
     hf_ptrs = {p.untyped_storage().data_ptr() for p in hf.parameters()}
     for lw in model.w.layers:
-        for t in (lw.W_Q, lw.W_K, lw.W_V, lw.W_O, lw.W_in, lw.W_out, lw.ln1_w):
-            assert t.untyped_storage().data_ptr() in hf_ptrs
+        for t in (lw.W_Q, lw.W_K, lw.W_V, lw.W_O, lw.W_in, lw.W_out, lw.ln1_w, lw.q_norm_w):
+            assert t is None or t.untyped_storage().data_ptr() in hf_ptrs
     assert model.w.W_U.untyped_storage().data_ptr() in hf_ptrs
     tokens = torch.randint(0, VOCAB, (1, 5))
     before = model(tokens).detach().clone()
@@ -171,7 +182,21 @@ def test_weights_are_views_of_the_hf_parameters(family_config):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["gpt2", "llama-gqa-llama3rope", "gpt_neox-parallel"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gpt2",
+        "llama-gqa-llama3rope",
+        "gpt_neox-parallel",
+        "qwen3-gqa-untied",
+        "gemma-mqa",
+        "gemma2-softcap-sliding",
+        "gemma3_text",
+        "olmo2-gqa",
+        "phi3-partial-longrope",
+        "gptj",
+    ],
+)
 def test_half_precision_runs_and_stays_close(name, dtype):
     reference = cf.load(make_hf_model(name))
     model = cf.load(make_hf_model(name), dtype=dtype)
@@ -183,8 +208,33 @@ def test_half_precision_runs_and_stays_close(name, dtype):
         hf_low = model.hf_model(tokens).logits
     assert low.dtype == dtype
     scale = ref.abs().max().item()
-    assert (low.float() - ref).abs().max().item() < 0.08 * scale
+    # half precision's own error (HF's half model is as far from float32: gemma2 in bf16 9%)
+    assert (low.float() - ref).abs().max().item() < 0.12 * scale
     assert (low.float() - hf_low.float()).abs().max().item() < 0.08 * scale
+
+
+@pytest.mark.parametrize("name", ["gemma2-softcap-sliding", "olmo2-gqa", "qwen3-gqa-untied"])
+@pytest.mark.parametrize("saved", [torch.bfloat16, torch.float16])
+def test_a_half_precision_checkpoint_loads_in_the_dtype_asked_for(tmp_path, name, saved):
+    """A checkpoint directory saved in bf16/fp16 loads and runs in float32 or in its own half
+    dtype, as chosen by ``dtype=`` (the identities are tested in float32)."""
+    hf = make_hf_model(name).to(saved)
+    hf.save_pretrained(tmp_path)
+    tokens = torch.randint(0, VOCAB, (2, 8))
+    for compute in (torch.float32, saved):
+        model = cf.load(str(tmp_path), dtype=compute)
+        assert model.dtype == compute and model.hf_model.dtype == compute
+        with torch.no_grad():
+            ours = model(tokens)
+            theirs = model.hf_model(tokens).logits
+        assert ours.dtype == compute and torch.isfinite(ours).all()
+        scale = theirs.abs().max().item()
+        tol = 1e-4 if compute == torch.float32 else 0.08 * scale
+        assert (ours.float() - theirs.float()).abs().max().item() <= tol
+    # float32 compute of the half weights: the same numbers as the half model, upcast
+    up = cf.load(str(tmp_path), dtype="float32")
+    assert up.w.W_E.dtype == torch.float32
+    torch.testing.assert_close(up.w.W_E, hf.get_input_embeddings().weight.float())
 
 
 def test_context_window_masks_follow_the_config():
@@ -217,7 +267,11 @@ def test_unknown_family_names_the_supported_ones():
             word_embed_proj_dim=16,
         )
     )
-    with pytest.raises(cf.UnsupportedModelError, match=r"'opt'.*gpt2, gpt_neo, gpt_neox, llama"):
+    supported = (
+        "gemma, gemma2, gemma3_text, gpt2, gpt_neo, gpt_neox, gptj, llama, mistral, olmo2, "
+        "phi3, qwen2, qwen3"
+    )
+    with pytest.raises(cf.UnsupportedModelError, match=rf"'opt'.*{supported}$"):
         cf.load(hf)
 
 
@@ -338,3 +392,57 @@ def test_attention_at_per_row_query_positions_equals_the_full_pattern(family_con
                 rows[:, 0], full[torch.arange(3), readout], atol=1e-5, rtol=0
             )
             torch.testing.assert_close(shared[:, 0], full[:, 8], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["olmo2-gqa", "qwen3-gqa-untied", "gemma3_text"])
+def test_qk_norms_keep_each_receiver_to_its_own_head(name):
+    """With q/k norms (per head, or OLMo-2's over the whole projection) a per-head input gives
+    the shared result, and changing one head's query input moves that head only; its query is
+    HF's q_norm(q_proj(x)) of its own input, head h's slice."""
+    hf = make_hf_model(name)
+    model = cf.load(hf)
+    tokens = torch.randint(0, VOCAB, (2, 8))
+    H = model.cfg.n_heads
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        ctx = model.context(model.check_tokens(tokens))
+        x = cache.resid_pre[1]
+        shared, _ = model.attention(1, x, x, x, ctx)
+        per_head = x.unsqueeze(2).expand(-1, -1, H, -1).clone()
+        split, _ = model.attention(1, per_head, per_head, per_head, ctx)
+        torch.testing.assert_close(split, shared, atol=ATOL, rtol=0)
+        q_in = per_head.clone()
+        q_in[:, :, 0] = torch.randn_like(q_in[:, :, 0])
+        patched, _ = model.attention(1, q_in, per_head, per_head, ctx)
+        assert not torch.allclose(patched[:, :, 0], shared[:, :, 0], atol=1e-3)
+        torch.testing.assert_close(patched[:, :, 1:], shared[:, :, 1:], atol=ATOL, rtol=0)
+        # head 0's normalised query from its own input, against HF's modules
+        attn = hf.model.layers[1].self_attn
+        ln = getattr(hf.model.layers[1], "input_layernorm", None)
+        y = ln(q_in[:, :, 0]) if ln is not None else q_in[:, :, 0]
+        dh = model.cfg.d_head
+        if model.cfg.qk_norm == "full":
+            q_hf = attn.q_norm(attn.q_proj(y))[..., :dh]
+        else:
+            q_hf = attn.q_norm(attn.q_proj(y).view(*y.shape[:2], H, dh))[:, :, 0]
+        lw = model.w.layers[1]
+        ours = model._project(
+            model.norm(q_in, lw.ln1_w, lw.ln1_b, lw.ln1_eps), lw.W_Q, lw.b_Q, True, kv=False
+        )
+        if model.cfg.qk_norm == "full":
+            ours = ours * model._qk_rms(1, model.norm(q_in, lw.ln1_w, lw.ln1_b, lw.ln1_eps), "q")
+            ours = ours * lw.q_norm_w.view(H, dh)
+        else:
+            ours = model.norm(ours, lw.q_norm_w, None, lw.qk_norm_eps)
+        torch.testing.assert_close(ours[:, :, 0], q_hf, atol=ATOL, rtol=0)
+
+
+def test_parallel_families_have_no_edge_from_a_layers_heads_to_its_mlp():
+    """GPT-J's MLP reads ln_1 of the stream its heads read: a0.h* -> m0 is no edge."""
+    model = cf.load(make_hf_model("gptj"))
+    assert model.cfg.parallel_attn_mlp and model.cfg.rotary_interleaved
+    graph = cf.Graph.from_model(model)
+    names = set(graph.edges)
+    assert "a0.h1->m1" in names and "m0->m1" in names
+    assert not any(name.endswith("->m0") and name.startswith("a0.") for name in names)
+    assert "input->m0" in names

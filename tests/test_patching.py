@@ -177,7 +177,9 @@ def test_eap_equals_exact_where_the_path_is_linear():
     assert exact[:, logits_col].abs().max() > 0.1
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama-gqa-llama3rope"])
+@pytest.mark.parametrize(
+    "name", ["gpt2", "llama-gqa-llama3rope", "gemma2-softcap-sliding", "olmo2-gqa"]
+)
 def test_eap_ig_with_one_step_is_eap(name):
     model = cf.load(make_hf_model(name))
     graph = cf.Graph.from_model(model)

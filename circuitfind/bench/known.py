@@ -217,15 +217,16 @@ def planted_case(*, quick: bool, seed: int, methods: tuple[str, ...]) -> dict[st
     """The planted model: verify the construction, then score every method x ablation."""
     import circuitfind
     from circuitfind.bench import planted
-    from circuitfind.methods import exact_scores
-    from circuitfind.patching import Ablation
+    from circuitfind.methods import method_spec
+    from circuitfind.runs import PreparedRuns
 
     model = circuitfind.load(planted.planted_model(seed))
     task = planted.planted_task(n=16 if quick else 32, seed=seed)
     graph = Graph.from_model(model)
     checks = {}
     for ablation in ALL_ABLATIONS:
-        s = exact_scores(model, graph, task, Ablation(model, task, ablation), progress=False)
+        runs = PreparedRuns(model, task, ablation, graph=graph)
+        s = method_spec("exact").function()(runs).edges
         gt = planted.ground_truth(graph, ablation)
         checks[ablation] = {
             "max_abs_off_circuit": float(s[graph.valid & ~gt].abs().max()),

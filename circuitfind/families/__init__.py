@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor
 
 from circuitfind.errors import UnsupportedModelError
-from circuitfind.model import ModelConfig, ModelWeights
+from circuitfind.records import ModelConfig, ModelWeights
 
 __all__ = ["Adapter", "adapt", "register", "supported_families"]
 
@@ -77,4 +77,4 @@ def _alias_weights(weights: ModelWeights) -> None:
 
 
 def _load_builtin() -> None:
-    from circuitfind.families import gpt2, gpt_neo, gpt_neox, llama  # noqa: F401
+    from circuitfind.families import gemma, gpt2, gpt_neo, gpt_neox, gptj, llama, olmo2, phi3, qwen3  # noqa: F401

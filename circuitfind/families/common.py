@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 from transformers.activations import ACT2FN
 
-from circuitfind.model import LayerWeights, ModelWeights
+from circuitfind.records import LayerWeights, ModelWeights
 
 __all__ = [
     "act_fn",
@@ -17,6 +17,9 @@ __all__ = [
     "gpt2_style_norms",
     "gpt2_style_weights",
     "heads_in",
+    "layer_windows",
+    "norm_fields",
+    "split_attention_layer",
 ]
 
 
@@ -72,3 +75,61 @@ def gpt2_style_weights(hf: Any, base: Any, layers: list[LayerWeights]) -> ModelW
         W_U=hf.lm_head.weight.T,
         b_U=getattr(hf.lm_head, "bias", None),
     )
+
+
+def _bias(linear: Any) -> Any:
+    return getattr(linear, "bias", None)
+
+
+def _eps(norm: Any) -> float:
+    eps = getattr(norm, "variance_epsilon", None)
+    return float(eps if eps is not None else norm.eps)
+
+
+def norm_fields(prefix: str, norm: Any | None) -> dict[str, Any]:
+    """``{prefix}_w`` / ``{prefix}_eps`` (and ``{prefix}_b`` for ln1/ln2) of an RMSNorm or None."""
+    out: dict[str, Any] = {f"{prefix}_w": None if norm is None else norm.weight}
+    if norm is not None:
+        out[f"{prefix}_eps"] = _eps(norm)
+    elif prefix in ("ln1", "ln2"):
+        out[f"{prefix}_eps"] = 0.0
+    if prefix in ("ln1", "ln2"):
+        out[f"{prefix}_b"] = getattr(norm, "bias", None)
+    return out
+
+
+def split_attention_layer(
+    attn: Any, mlp: Any, h: int, kv: int, dh: int, act: Any, **fields: Any
+) -> LayerWeights:
+    """A layer with separate q/k/v/o projections and a gate/up/down MLP (Llama-like).
+
+    ``fields`` gives the norms (``norm_fields``) and any family-specific extras.
+    """
+    return LayerWeights(
+        W_Q=heads_in(attn.q_proj.weight, h, dh),
+        W_K=heads_in(attn.k_proj.weight, kv, dh),
+        W_V=heads_in(attn.v_proj.weight, kv, dh),
+        W_O=by_head_out(attn.o_proj.weight, h, dh),
+        b_Q=by_head(_bias(attn.q_proj), h, dh),
+        b_K=by_head(_bias(attn.k_proj), kv, dh),
+        b_V=by_head(_bias(attn.v_proj), kv, dh),
+        b_O=_bias(attn.o_proj),
+        W_in=mlp.up_proj.weight.T,
+        b_in=_bias(mlp.up_proj),
+        W_out=mlp.down_proj.weight.T,
+        b_out=_bias(mlp.down_proj),
+        act=act,
+        W_gate=mlp.gate_proj.weight.T,
+        b_gate=_bias(mlp.gate_proj),
+        **fields,
+    )
+
+
+def layer_windows(c: Any) -> tuple[int | None, ...]:
+    """Per-layer sliding windows from ``config.layer_types`` (None: global attention)."""
+    n = c.num_hidden_layers
+    window = getattr(c, "sliding_window", None)
+    layer_types = getattr(c, "layer_types", None)
+    if window is None or layer_types is None:
+        return (None,) * n
+    return tuple(window if t == "sliding_attention" else None for t in layer_types)

@@ -13,7 +13,7 @@ from circuitfind.families.common import (
     gpt2_style_norms,
     gpt2_style_weights,
 )
-from circuitfind.model import LayerWeights, ModelConfig, ModelWeights
+from circuitfind.records import LayerWeights, ModelConfig, ModelWeights
 
 
 @register("gpt2")

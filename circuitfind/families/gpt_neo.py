@@ -15,7 +15,7 @@ from circuitfind.families.common import (
     gpt2_style_weights,
     heads_in,
 )
-from circuitfind.model import LayerWeights, ModelConfig, ModelWeights
+from circuitfind.records import LayerWeights, ModelConfig, ModelWeights
 
 
 @register("gpt_neo")

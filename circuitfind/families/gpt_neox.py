@@ -8,7 +8,7 @@ import torch
 
 from circuitfind.families import register
 from circuitfind.families.common import act_fn, by_head_out, check_causal_lm
-from circuitfind.model import LayerWeights, ModelConfig, ModelWeights
+from circuitfind.records import LayerWeights, ModelConfig, ModelWeights
 
 
 @register("gpt_neox")

@@ -9,7 +9,7 @@ import torch
 
 from circuitfind.families import register
 from circuitfind.families.common import act_fn, by_head, by_head_out, check_causal_lm, heads_in
-from circuitfind.model import LayerWeights, ModelConfig, ModelWeights
+from circuitfind.records import LayerWeights, ModelConfig, ModelWeights
 
 
 def _bias(linear: Any) -> Any:

@@ -114,11 +114,13 @@ def copying_scores(model: Model) -> Tensor:
     """
     cfg, w = model.cfg, model.w
     with torch.no_grad():
-        unembed = (w.lnf_w.float()[:, None] * w.W_U.float()) @ w.W_E.float()  # [d_model, d_model]
+        unembed = (
+            model.norm_scale(w.lnf_w)[:, None] * w.W_U.float()
+        ) @ w.W_E.float()  # [d_model, d_model]
         out = torch.zeros(cfg.n_layers, cfg.n_heads)
         for layer, lw in enumerate(w.layers):
             for h in range(cfg.n_heads):
-                w_v = lw.ln1_w.float()[:, None] * lw.W_V[h // cfg.group_size].float()
+                w_v = model.norm_scale(lw.ln1_w)[:, None] * lw.W_V[h // cfg.group_size].float()
                 small = lw.W_O[h].float() @ unembed @ w_v  # [d_head, d_head]
                 eig = torch.linalg.eigvals(small.double())
                 total = eig.abs().sum()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from circuitfind.errors import InputError
 from circuitfind.inspect._common import (
     AnswerLike,
     TokensLike,
@@ -30,7 +31,14 @@ from circuitfind.inspect._common import (
 if TYPE_CHECKING:
     from circuitfind.model import Model
 
-__all__ = ["dla", "dla_by_layer", "dla_heads"]
+__all__ = ["additive_readout", "dla", "dla_by_layer", "dla_heads"]
+
+
+def additive_readout(model: Model) -> bool:
+    """Whether the logits are an affine map of a sum of node outputs once the final norm's
+    scale is frozen (no post-norms inside the stream, no soft-capped logits): DLA's premise."""
+    cfg = model.cfg
+    return not (getattr(cfg, "post_norms", False) or getattr(cfg, "final_softcap", None))
 
 
 def dla(
@@ -56,6 +64,12 @@ def dla(
         ``{node name: Tensor [batch]}`` over ``input``, every ``a{L}.h{H}``, every ``m{L}`` and
         ``bias``; the values sum to the actual logit (difference).
     """
+    if not additive_readout(model):
+        raise InputError(
+            f"direct logit attribution does not add up on {model.cfg.family}: its "
+            "post-norms (or soft-capped logits) make a node's effect on the logits depend on "
+            "the others; use exact patching (cf.score(..., method='exact')) for node effects"
+        )
     ids, mask = as_tokens(model, tokens, attention_mask)
     batch = ids.shape[0]
     pos = readout_positions(ids, mask, position)

@@ -69,7 +69,7 @@ def collect_activations(
     Sites: ``resid_pre.{L}``, ``resid_mid.{L}``, ``resid_final``, or a node name (``input``,
     ``a{L}.h{H}``, ``m{L}``; any common spelling).
     """
-    from circuitfind.graph import parse_node
+    from circuitfind.names import parse_node
 
     ids, mask = as_tokens(model, tokens, attention_mask)
     sites = list(sites) if sites is not None else default_sites(model)

@@ -285,7 +285,7 @@ def evaluate_sae(sae: SAE, activations: Tensor) -> dict[str, float]:
 # ----------------------------------------------------------------------------- on a model
 def _site(model: Model, site: str) -> tuple[str, int | None]:
     """(hook point, head or None) for a site name."""
-    from circuitfind.graph import parse_node
+    from circuitfind.names import parse_node
 
     if site in model.hook_points():
         return site, None

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from circuitfind.errors import InputError
 from circuitfind.graph import Graph
 from circuitfind.model import Model, RunContext
+from circuitfind.ops import rms_norm_jvp, rms_norm_vjp
 from circuitfind.patching import readout_logits
 from circuitfind.runs import PreparedRuns
 from circuitfind.scores import Scores
@@ -54,6 +55,7 @@ class _Probed:
     logits: Tensor
     probes: list[Tensor]  # per layer: q, k, v [b, p, H, d_head], MLP input [b, p, d]; final
     attn_inputs: list[Tensor]  # per layer: the stream entering q/k/v (detached) [b, p, d]
+    attn_pre: list[Tensor]  # per layer: heads' sum + b_O before the post-norm (detached)
 
 
 def _probed_forward(
@@ -84,6 +86,7 @@ def _probed_forward(
     dtype = model.dtype
     probes: list[Tensor] = []
     attn_inputs: list[Tensor] = []
+    attn_pre: list[Tensor] = []
 
     def probe(*shape: int) -> Tensor:
         t = torch.zeros(*shape, dtype=dtype, device=tokens.device, requires_grad=True)
@@ -105,12 +108,14 @@ def _probed_forward(
         attn_inputs.append(resid.detach())
         qkv = (probe(b, p, H, cfg.d_head), probe(b, p, H, cfg.d_head), probe(b, p, H, cfg.d_head))
         z, _ = model.attention(layer, resid, resid, resid, ctx, probes=qkv)
-        attn = model.attn_out(layer, z)  # the heads' sum plus the constant b_O
+        pre = model.attn_pre(layer, z)  # the heads' sum plus b_O
         if targets is not None:  # pin the sum: the same value and gradient as pinning each head
-            value = targets[base : base + H].sum(0).expand_as(attn)
-            bias = model.attn_bias(layer)
+            value = targets[base : base + H].sum(0).expand_as(pre)
+            bias = model.w.layers[layer].b_O
             value = value + bias if bias is not None else value
-            attn = attn + (value - attn).detach()
+            pre = pre + (value - pre).detach()
+        attn_pre.append(pre.detach())
+        attn = model.post_attn(layer, pre)  # the post-norm, where the family has one
         if diff is not None:
             assert ablated is not None
             with torch.no_grad():
@@ -124,7 +129,7 @@ def _probed_forward(
             mlp = pin(model.mlp(layer, resid + probe(b, p, d)), base + H)
             resid = resid + mlp
     final = resid + probe(b, p, d)
-    return _Probed(readout_logits(model, final, readout), probes, attn_inputs)
+    return _Probed(readout_logits(model, final, readout), probes, attn_inputs, attn_pre)
 
 
 class _InputGrads:
@@ -133,9 +138,19 @@ class _InputGrads:
     A q/k/v receiver of head h reads x through the norm and W_h [d, d_head], so with g the
     gradient at its projection, dm/dx = J^T (W_h g), J the norm's Jacobian at x. For both norms
     J^T (W_h g) = r (W'_h g - xh (xh . W'_h g) / d), with r the inverse scale, xh the normalised
-    x and W'_h = w * W_h (the norm's weight folded in); LayerNorm also centres the columns of
-    W'_h (its mean subtraction). One batched matmul per layer then gives every head's
-    gradient, and one fused pass applies the xh term.
+    x and W'_h = s * W_h (the norm's scale s = offset + weight folded in); LayerNorm also
+    centres the columns of W'_h (its mean subtraction). One batched matmul per layer then gives
+    every head's gradient, and one fused pass applies the xh term. Without a norm before
+    attention (OLMo-2), J is the identity.
+
+    A per-head q/k norm (Qwen3, Gemma-3) needs nothing here: the probes sit before it, so g is
+    already the gradient at head h's raw projection. A norm over the whole q (k) projection
+    P = y W + b (OLMo-2, y the normed input) couples the heads: receiver h's query is
+    N(P)_h = w_h * P_h rho, rho = (mean(P^2) + eps)^-1/2, computed from that receiver's own
+    input. Its probe sits after the norm, and the chain rule through N and W gives
+    dm/dy = W_h (rho w_h * g) - (rho c_h / D) u with c_h = Ph_h . (w_h * g), Ph = P rho,
+    u = sum_j W_j Ph_j and D the projection's width: the first term goes through the batched
+    matmul, the second is one shared vector per position scaled per head.
     """
 
     def __init__(self, model: Model) -> None:
@@ -147,11 +162,38 @@ class _InputGrads:
         if layer not in self._weights:
             lw = self.model.w.layers[layer]
             kv = self.model._kv_index.to(lw.W_Q.device)
-            W = torch.cat([lw.W_Q, lw.W_K[kv], lw.W_V[kv]]).float() * lw.ln1_w.float()[:, None]
-            if self.model.cfg.norm == "layernorm":
+            scale = self.model.norm_scale(lw.ln1_w)
+            W = torch.cat([lw.W_Q, lw.W_K[kv], lw.W_V[kv]]).float() * scale[:, None]
+            if self.model.cfg.norm == "layernorm" and lw.ln1_w is not None:
                 W = W - W.mean(1, keepdim=True)
             self._weights[layer] = (W.transpose(1, 2).contiguous(), W)
         return self._weights[layer]
+
+    def _full_qk(
+        self, layer: int, y: Tensor, g: Tensor, kind: str
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The whole-projection q/k norm's chain rule (see the class docstring) for one of q, k:
+        y [bp, d] the normed input, g [H, bp, d_head] the gradients after the norm. Returns
+        rho w_h * g [H, bp, d_head], the per-head factor -(rho c_h / D) [H, bp, 1] and u
+        [bp, d]."""
+        lw, cfg = self.model.w.layers[layer], self.model.cfg
+        W, b, w = (lw.W_Q, lw.b_Q, lw.q_norm_w) if kind == "q" else (lw.W_K, lw.b_K, lw.k_norm_w)
+        assert w is not None
+        W = W.float()  # [heads, d, d_head]
+        P = torch.einsum("nd,hde->hne", y, W)  # [heads, bp, d_head]
+        if b is not None:
+            P = P + b.float()[:, None]
+        D = P.shape[0] * P.shape[2]
+        rho = torch.rsqrt(P.pow(2).sum((0, 2)) / D + lw.qk_norm_eps)[None, :, None]  # [1,bp,1]
+        Ph = P * rho
+        u = torch.einsum("hne,hde->nd", Ph, W)  # [bp, d]
+        wh = w.float().view(-1, cfg.d_head)[:, None]  # [heads, 1, d_head]
+        if kind == "k":  # one slot per query head: its kv group's weights and projection
+            kv = self.model._kv_index.to(W.device)
+            Ph, wh = Ph[kv], wh[kv]
+        gw = wh * g
+        c = (Ph * gw).sum(-1, keepdim=True)  # [H, bp, 1]
+        return rho * gw, -(rho * c) / D, u
 
     def blocks(self, run: _Probed, grads: list[Tensor]) -> Iterator[Tensor]:
         """[3H + 1, b, p, d] per layer (q[H], k[H], v[H], MLP), then the logits' [1, b, p, d]."""
@@ -159,23 +201,60 @@ class _InputGrads:
         H = cfg.n_heads
         for layer, stream in enumerate(run.attn_inputs):
             b, p, d = stream.shape
+            lw = self.model.w.layers[layer]
             gq, gk, gv, gm = grads[4 * layer : 4 * layer + 4]
-            x = stream.float().reshape(b * p, d)
-            if cfg.norm == "layernorm":
-                x = x - x.mean(-1, keepdim=True)
-            eps = self.model.w.layers[layer].ln1_eps
-            r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [bp, 1]
-            xh = x * r
             g = torch.stack([gq, gk, gv]).float()  # [3, b, p, H, d_head]
             g = g.permute(0, 3, 1, 2, 4).reshape(3 * H, b * p, cfg.d_head)
+            x = stream.float().reshape(b * p, d)
+            extra: list[tuple[int, Tensor, Tensor]] = []  # (first row, factor, vector)
+            if cfg.qk_norm == "full":
+                y = self.model.norm(stream, lw.ln1_w, lw.ln1_b, lw.ln1_eps).float()
+                y = y.reshape(b * p, d)
+                g = g.clone()
+                for j, kind in enumerate("qk"):
+                    g[j * H : (j + 1) * H], factor, u = self._full_qk(
+                        layer, y, g[j * H : (j + 1) * H], kind
+                    )
+                    if lw.ln1_w is not None:  # u goes back through the norm too
+                        if cfg.norm != "rmsnorm":
+                            raise NotImplementedError("whole-projection q/k norm after LayerNorm")
+                        u = rms_norm_vjp(x, u, lw.ln1_w, lw.ln1_eps, cfg.norm_offset)
+                    extra.append((j * H, factor, u))
             Wt, W = self._layer_weights(layer)
             out = torch.empty(3 * H + 1, b * p, d, device=stream.device)
-            torch.bmm(g * r, Wt, out=out[: 3 * H])  # r W' g
-            c = (torch.matmul(xh, W) * g).sum(-1, keepdim=True) * (r / d)  # [3H, bp, 1]
-            out[: 3 * H].addcmul_(c, xh, value=-1.0)
+            if lw.ln1_w is None:
+                torch.bmm(g, Wt, out=out[: 3 * H])
+            else:
+                if cfg.norm == "layernorm":
+                    x = x - x.mean(-1, keepdim=True)
+                r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + lw.ln1_eps)  # [bp, 1]
+                xh = x * r
+                torch.bmm(g * r, Wt, out=out[: 3 * H])  # r W' g
+                c = (torch.matmul(xh, W) * g).sum(-1, keepdim=True) * (r / d)  # [3H, bp, 1]
+                out[: 3 * H].addcmul_(c, xh, value=-1.0)
+            for first, factor, u in extra:
+                out[first : first + H].addcmul_(factor, u)
             out[3 * H] = gm.reshape(b * p, d)
             yield out.view(3 * H + 1, b, p, d)
         yield grads[-1].float()[None]
+
+
+def _post_norm_diffs(model: Model, diff: Tensor, attn_pre: list[Tensor]) -> Tensor:
+    """The sender differences with each post-normed head's mapped through its layer's
+    post-norm Jacobian: a head's change dh moves the stream by J_L(attn_pre_L) dh to first
+    order (every receiver downstream reads the layer's post-norm of the summed heads), so
+    <J dh, g_r> is the head's edge score into r. Input and MLP rows are unchanged (an MLP's
+    own post-norm is part of its output)."""
+    cfg = model.cfg
+    H = cfg.n_heads
+    out = diff.clone()
+    for layer, pre in enumerate(attn_pre):
+        lw = model.w.layers[layer]
+        if lw.post_attn_w is None:
+            continue
+        rows = slice(1 + layer * (H + 1), 1 + layer * (H + 1) + H)
+        out[rows] = rms_norm_jvp(pre, diff[rows], lw.post_attn_w, lw.post_attn_eps, cfg.norm_offset)
+    return out
 
 
 def _contract(graph: Graph, diff: Tensor, grads: Tensor, first: int, out: Tensor) -> None:
@@ -231,9 +310,10 @@ def eap_scores(
         with torch.no_grad():
             A = prep.ablated  # [S, b|1, p|1, d]
             clean: Tensor | None = None
-            if mode == "eap-ig-activations":
+            post = model.cfg.post_norms
+            if mode == "eap-ig-activations" or (post and len(alphas) > 1):
                 clean = prep.cache.node_outputs()
-            elif mode == "eap-ig-inputs":
+            if mode == "eap-ig-inputs":
                 embed_clean = model.embed(batch.clean, ctx)
         A_full = A.expand(S, b, p, model.cfg.d_model)
         diff: Tensor | None = None  # [S, b, p, d] ablated - clean, float32
@@ -265,11 +345,15 @@ def eap_scores(
                 grads = list(torch.autograd.grad(value, run.probes))
             with torch.no_grad():
                 first = 0
+                step_diff = diff
+                if post:  # each step's own post-norm Jacobians: contract every step at once
+                    assert diff is not None
+                    step_diff = _post_norm_diffs(model, diff, run.attn_pre) / len(alphas)
                 for block in input_grads.blocks(run, grads):
                     n = block.shape[0]
-                    if len(alphas) == 1:  # contract each layer's block at once: no [R, ...]
-                        assert diff is not None
-                        _contract(graph, diff, block, first, totals)
+                    if len(alphas) == 1 or post:  # contract each layer's block at once
+                        assert step_diff is not None
+                        _contract(graph, step_diff, block, first, totals)
                     else:
                         if grad_sum is None:
                             grad_sum = block.new_zeros(R, *block.shape[1:])

@@ -17,7 +17,7 @@ from torch import Tensor
 from circuitfind.checkpoint import Checkpointer, run_fingerprint
 from circuitfind.graph import Graph
 from circuitfind.model import ForwardCache, Model, RunContext, pick_positions
-from circuitfind.patching import readout_index, readout_logits, run_from
+from circuitfind.patching import edge_deltas, readout_index, readout_logits, run_from
 from circuitfind.progress import bar as progress_bar
 from circuitfind.runs import PreparedRuns
 from circuitfind.scores import Scores
@@ -83,6 +83,9 @@ def _patched_logits(
         )
         new_head = torch.einsum("bpe,em->bpm", z[:, :, 0], model.w.layers[layer].W_O[head])
         change = new_head - _tile(here(cache.heads[layer][:, :, head]), V)
+        if cfg.post_norms:  # the stream moves by the post-norm's change of the heads' sum
+            pre = _tile(here(cache.attn_pre[layer]), V)
+            change = model.post_attn(layer, pre + change) - _tile(here(cache.attn_post[layer]), V)
         if cfg.parallel_attn_mlp:
             resid = _tile(after, V) + change
         else:
@@ -180,7 +183,7 @@ def score_exact(
                 for start in range(first, upstream, chunk):
                     senders = torch.arange(start, min(start + chunk, upstream))
                     V = len(senders)
-                    delta = -diff[senders].reshape(V * b, p, -1)
+                    delta = edge_deltas(model, cache, diff, senders).reshape(V * b, p, -1)
                     logits = _patched_logits(model, graph, cache, ctx, batch.readout, r, delta)
                     values = prep.metric(task, logits, metric, variants=V).view(V, b)
                     totals[senders, r] += (values - clean[None]).sum(1).double().cpu()
