@@ -17,10 +17,8 @@ run), exactly.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -34,14 +32,11 @@ __all__ = [
     "ABLATIONS",
     "Ablation",
     "Batch",
-    "MaskEvaluator",
     "ablation_kind",
     "batches",
     "edge_deltas",
     "masked_forward",
     "readout_logits",
-    "save_checkpoint",
-    "with_clean_logits",
 ]
 
 AblationKind = Literal["resample", "mean", "mean-positional", "zero"]
@@ -109,21 +104,6 @@ def readout_logits(model: Model, resid: Tensor, readout: Tensor) -> Tensor:
     pos = readout.repeat(reps)
     picked = resid[torch.arange(resid.shape[0], device=resid.device), pos]
     return model.unembed(picked)
-
-
-def with_clean_logits(model: Model, task: Any) -> Any:
-    """The task carrying its clean readout logits (the KL metric needs them)."""
-    if getattr(task, "clean_logits", None) is None and hasattr(task, "with_clean_logits"):
-        return task.with_clean_logits(model)
-    return task
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically (a run killed mid-write leaves the previous one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------- ablations
@@ -485,74 +465,3 @@ def run_from(
             resid = resid + attn
             resid = resid + model.mlp(layer, resid)
     return readout_logits(model, resid, readout)
-
-
-# ---------------------------------------------------------------------------- evaluation
-@dataclass
-class _Prepared:
-    batch: Batch
-    ablated: Tensor  # [S, b|1, p|1, d]
-    clean_diff: Tensor  # [S, b, p, d]: clean out_s - A_s
-
-
-class MaskEvaluator:
-    """The task metric of masked runs, with each batch's ablated and clean outputs cached.
-
-    ``evaluator(mask)`` is the mean metric over the task's prompts with edges outside ``mask``
-    ablated. ``start_layer`` skips layers whose receivers keep every edge (their senders are
-    then exactly the clean run's).
-    """
-
-    def __init__(
-        self,
-        model: Model,
-        graph: Graph,
-        task: Any,
-        ablation: Ablation,
-        batch_size: int = 32,
-        metric: Any = None,
-    ) -> None:
-        self.model, self.graph, self.task, self.metric = model, graph, task, metric
-        self.prepared: list[_Prepared] = []
-        self.n = len(task)
-        with torch.no_grad():
-            for batch in batches(task, batch_size, model.device):
-                cache = model.cache(batch.clean, batch.attention_mask)
-                A = ablation.outputs(batch)
-                self.prepared.append(_Prepared(batch, A, cache.node_outputs() - A))
-
-    def per_prompt(self, mask: Tensor, start_layer: int = 0) -> Tensor:
-        """The metric of each prompt [n] under ``mask``."""
-        H = self.model.cfg.n_heads
-        out = []
-        with torch.no_grad():
-            for prep in self.prepared:
-                prefix = None
-                if start_layer > 0:
-                    prefix = list(prep.clean_diff[: 1 + start_layer * (H + 1)].unbind(0))
-                logits = masked_forward(
-                    self.model,
-                    self.graph,
-                    prep.batch.clean,
-                    prep.batch.attention_mask,
-                    prep.ablated,
-                    mask,
-                    readout=prep.batch.readout,
-                    prefix=prefix,
-                    start_layer=start_layer,
-                )
-                out.append(
-                    self.task.metric_fn(
-                        logits.float(), prep.batch.idx, reduce="none", metric=self.metric
-                    )
-                )
-        return torch.cat(out)
-
-    def with_metric(self, metric: Any) -> MaskEvaluator:
-        """The same prepared runs scored with another metric (nothing is recomputed)."""
-        other = copy.copy(self)
-        other.metric = metric
-        return other
-
-    def __call__(self, mask: Tensor, start_layer: int = 0) -> float:
-        return float(self.per_prompt(mask, start_layer).mean())

@@ -15,7 +15,7 @@ def test_contribution_orients_helpful_edges_up() -> None:
     task = planted_task(n=8)
     for method in ("exact", "eap", "acdc", "node"):
         c = circuitfind.discover(model, task, method=method, top_n=1, progress=False)
-        contrib = compare.contribution(c, task.metric.higher_is_better)
+        contrib = compare.contribution(c)
         e = c.graph.edges["a1.h0->logits"]
         assert float(contrib[e.sender_index, e.receiver_index]) > 0, method
 

@@ -6,11 +6,10 @@ resample ablation, and the faithfulness of the top-x% edges is measured at
 ``circuitfind.evaluation.CURVE_PERCENTS``:
 
 - CMD: area under |1 - f| with edges ranked by |score| (lower is better);
-- CPR: area under f with edges ranked by their *contribution* (higher is better). circuitfind's
-  patching and attribution scores are ``metric(edge ablated) - metric(clean)``, so for a metric
-  where higher is better an edge that helps has a negative score; the contribution is ``-score``
-  for exact / EAP / EAP-IG (``+score`` for lower-is-better metrics), ACDC's score (the KL increase)
-  and the node method's |score| as they are;
+- CPR: area under f with edges ranked by their *contribution* (higher is better): the score
+  oriented by the engine's one rule, ``circuitfind.scores.orientation`` (an
+  ``ablated-minus-clean`` score helps when it moves the metric toward the empty circuit's;
+  ACDC's KL increase and the node method's magnitudes are already oriented);
 - stability: per-edge inclusion frequency of the top ``TOP_PCT``% edges across the resamples
   (union, intersection, mean pairwise Jaccard), and the spread of f at fixed sizes.
 """
@@ -42,15 +41,15 @@ FULL_METHODS = ("exact", "acdc", "eap", "eap-ig-inputs", "eap-ig-activations", "
 QUICK_METHODS = ("exact", "eap", "eap-ig-inputs", "node")
 TOP_PCT = 10.0  # stability: the top 10% of edges by |score|
 SPREAD_PCTS = (2.0, 5.0, 10.0, 20.0)
-_ATTRIBUTION = ("exact", "eap", "eap-ig-inputs", "eap-ig-activations")
 
 
-def contribution(circuit: Any, higher_is_better: bool) -> Tensor:
-    """Scores oriented so that larger means "helps the task" (see the module docstring)."""
-    method = circuit.meta.get("method")
-    if method in _ATTRIBUTION:
-        return -circuit.score_matrix if higher_is_better else circuit.score_matrix.clone()
-    return circuit.score_matrix.clone()
+def contribution(circuit: Any) -> Tensor:
+    """The circuit's scores oriented so that larger means "helps the task": the engine's one
+    rule (:func:`circuitfind.scores.orientation`, recorded by discover as
+    ``meta["score_orientation"]``)."""
+    from circuitfind.scores import helpfulness
+
+    return helpfulness(circuit.score_matrix, float(circuit.meta["score_orientation"]))
 
 
 def _top_edges(graph: Any, scores: Tensor, pct: float) -> set[int]:
@@ -63,19 +62,12 @@ def _top_edges(graph: Any, scores: Tensor, pct: float) -> set[int]:
 def _one(model: Any, task: Any, method: str) -> dict[str, Any]:
     """Score, then measure both curves of one method on one prompt set."""
     import circuitfind
-    from circuitfind.circuit import Circuit
 
     circuit = circuitfind.discover(
         model, task, method=method, ablation="resample", top_n=1, progress=False, seed=0
     )
-    higher = getattr(task.metric, "higher_is_better", True)
-    oriented = Circuit(
-        circuit.graph,
-        contribution(circuit, higher),
-        circuit.in_graph,
-        {**circuit.meta, "score_orientation": 1.0},  # already oriented: helps = larger
-    )
-    ev = circuitfind.evaluate(model, task, oriented, curve=True)
+    # the curves rank by the engine's own orientation rule, over the same prepared runs
+    ev = circuitfind.evaluate(model, task, circuit, curve=True, runs=circuit.runs)
     return {
         "scores": circuit.score_matrix,
         "curve": ev.curve,
