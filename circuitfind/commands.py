@@ -312,7 +312,7 @@ def _discover_into(
     args: argparse.Namespace, out: Path, method: str, ablation: str, start: float
 ) -> int:
     from circuitfind.render import GraphvizNotFoundError, render
-    from circuitfind.report import head_scores, write_report
+    from circuitfind.report import head_totals, write_report
     from circuitfind.roles import detect_roles
     from circuitfind.strict_json import dumps
 
@@ -398,7 +398,7 @@ def _discover_into(
     files["circuit"] = str(circuit.to_json(out / "circuit.json"))
 
     faith = evaluation.get("faithfulness")
-    ranked = sorted(head_scores(circuit).items(), key=lambda kv: -abs(kv[1]))[:5]
+    ranked = sorted(head_totals(circuit).items(), key=lambda kv: -abs(kv[1]))[:5]
     top = [
         {
             "head": h,

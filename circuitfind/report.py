@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from circuitfind.names import parse_node
 from circuitfind.roles import ROLE_COLOURS, Role, role_names
+from circuitfind.scores import node_totals
 
 if TYPE_CHECKING:
     from circuitfind.circuit import Circuit
 
-__all__ = ["head_scores", "node_scores", "write_report"]
+__all__ = ["head_totals", "node_totals_of", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,27 +57,18 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
     return getattr(obj, key, default)
 
 
-def node_scores(circuit: Circuit) -> dict[str, float]:
+def node_totals_of(circuit: Circuit) -> dict[str, float]:
     """A score for every node of the circuit: its own score when the method gave one, else the
     sum of its in-circuit outgoing edge scores (incoming for ``logits``)."""
     if circuit.node_scores:
         return {n: circuit.node_scores.get(n, float("nan")) for n in circuit.nodes}
-    keep = circuit.in_graph
-    scores = circuit.score_matrix.nan_to_num(0.0) * keep
-    g = circuit.graph
-    out: dict[str, float] = {}
-    by_sender = scores.sum(1)
-    for name in circuit.nodes:
-        if name == "logits":
-            out[name] = float(scores[:, g.receiver_index["logits"]].sum())
-        else:
-            out[name] = float(by_sender[g.sender_index[name]])
-    return out
+    totals = node_totals(circuit.graph, circuit.score_matrix, keep=circuit.in_graph)
+    return {name: totals[name] for name in circuit.nodes}
 
 
-def head_scores(circuit: Circuit) -> dict[str, float]:
+def head_totals(circuit: Circuit) -> dict[str, float]:
     """:func:`node_scores` for the attention heads only."""
-    return {n: s for n, s in node_scores(circuit).items() if n.startswith("a")}
+    return {n: s for n, s in node_totals_of(circuit).items() if n.startswith("a")}
 
 
 def _svg_only(svg: str) -> str:
@@ -422,7 +414,7 @@ def write_report(
         if value is not None:
             metric_rows += f"<tr><td>{key.upper()}</td><td class='num'>{_fmt(value)}</td></tr>"
 
-    scores = node_scores(circuit)
+    scores = node_totals_of(circuit)
     if circuit.node_scores:
         score_head = "score (the node's own, from ablating it)"
     else:

@@ -13,7 +13,7 @@ import pytest
 
 from circuitfind.circuit import Circuit
 from circuitfind.render import EDGE_COLOURS
-from circuitfind.report import head_scores, node_scores, write_report
+from circuitfind.report import head_totals, node_totals_of, write_report
 from circuitfind.roles import ROLE_COLOURS, Role
 from tests.test_render import EDGES, small_circuit
 
@@ -88,10 +88,10 @@ def test_report_without_evaluation_or_task_still_renders(tmp_path):
 
 def test_node_scores_sum_outgoing_edges():
     c = small_circuit()
-    scores = node_scores(c)
+    scores = node_totals_of(c)
     assert scores["a0.h1"] == pytest.approx(EDGES["a0.h1->a1.h0<v>"] + EDGES["a0.h1->a1.h0<k>"])
     assert scores["logits"] == pytest.approx(EDGES["a1.h0->logits"] + EDGES["m0->logits"])
-    assert set(head_scores(c)) == {"a0.h1", "a1.h0"}
+    assert set(head_totals(c)) == {"a0.h1", "a1.h0"}
 
 
 def _chromium() -> str | None:

@@ -10,7 +10,7 @@ from circuitfind.errors import ModelLoadError
 from circuitfind.tasks import get_task
 from circuitfind.zoo import card, list_zoo, load_hf, resolve
 from circuitfind.zoo.cli import register
-from circuitfind.zoo.diagnostics import ablate_heads, head_scores, repeated_tokens
+from circuitfind.zoo.diagnostics import ablate_heads, hf_pattern_scores, repeated_tokens
 from circuitfind.zoo.recipe import RECIPES, get_recipe
 from circuitfind.zoo.train import train
 
@@ -63,7 +63,7 @@ def test_greater_than_builtin_on_the_zoo():
 def test_induction_model_has_previous_token_and_induction_heads():
     model, tok = load_hf("induction-2l")
     tokens = repeated_tokens(range(128), n=32, length=10, seed=FRESH_SEED)
-    scores = head_scores(model, tokens)
+    scores = hf_pattern_scores(model, tokens)
     prev = scores["previous_token"][0]
     assert prev.max() > 0.5
     assert scores["induction"][1].max() > 0.5

@@ -250,13 +250,13 @@ def planted_case(*, quick: bool, seed: int, methods: tuple[str, ...]) -> dict[st
 def induction_reference(hf: Any, tok: Any, *, seed: int, n: int = 64) -> dict[str, Any]:
     """Previous-token and induction heads of a zoo model, from attention-pattern scores and head
     ablation (both measured here, on fresh repeated-token prompts)."""
-    from circuitfind.zoo.diagnostics import ablate_heads, head_scores, repeated_tokens
+    from circuitfind.zoo.diagnostics import ablate_heads, hf_pattern_scores, repeated_tokens
 
     segment = 12
     special = set(tok.all_special_ids) if tok is not None else set()
     candidates = [i for i in range(hf.config.vocab_size) if i not in special]
     tokens = repeated_tokens(candidates, n=n, length=segment, seed=seed)
-    scores = head_scores(hf, tokens)
+    scores = hf_pattern_scores(hf, tokens)
 
     def accuracy() -> float:
         with torch.no_grad():

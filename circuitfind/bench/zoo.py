@@ -19,7 +19,7 @@ from torch import Tensor
 
 from circuitfind.bench.common import Report, stamp
 from circuitfind.zoo import card, list_zoo, load_hf
-from circuitfind.zoo.diagnostics import ablate_heads, head_scores, repeated_tokens
+from circuitfind.zoo.diagnostics import ablate_heads, hf_pattern_scores, repeated_tokens
 from circuitfind.zoo.recipe import get_recipe
 
 __all__ = ["HELD_OUT_SEED", "model_report", "run"]
@@ -48,7 +48,7 @@ def model_report(name: str, seed: int) -> tuple[list[str], dict[str, Any]]:
     special = set(tok.all_special_ids)
     candidates = [i for i in range(len(tok)) if i not in special]
     tokens = repeated_tokens(candidates, n=64, length=SEGMENT, seed=seed)
-    heads = head_scores(model, tokens)
+    heads = hf_pattern_scores(model, tokens)
     main_score = next(iter(recipe.targets))
     n_layers, n_heads = heads["previous_token"].shape
     ablated = torch.zeros(n_layers, n_heads)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         pattern_scores,
         repeated_random_tokens,
     )
-    from circuitfind.inspect.attribute import METHODS, attribute, logit_metric
+    from circuitfind.inspect.attribute import ATTRIBUTION_METHODS, attribute, logit_metric
     from circuitfind.inspect.dla import dla, dla_by_layer, dla_heads
     from circuitfind.inspect.lens import (
         TunedLens,
@@ -66,7 +66,7 @@ _LAZY: dict[str, str] = {
     "head_pattern_scores": "attention",
     "pattern_scores": "attention",
     "repeated_random_tokens": "attention",
-    "METHODS": "attribute",
+    "ATTRIBUTION_METHODS": "attribute",
     "attribute": "attribute",
     "logit_metric": "attribute",
     "dla": "dla",
@@ -99,7 +99,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
-    "METHODS",
+    "ATTRIBUTION_METHODS",
     "SAE",
     "SCORES",
     "ProbeResult",

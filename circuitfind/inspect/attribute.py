@@ -40,9 +40,9 @@ if TYPE_CHECKING:
     from circuitfind.model import Model
 
 __all__ = [
+    "ATTRIBUTION_METHODS",
     "BASELINE_METHODS",
     "COMPLETE_METHODS",
-    "METHODS",
     "attribute",
     "attribution_summary",
     "baseline_token",
@@ -51,7 +51,14 @@ __all__ = [
 ]
 
 Metric = Callable[[Tensor], Tensor]
-METHODS = ("gradient", "grad_x_input", "integrated_gradients", "occlusion", "rollout", "shap")
+ATTRIBUTION_METHODS = (
+    "gradient",
+    "grad_x_input",
+    "integrated_gradients",
+    "occlusion",
+    "rollout",
+    "shap",
+)
 BASELINE_METHODS = ("integrated_gradients", "occlusion", "shap")  # compare with a baseline
 COMPLETE_METHODS = ("integrated_gradients", "shap")  # scores sum to f(input) - f(baseline)
 
@@ -168,7 +175,7 @@ def attribute(
         model: the model.
         tokens: token ids [batch, pos] (or text).
         answer, wrong: the default metric's tokens (see ``logit_metric``).
-        method: one of ``METHODS``.
+        method: one of ``ATTRIBUTION_METHODS``.
         metric: ``logits -> [batch]`` instead of the logit metric.
         position: readout position (default: each row's last real token).
         attention_mask: [batch, pos] for padded batches.
@@ -178,8 +185,10 @@ def attribute(
         n_samples: permutations for ``shap``.
         seed: for ``shap``'s permutations.
     """
-    if method not in METHODS:
-        raise InputError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
+    if method not in ATTRIBUTION_METHODS:
+        raise InputError(
+            f"unknown attribution method {method!r}; choose from {', '.join(ATTRIBUTION_METHODS)}"
+        )
     ids, mask = as_tokens(model, tokens, attention_mask)
     real = (mask if mask is not None else torch.ones_like(ids)).to(torch.float32)
     if method == "rollout":

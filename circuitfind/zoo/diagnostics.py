@@ -17,7 +17,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["ablate_heads", "attention_patterns", "head_scores", "out_projection", "repeated_tokens"]
+__all__ = [
+    "ablate_heads",
+    "attention_patterns",
+    "hf_pattern_scores",
+    "out_projection",
+    "repeated_tokens",
+]
 
 # where each family keeps the attention output projection of layer L (its input is the heads'
 # concatenated outputs [b, p, n_heads * d_head])
@@ -94,7 +100,7 @@ def repeated_tokens(
     return torch.stack(rows)
 
 
-def head_scores(model: Any, tokens: Tensor, offset: int = 0) -> dict[str, Tensor]:
+def hf_pattern_scores(model: Any, tokens: Tensor, offset: int = 0) -> dict[str, Tensor]:
     """Previous-token, duplicate-token and induction scores ``[layers, heads]`` on ``tokens``
     from :func:`repeated_tokens` (``offset`` = prefix length).
 

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from circuitfind.zoo.diagnostics import ablate_heads, head_scores, repeated_tokens
+from circuitfind.zoo.diagnostics import ablate_heads, hf_pattern_scores, repeated_tokens
 from circuitfind.zoo.recipe import Consolidation, Recipe, Sampler, register_recipe
 from circuitfind.zoo.tokenizer import word_level_tokenizer
 
@@ -152,7 +152,7 @@ def evaluate(model: Any, tok: Any, seed: int) -> dict[str, float]:
         pred = model(tokens).logits.argmax(-1)
     # predictions of the second copy's tokens 2..L, made at positions L..2L-2
     acc = (pred[:, 12:-1] == tokens[:, 13:]).float().mean().item()
-    scores = head_scores(model, repeated_tokens(range(VOCAB), n=64, length=12, seed=seed))
+    scores = hf_pattern_scores(model, repeated_tokens(range(VOCAB), n=64, length=12, seed=seed))
     prev, ind = scores["previous_token"], scores["induction"]
     task = get_task("induction", tok, n=200, seed=seed, length=10, metric="accuracy")
     task_acc = task.score(model)
