@@ -126,7 +126,7 @@ def _dla(model: Any, cache: Any, readout: Tensor, direction: Tensor) -> Tensor:
     The final norm is linearised around the run's own final residual stream (its scale is
     frozen), the standard DLA. Returns [layer, head] (mean over prompts).
     """
-    from circuitfind.inspect.dla import additive_readout
+    from circuitfind.inspect.dla import additive_readout, direct_map
 
     if not additive_readout(model):  # no DLA through post-norms: no name-mover verdicts
         logger.warning(
@@ -134,19 +134,10 @@ def _dla(model: Any, cache: Any, readout: Tensor, direction: Tensor) -> Tensor:
         )
         return torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
     rows = torch.arange(len(readout), device=readout.device)
-    resid = cache.resid_final[rows, readout].float()  # [batch, d_model]
-    w = model.w
-    if model.cfg.norm == "rmsnorm":
-        scale = torch.sqrt(resid.pow(2).mean(-1, keepdim=True) + w.lnf_eps)
-    else:
-        scale = torch.sqrt(resid.var(-1, unbiased=False, keepdim=True) + w.lnf_eps)
-    out = []
-    for layer in range(model.cfg.n_layers):
-        heads = cache.heads[layer][rows, readout].float()  # [batch, head, d_model]
-        if model.cfg.norm != "rmsnorm":
-            heads = heads - heads.mean(-1, keepdim=True)
-        normed = heads / scale[:, None, :] * w.lnf_w.float()
-        out.append((normed * direction[:, None, :]).sum(-1).mean(0))
+    through = direct_map(model, cache.resid_final[rows, readout], direction)
+    out = [
+        through(cache.heads[layer][rows, readout]).mean(0) for layer in range(model.cfg.n_layers)
+    ]
     return torch.stack(out)  # [layer, head]
 
 

@@ -42,7 +42,18 @@ def test_tuned_lens_trains_below_the_logit_lens_and_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "family", ["gpt2", "gpt_neox-parallel", "llama-mha-bias-linear-rope", "qwen2", "gpt_neo"]
+    "family",
+    [
+        "gpt2",
+        "gpt_neox-parallel",
+        "llama-mha-bias-linear-rope",
+        "qwen2",
+        "gpt_neo",
+        "gemma-mqa",
+        "qwen3-gqa-untied",
+        "phi3-sliding-mqa",
+        "gptj",
+    ],
 )
 def test_dla_sums_to_the_logit_difference(family):
     model = cf.load(make_hf_model(family))

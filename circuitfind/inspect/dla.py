@@ -14,6 +14,7 @@ the values sum to the model's logit (difference) at the readout position exactly
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,7 +32,35 @@ from circuitfind.inspect._common import (
 if TYPE_CHECKING:
     from circuitfind.model import Model
 
-__all__ = ["additive_readout", "dla", "dla_by_layer", "dla_heads"]
+__all__ = ["additive_readout", "direct_map", "dla", "dla_by_layer", "dla_heads"]
+
+
+def direct_map(model: Model, resid: Tensor, u: Tensor) -> Callable[[Tensor], Tensor]:
+    """The one DLA map: a node's term [batch, ..., d_model] -> its direct effect [batch, ...]
+    along the unembedding directions ``u`` [batch, d_model], with the final norm's scale frozen
+    at its value on ``resid`` [batch, d_model] (the run's final stream at the readout).
+
+    LayerNorm: ``((x - mean x) / scale * w) . u``; RMSNorm: ``(x / scale * w) . u``, where ``w`` is
+    the norm's effective weight (``1 + w`` for Gemma's norms: ``model.norm_scale``).
+    """
+    x = resid.float()
+    layernorm = model.cfg.norm == "layernorm"
+    eps = model.w.lnf_eps
+    if layernorm:
+        scale = (x.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
+    else:
+        scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    direction = model.norm_scale(model.w.lnf_w) * u.float() / scale  # [batch, d_model]
+    batch = x.shape[0]
+
+    def through(term: Tensor) -> Tensor:
+        term = term.float()
+        if layernorm:
+            term = term - term.mean(-1, keepdim=True)
+        shape = (batch,) + (1,) * (term.dim() - 2) + (term.shape[-1],)
+        return (term * direction.view(shape)).sum(-1)
+
+    return through
 
 
 def additive_readout(model: Model) -> bool:
@@ -84,23 +113,10 @@ def dla(
     with torch.no_grad():
         _, cache = model.run_with_cache(ids, mask)
         assert cache.resid_final is not None
-        x = cache.resid_final[rows, pos].float()  # [batch, d_model]
-        layernorm = model.cfg.norm == "layernorm"
-        eps = model.w.lnf_eps
-        if layernorm:
-            scale = (x.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
-        else:
-            scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-        direction = model.w.lnf_w.float() * u.float() / scale  # [batch, d_model]
-
-        def through(term: Tensor) -> Tensor:  # term [batch, ..., d_model] -> [batch, ...]
-            if layernorm:
-                term = term - term.mean(-1, keepdim=True)
-            shape = (batch,) + (1,) * (term.dim() - 2) + (term.shape[-1],)
-            return (term * direction.view(shape)).sum(-1)
+        through = direct_map(model, cache.resid_final[rows, pos], u)
 
         out: dict[str, Tensor] = {"input": through(cache.input[rows, pos].float())}
-        constant = torch.zeros(batch, device=x.device)
+        constant = torch.zeros(batch, device=ids.device)
         for layer in range(model.cfg.n_layers):
             heads = through(cache.heads[layer][rows, pos].float())  # [batch, head]
             for h in range(model.cfg.n_heads):
