@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuitfind.errors import InputError
+from circuitfind.errors import InputError, UnsupportedModelError
 from circuitfind.graph import Graph
 from circuitfind.model import Model, RunContext
 from circuitfind.ops import rms_norm_jvp, rms_norm_vjp
@@ -217,7 +217,11 @@ class _InputGrads:
                     )
                     if lw.ln1_w is not None:  # u goes back through the norm too
                         if cfg.norm != "rmsnorm":
-                            raise NotImplementedError("whole-projection q/k norm after LayerNorm")
+                            raise UnsupportedModelError(
+                                f"EAP on {cfg.family}: a q/k norm over the whole projection "
+                                "after a LayerNorm has no closed-form gradient here (no "
+                                "supported family has one); use method='exact'"
+                            )
                         u = rms_norm_vjp(x, u, lw.ln1_w, lw.ln1_eps, cfg.norm_offset)
                     extra.append((j * H, factor, u))
             Wt, W = self._layer_weights(layer)
