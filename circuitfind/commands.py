@@ -142,14 +142,27 @@ def _roles_from_meta(circuit: Any) -> dict[str, Any] | None:
     if not isinstance(saved, dict):
         return None
     return {
-        head: Role(head, entry.get("role", "unlabelled"), float(entry.get("score", 0.0)))
+        head: Role(
+            head,
+            entry.get("role", "unlabelled"),
+            float(entry.get("score", 0.0)),
+            by_pattern_only=bool(entry.get("by_pattern_only", False)),
+            note=str(entry.get("note", "")),
+        )
         for head, entry in saved.items()
         if isinstance(entry, dict)
     }
 
 
 def _roles_to_meta(roles: dict[str, Any]) -> dict[str, Any]:
-    return {h: {"role": r.name, "score": round(r.score, 4)} for h, r in roles.items()}
+    out: dict[str, Any] = {}
+    for head, role in roles.items():
+        entry: dict[str, Any] = {"role": role.name, "score": round(role.score, 4)}
+        if role.note:
+            entry["by_pattern_only"] = role.by_pattern_only
+            entry["note"] = role.note
+        out[head] = entry
+    return out
 
 
 _BETTER = {True: "higher is better", False: "lower is better"}
@@ -364,7 +377,7 @@ def _discover_into(
 
     t = time.perf_counter()
     heads = [n for n in circuit.nodes if n.startswith("a")]
-    roles = detect_roles(model, task, heads=heads) if heads else {}
+    roles = detect_roles(model, task, heads=heads, circuit=circuit) if heads else {}
     circuit.meta["roles"] = _roles_to_meta(roles)
     phases["roles_s"] = time.perf_counter() - t
 
@@ -523,7 +536,7 @@ def _render(args: argparse.Namespace) -> int:
             from circuitfind.roles import detect_roles
 
             heads = [n for n in circuit.nodes if n.startswith("a")]
-            roles = detect_roles(model, task, heads=heads)
+            roles = detect_roles(model, task, heads=heads, circuit=circuit)
         path = write_report(
             circuit,
             out,

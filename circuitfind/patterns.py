@@ -20,10 +20,12 @@ from torch import Tensor
 
 __all__ = [
     "DLA_FRACTION",
+    "PAPER_DEPTHS",
     "ROLES",
     "ROLE_COLOURS",
     "THRESHOLDS",
     "duplicate_token_score",
+    "far_from_paper",
     "induction_score",
     "induction_targets",
     "pick_role",
@@ -68,6 +70,23 @@ THRESHOLDS: dict[str, float] = {
 }
 # A name mover's |DLA| must be at least this fraction of the largest |DLA| among all heads.
 DLA_FRACTION = 0.1
+
+# Where each role's paper found it, as relative depth layer / (n_layers - 1) (0 = first layer,
+# 1 = last): Wang et al. 2022 (IOI, GPT-2 small: name movers 9.6 9.9 10.0, negative name movers
+# 10.7 11.10, S-inhibition 7.3 7.9 8.6 8.10, induction 5.5 5.8 5.9 6.9, duplicate-token 0.1 0.10
+# 3.0, previous-token 2.2 4.11). An induction head also needs a head before it to compose with
+# (Olsson et al. 2022), so it is never where its paper puts it in the first layer.
+PAPER_DEPTHS: dict[str, tuple[float, float, str]] = {
+    "name-mover": (9 / 11, 10 / 11, "Wang et al. 2022 (IOI): layers 9-10 of GPT-2 small's 12"),
+    "negative-name-mover": (10 / 11, 1.0, "Wang et al. 2022 (IOI): layers 10-11 of 12"),
+    "s-inhibition": (7 / 11, 8 / 11, "Wang et al. 2022 (IOI): layers 7-8 of 12"),
+    "induction": (5 / 11, 6 / 11, "Wang et al. 2022 (IOI): layers 5-6 of 12; never layer 0"),
+    "duplicate-token": (0.0, 3 / 11, "Wang et al. 2022 (IOI): layers 0-3 of 12"),
+    "previous-token": (2 / 11, 4 / 11, "Wang et al. 2022 (IOI): layers 2-4 of 12"),
+}
+# A role is far from its paper's layers when the nearest layer of the paper's range, scaled to
+# the model's depth, is more than this share of the depth away (and more than one layer).
+FAR_SHARE = 0.25
 
 
 def _masked_mean(values: Tensor, where: Tensor) -> Tensor:
@@ -161,3 +180,17 @@ def repeated_tokens(
             seg = cand[torch.randint(0, len(cand), (length,), generator=gen)]
         rows.append(torch.cat([torch.as_tensor(list(prefix), dtype=torch.long), seg, seg]))
     return torch.stack(rows)
+
+
+def far_from_paper(role: str, layer: int, n_layers: int) -> bool:
+    """Whether a head of ``role`` in ``layer`` lies far from where the role's paper found it
+    (:data:`PAPER_DEPTHS` scaled to ``n_layers``; slack: :data:`FAR_SHARE` of the depth, at
+    least one layer). Roles no paper places (``copying``, ``unlabelled``) are never far."""
+    if role not in PAPER_DEPTHS:
+        return False
+    if role == "induction" and layer == 0:
+        return True
+    lo, hi, _ = PAPER_DEPTHS[role]
+    span = max(n_layers - 1, 0)
+    distance = max(lo * span - layer, layer - hi * span, 0.0)
+    return distance > max(1.0, FAR_SHARE * span)

@@ -141,6 +141,11 @@ def _legend(
         )
     if "nan" in styles:
         rows.append('<TR><TD>· · ·</TD><TD ALIGN="LEFT">not scored</TD></TR>')
+    if "by-pattern" in styles:
+        rows.append(
+            '<TR><TD>role?</TD><TD ALIGN="LEFT">by pattern only: far from the layers its paper '
+            "found it in, and no circuit edge confirms it</TD></TR>"
+        )
     rows.append('<TR><TD COLSPAN="2">width ∝ |score|</TD></TR>')
     return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="2">' + "".join(rows) + "</TABLE>>"
 
@@ -187,6 +192,7 @@ def dot_source(
         nodes = ["input", "logits"]
     node_scores = circuit.node_scores or {}
     roles_used: set[str] = set()
+    styles: set[str] = set()
     ranks: dict[str, list[str]] = {}
     for name in nodes:
         node = g.nodes[name]
@@ -197,8 +203,13 @@ def dot_source(
             roles_used.add(role)
             attrs["fillcolor"] = ROLE_COLOURS.get(role, ROLE_COLOURS["unlabelled"])
             if role != "unlabelled":
-                attrs["label"] = f"{node.label}\\n{role}"
-                tooltip.append(str(role_objs.get(name, role)))
+                obj = role_objs.get(name)
+                attrs["label"] = f"{node.label}\\n{obj.label if obj else role}"
+                tooltip.append(str(obj or role))
+                if obj is not None and obj.note:
+                    tooltip.append(obj.note)
+                if obj is not None and obj.by_pattern_only:
+                    styles.add("by-pattern")
             rank = f"L{node.layer}"
         elif node.kind == "mlp":
             attrs["fillcolor"] = "#e0e0e0"
@@ -230,7 +241,6 @@ def dot_source(
     finite = [abs(x) for _, _, x in edges if not math.isnan(x)]
     biggest = max(finite) if finite and max(finite) > 0 else 1.0
     sign = helpfulness_sign(circuit)
-    styles: set[str] = set()
     for i, j, score in edges:
         sender = g.senders[i].name
         recv = g.receivers[j]
@@ -314,7 +324,7 @@ def render(
         from circuitfind.roles import detect_roles
 
         heads = [n for n in circuit.nodes if n.startswith("a")]
-        roles = detect_roles(model, task, heads=heads) if heads else {}
+        roles = detect_roles(model, task, heads=heads, circuit=circuit) if heads else {}
     dot = dot_source(circuit, roles=roles, title=_title(circuit), max_edges=max_edges)
     _, left_out = drawn_edges(circuit, max_edges)
     if left_out:

@@ -249,7 +249,11 @@ def _role_cell(role: Any) -> str:
     name = role.name if isinstance(role, Role) else str(role)
     colour = ROLE_COLOURS.get(name, ROLE_COLOURS["unlabelled"])
     score = f" {role.score:.2f}" if isinstance(role, Role) and name != "unlabelled" else ""
-    return f'<span class="role" style="background:{colour}">{html.escape(name)}</span>{score}'
+    cell = f'<span class="role" style="background:{colour}">{html.escape(name)}</span>{score}'
+    if isinstance(role, Role) and role.note:
+        flag = "by pattern only" if role.by_pattern_only else "confirmed by the circuit"
+        cell += f' <span class="caveat" title="{html.escape(role.note)}">({flag})</span>'
+    return cell
 
 
 def _fmt(x: Any, digits: int = 4) -> str:

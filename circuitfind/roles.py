@@ -17,6 +17,14 @@ Roles (each with the score that justified it, a number in [0, 1] for attention r
   lowers their preference for the answer name over the subject (``q_effect`` > 0).
 - ``unlabelled``: nothing above fits.
 
+Where a role sits far from the layers its paper found it in (:data:`PAPER_DEPTHS`, scaled to
+the model's depth: an S-inhibition head in layer 0, say), the pattern alone is weak evidence.
+Such a role is marked ``by pattern only`` unless the circuit's patched edges confirm the
+mechanism the role names (:func:`confirm_roles`): a name mover's edge to the logits, an
+S-inhibition head's edge into a name mover's query, a previous-token head's edge into an
+induction head's key, an induction head's key fed by a previous-token head, a duplicate-token
+head's edge into an S-inhibition head.
+
 The pure scoring functions (``previous_token_score`` ...) take pattern tensors
 ``[batch, head, q, k]`` so inspection tools can reuse them on any cache.
 """
@@ -32,11 +40,13 @@ from torch import Tensor
 
 from circuitfind.patterns import (
     DLA_FRACTION,
+    PAPER_DEPTHS,
     ROLE_COLOURS,
     ROLES,
     THRESHOLDS,
     _real,
     duplicate_token_score,
+    far_from_paper,
     induction_score,
     induction_targets,
     pick_role,
@@ -46,10 +56,12 @@ from circuitfind.patterns import (
 
 __all__ = [
     "DLA_FRACTION",
+    "PAPER_DEPTHS",
     "ROLES",
     "ROLE_COLOURS",
     "THRESHOLDS",
     "Role",
+    "confirm_roles",
     "detect_roles",
     "role_names",
 ]
@@ -67,12 +79,17 @@ class Role:
         score: the deciding score (0 for ``unlabelled``).
         evidence: all scores measured for this head (``previous-token``, ``induction``,
             ``attn_io``, ``dla`` ...), for tables and tooltips.
+        by_pattern_only: the head sits far from where the role's paper found it and no
+            patched edge of the circuit confirms the role's mechanism.
+        note: why, in words (the paper's layers, what was looked for), or ``""``.
     """
 
     head: str
     name: str
     score: float = 0.0
     evidence: dict[str, float] = field(default_factory=dict)
+    by_pattern_only: bool = False
+    note: str = ""
 
     @property
     def colour(self) -> str:
@@ -81,7 +98,13 @@ class Role:
     def __str__(self) -> str:
         if self.name == "unlabelled":
             return "unlabelled"
-        return f"{self.name} ({self.score:.2f})"
+        caveat = ", by pattern only" if self.by_pattern_only else ""
+        return f"{self.name} ({self.score:.2f}{caveat})"
+
+    @property
+    def label(self) -> str:
+        """The role as a diagram shows it: ``s-inhibition?`` when by pattern only."""
+        return f"{self.name}?" if self.by_pattern_only else self.name
 
 
 # ---------------------------------------------------------------------------- detection
@@ -161,6 +184,7 @@ def detect_roles(
     max_prompts: int = 32,
     thresholds: dict[str, float] | None = None,
     seed: int = 0,
+    circuit: Any = None,
 ) -> dict[str, Role]:
     """Roles of attention heads from the model's behaviour on the task's clean prompts.
 
@@ -172,6 +196,8 @@ def detect_roles(
         max_prompts: how many prompts to run (the first ones).
         thresholds: override :data:`THRESHOLDS` entries.
         seed: seed of the repeated-token probe used when the prompts have too few repeats.
+        circuit: the circuit whose patched edges may confirm roles found far from their
+            paper's layers (:func:`confirm_roles`); without one such roles are by pattern only.
 
     Returns:
         ``{head name: Role}`` for every requested head, ``unlabelled`` where nothing fits.
@@ -228,9 +254,8 @@ def detect_roles(
             if not torch.isnan(val[layer, head])
         }
         role, value = pick_role({k: float(v[layer, head]) for k, v in scores.items()}, thr)
-        best = Role(name, role, value, evidence)
-        roles[name] = best
-    return roles
+        roles[name] = Role(name, role, value, evidence)
+    return confirm_roles(roles, circuit, n_layers=L)
 
 
 def _ioi_scores(
@@ -301,6 +326,83 @@ def _ioi_scores(
         "dla": dla,
         "q_effect": q_effect,
     }
+
+
+# What confirms each role in a circuit: (edge direction, partner roles, receiver input).
+# "out": an edge from the head to a partner's input; "in": an edge from a partner into the head.
+_MECHANISMS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "name-mover": ("out", ("logits",), ""),
+    "negative-name-mover": ("out", ("logits",), ""),
+    "s-inhibition": ("out", ("name-mover", "negative-name-mover"), "q"),
+    "previous-token": ("out", ("induction",), "k"),
+    "induction": ("in", ("previous-token",), "k"),
+    "duplicate-token": ("out", ("s-inhibition",), ""),
+}
+_LOOKED_FOR = {
+    "name-mover": "an edge from it to the logits",
+    "negative-name-mover": "an edge from it to the logits",
+    "s-inhibition": "an edge from it into a name mover's query",
+    "previous-token": "an edge from it into an induction head's key",
+    "induction": "an edge from a previous-token head into its key",
+    "duplicate-token": "an edge from it into an S-inhibition head",
+}
+
+
+def _confirmed(head: str, role: str, names: dict[str, str], circuit: Any) -> bool:
+    """Whether a kept edge of the circuit realises the mechanism ``role`` names for ``head``."""
+    direction, partners, qkv = _MECHANISMS[role]
+    for edge in circuit.edge_names:
+        sender, receiver = edge.split("->")
+        node, _, rest = receiver.partition("<")
+        port = rest.rstrip(">")
+        if qkv and port != qkv:
+            continue
+        if direction == "out" and sender == head:
+            partner = node if node == "logits" else names.get(node, "")
+        elif direction == "in" and node == head:
+            partner = names.get(sender, "")
+        else:
+            continue
+        if partner in partners:
+            return True
+    return False
+
+
+def confirm_roles(
+    roles: dict[str, Role], circuit: Any = None, *, n_layers: int | None = None
+) -> dict[str, Role]:
+    """Mark roles found far from their paper's layers as by pattern only, unless a kept edge of
+    ``circuit`` realises the role's mechanism (see the module docstring).
+
+    Args:
+        roles: ``{head: Role}`` (canonical head names).
+        circuit: a ``Circuit`` (its kept edges are read), or ``None``: nothing is confirmed.
+        n_layers: the model's depth (default: the circuit's).
+
+    Returns:
+        The roles, with ``by_pattern_only`` and ``note`` set.
+    """
+    from dataclasses import replace
+
+    if n_layers is None:
+        if circuit is None:
+            raise ValueError("confirm_roles needs n_layers or a circuit")
+        n_layers = circuit.graph.cfg.n_layers
+    names = {head: role.name for head, role in roles.items()}
+    out: dict[str, Role] = {}
+    for head, role in roles.items():
+        layer = int(head[1:].split(".h")[0])
+        if not far_from_paper(role.name, layer, n_layers):
+            out[head] = replace(role, by_pattern_only=False, note="")
+            continue
+        where = f"found in layer {layer} of {n_layers}; {PAPER_DEPTHS[role.name][2]}"
+        if circuit is not None and _confirmed(head, role.name, names, circuit):
+            note = f"{where}; confirmed by {_LOOKED_FOR[role.name]} in the circuit"
+            out[head] = replace(role, by_pattern_only=False, note=note)
+        else:
+            note = f"{where}; by pattern only: no {_LOOKED_FOR[role.name]} in the circuit"
+            out[head] = replace(role, by_pattern_only=True, note=note)
+    return out
 
 
 def role_names(roles: dict[str, Any] | None) -> dict[str, str]:
