@@ -72,20 +72,24 @@ THRESHOLDS: dict[str, float] = {
 DLA_FRACTION = 0.1
 
 # Where each role's paper found it, as relative depth layer / (n_layers - 1) (0 = first layer,
-# 1 = last): Wang et al. 2022 (IOI, GPT-2 small: name movers 9.6 9.9 10.0, negative name movers
-# 10.7 11.10, S-inhibition 7.3 7.9 8.6 8.10, induction 5.5 5.8 5.9 6.9, duplicate-token 0.1 0.10
-# 3.0, previous-token 2.2 4.11). An induction head also needs a head before it to compose with
-# (Olsson et al. 2022), so it is never where its paper puts it in the first layer.
+# 1 = last). Wang et al. 2022 (IOI, GPT-2 small: name movers 9.6 9.9 10.0, negative name movers
+# 10.7 11.10, S-inhibition 7.3 7.9 8.6 8.10, duplicate-token 0.1 0.10 3.0, previous-token 2.2
+# 4.11); Olsson et al. 2022 (induction heads in every layer but the first, which has no earlier
+# head to compose with).
 PAPER_DEPTHS: dict[str, tuple[float, float, str]] = {
-    "name-mover": (9 / 11, 10 / 11, "Wang et al. 2022 (IOI): layers 9-10 of GPT-2 small's 12"),
-    "negative-name-mover": (10 / 11, 1.0, "Wang et al. 2022 (IOI): layers 10-11 of 12"),
-    "s-inhibition": (7 / 11, 8 / 11, "Wang et al. 2022 (IOI): layers 7-8 of 12"),
-    "induction": (5 / 11, 6 / 11, "Wang et al. 2022 (IOI): layers 5-6 of 12; never layer 0"),
-    "duplicate-token": (0.0, 3 / 11, "Wang et al. 2022 (IOI): layers 0-3 of 12"),
-    "previous-token": (2 / 11, 4 / 11, "Wang et al. 2022 (IOI): layers 2-4 of 12"),
+    "name-mover": (9 / 11, 10 / 11, "Wang et al. 2022 (IOI) found them in layers 9-10 of 12"),
+    "negative-name-mover": (
+        10 / 11,
+        1.0,
+        "Wang et al. 2022 (IOI) found them in layers 10-11 of 12",
+    ),
+    "s-inhibition": (7 / 11, 8 / 11, "Wang et al. 2022 (IOI) found them in layers 7-8 of 12"),
+    "induction": (0.0, 1.0, "Olsson et al. 2022 find them in any layer but the first"),
+    "duplicate-token": (0.0, 3 / 11, "Wang et al. 2022 (IOI) found them in layers 0-3 of 12"),
+    "previous-token": (2 / 11, 4 / 11, "Wang et al. 2022 (IOI) found them in layers 2-4 of 12"),
 }
-# A role is far from its paper's layers when the nearest layer of the paper's range, scaled to
-# the model's depth, is more than this share of the depth away (and more than one layer).
+# A role is far from its paper's layers when its relative depth is more than this from the
+# paper's range (2.75 layers of GPT-2 small's 12; in a 2-layer model, layer 0 for S-inhibition).
 FAR_SHARE = 0.25
 
 
@@ -183,14 +187,14 @@ def repeated_tokens(
 
 
 def far_from_paper(role: str, layer: int, n_layers: int) -> bool:
-    """Whether a head of ``role`` in ``layer`` lies far from where the role's paper found it
-    (:data:`PAPER_DEPTHS` scaled to ``n_layers``; slack: :data:`FAR_SHARE` of the depth, at
-    least one layer). Roles no paper places (``copying``, ``unlabelled``) are never far."""
+    """Whether a head of ``role`` in ``layer`` lies far from where the role's paper found it:
+    its relative depth ``layer / (n_layers - 1)`` is more than :data:`FAR_SHARE` outside
+    :data:`PAPER_DEPTHS`, or it is an induction head in the first layer. Roles no paper places
+    (``copying``, ``unlabelled``) are never far."""
     if role not in PAPER_DEPTHS:
         return False
-    if role == "induction" and layer == 0:
-        return True
+    if role == "induction":
+        return layer == 0
     lo, hi, _ = PAPER_DEPTHS[role]
-    span = max(n_layers - 1, 0)
-    distance = max(lo * span - layer, layer - hi * span, 0.0)
-    return distance > max(1.0, FAR_SHARE * span)
+    depth = layer / (n_layers - 1) if n_layers > 1 else 0.0
+    return max(lo - depth, depth - hi, 0.0) > FAR_SHARE

@@ -20,12 +20,15 @@ from circuitfind.roles import Role, confirm_roles
         ("s-inhibition", 7, 12, False),
         ("s-inhibition", 4, 12, True),  # 3 layers below 7 > 0.25 * 11 = 2.75
         ("s-inhibition", 5, 12, False),
-        ("s-inhibition", 0, 4, True),  # range 1.9-2.2 of 3: 1.9 layers away > 1
-        ("s-inhibition", 1, 4, False),
+        ("s-inhibition", 0, 4, True),
+        ("s-inhibition", 2, 4, False),
+        ("s-inhibition", 0, 2, True),  # the zoo IOI model's case: depth 0 vs 0.64-0.73
+        ("name-mover", 1, 2, False),
         ("name-mover", 0, 4, True),
         ("name-mover", 3, 4, False),
         ("induction", 0, 2, True),  # needs a head before it to compose with
         ("induction", 1, 2, False),  # the textbook 2-layer induction circuit
+        ("induction", 11, 12, False),
         ("previous-token", 0, 2, False),
         ("previous-token", 11, 12, True),
         ("copying", 0, 12, False),  # no paper places it
