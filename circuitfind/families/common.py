@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 from transformers.activations import ACT2FN
 
-from circuitfind.records import LayerWeights, ModelWeights
+from circuitfind.records import LayerWeights, ModelConfig, ModelWeights
 
 __all__ = [
     "act_fn",
@@ -19,6 +19,8 @@ __all__ = [
     "heads_in",
     "layer_windows",
     "norm_fields",
+    "rotary_config",
+    "rotary_weights",
     "split_attention_layer",
 ]
 
@@ -133,3 +135,50 @@ def layer_windows(c: Any) -> tuple[int | None, ...]:
     if window is None or layer_types is None:
         return (None,) * n
     return tuple(window if t == "sliding_attention" else None for t in layer_types)
+
+
+def rotary_weights(hf: Any, base: Any, layers: list[LayerWeights]) -> ModelWeights:
+    """Embeddings, final RMSNorm, ``lm_head`` and rotary module of a Llama-layout model
+    (``model.embed_tokens``, ``model.norm``, ``model.rotary_emb``)."""
+    return ModelWeights(
+        W_E=base.embed_tokens.weight,
+        W_pos=None,
+        layers=layers,
+        lnf_w=base.norm.weight,
+        lnf_b=None,
+        lnf_eps=_eps(base.norm),
+        W_U=hf.lm_head.weight.T,
+        b_U=getattr(hf.lm_head, "bias", None),
+        rotary=base.rotary_emb,
+    )
+
+
+def rotary_config(
+    hf: Any, base: Any, *, h: int, kv: int, dh: int, window: tuple[int | None, ...], **extra: Any
+) -> ModelConfig:
+    """The ``ModelConfig`` of a Llama-layout model (RMSNorm, rotary, gated MLP, sequential
+    attention and MLP); ``extra`` sets the family's own fields (``norm_offset``, ``qk_norm``,
+    ``post_norms`` ...) and may override ``family``, ``d_mlp`` or ``attn_scale``."""
+    c = hf.config
+    n = c.num_hidden_layers
+    fields: dict[str, Any] = {
+        "family": c.model_type,
+        "n_layers": n,
+        "n_heads": h,
+        "n_kv_heads": kv,
+        "d_model": c.hidden_size,
+        "d_head": dh,
+        "d_mlp": c.intermediate_size,
+        "d_vocab": hf.lm_head.weight.shape[0],
+        "n_ctx": getattr(c, "max_position_embeddings", None),
+        "parallel_attn_mlp": False,
+        "norm": "rmsnorm",
+        "gated_mlp": True,
+        "positional": "rotary",
+        "attn_scale": (dh**-0.5,) * n,
+        "window": window,
+        "tied_embeddings": hf.lm_head.weight is base.embed_tokens.weight,
+        "name": getattr(c, "name_or_path", "") or "",
+    }
+    fields.update(extra)
+    return ModelConfig(**fields)

@@ -34,6 +34,8 @@ from circuitfind.families.common import (
     check_causal_lm,
     layer_windows,
     norm_fields,
+    rotary_config,
+    rotary_weights,
     split_attention_layer,
 )
 from circuitfind.records import ModelConfig, ModelWeights
@@ -77,37 +79,17 @@ def adapt_gemma(hf: Any) -> tuple[ModelConfig, ModelWeights]:
                     **extra,
                 )
             )
-        weights = ModelWeights(
-            W_E=base.embed_tokens.weight,
-            W_pos=None,
-            layers=layers,
-            lnf_w=base.norm.weight,
-            lnf_b=None,
-            lnf_eps=base.norm.eps,
-            W_U=hf.lm_head.weight.T,
-            b_U=getattr(hf.lm_head, "bias", None),
-            rotary=base.rotary_emb,
-        )
+        weights = rotary_weights(hf, base, layers)
     n = c.num_hidden_layers
     scalar = getattr(c, "query_pre_attn_scalar", None)
-    cfg = ModelConfig(
-        family=family,
-        n_layers=n,
-        n_heads=h,
-        n_kv_heads=kv,
-        d_model=d,
-        d_head=dh,
-        d_mlp=c.intermediate_size,
-        d_vocab=hf.lm_head.weight.shape[0],
-        n_ctx=getattr(c, "max_position_embeddings", None),
-        parallel_attn_mlp=False,
-        norm="rmsnorm",
-        gated_mlp=True,
-        positional="rotary",
-        attn_scale=((scalar if post and scalar else dh) ** -0.5,) * n,
+    cfg = rotary_config(
+        hf,
+        base,
+        h=h,
+        kv=kv,
+        dh=dh,
         window=layer_windows(c) if post else (None,) * n,
-        tied_embeddings=hf.lm_head.weight is base.embed_tokens.weight,
-        name=getattr(c, "name_or_path", "") or "",
+        attn_scale=((scalar if post and scalar else dh) ** -0.5,) * n,
         norm_offset=1.0,
         embed_scale=d**0.5,
         attn_softcap=getattr(c, "attn_logit_softcapping", None) if post else None,

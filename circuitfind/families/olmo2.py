@@ -25,6 +25,8 @@ from circuitfind.families.common import (
     act_fn,
     check_causal_lm,
     norm_fields,
+    rotary_config,
+    rotary_weights,
     split_attention_layer,
 )
 from circuitfind.records import ModelConfig, ModelWeights
@@ -34,60 +36,28 @@ from circuitfind.records import ModelConfig, ModelWeights
 def adapt_olmo2(hf: Any) -> tuple[ModelConfig, ModelWeights]:
     c = hf.config
     base = check_causal_lm(hf, "model")
-    d, h, kv = c.hidden_size, c.num_attention_heads, c.num_key_value_heads
+    h, kv = c.num_attention_heads, c.num_key_value_heads
     dh = base.layers[0].self_attn.q_proj.weight.shape[0] // h
-    layers = []
     with torch.no_grad():
-        for layer in base.layers:
-            attn = layer.self_attn
-            layers.append(
-                split_attention_layer(
-                    attn,
-                    layer.mlp,
-                    h,
-                    kv,
-                    dh,
-                    act_fn(c.hidden_act),
-                    **norm_fields("ln1", None),
-                    **norm_fields("ln2", None),
-                    **norm_fields("post_attn", layer.post_attention_layernorm),
-                    **norm_fields("post_mlp", layer.post_feedforward_layernorm),
-                    q_norm_w=attn.q_norm.weight,
-                    k_norm_w=attn.k_norm.weight,
-                    qk_norm_eps=attn.q_norm.variance_epsilon,
-                )
+        layers = [
+            split_attention_layer(
+                layer.self_attn,
+                layer.mlp,
+                h,
+                kv,
+                dh,
+                act_fn(c.hidden_act),
+                **norm_fields("ln1", None),
+                **norm_fields("ln2", None),
+                **norm_fields("post_attn", layer.post_attention_layernorm),
+                **norm_fields("post_mlp", layer.post_feedforward_layernorm),
+                q_norm_w=layer.self_attn.q_norm.weight,
+                k_norm_w=layer.self_attn.k_norm.weight,
+                qk_norm_eps=layer.self_attn.q_norm.variance_epsilon,
             )
-        weights = ModelWeights(
-            W_E=base.embed_tokens.weight,
-            W_pos=None,
-            layers=layers,
-            lnf_w=base.norm.weight,
-            lnf_b=None,
-            lnf_eps=base.norm.variance_epsilon,
-            W_U=hf.lm_head.weight.T,
-            b_U=getattr(hf.lm_head, "bias", None),
-            rotary=base.rotary_emb,
-        )
-    n = c.num_hidden_layers
-    cfg = ModelConfig(
-        family="olmo2",
-        n_layers=n,
-        n_heads=h,
-        n_kv_heads=kv,
-        d_model=d,
-        d_head=dh,
-        d_mlp=c.intermediate_size,
-        d_vocab=hf.lm_head.weight.shape[0],
-        n_ctx=getattr(c, "max_position_embeddings", None),
-        parallel_attn_mlp=False,
-        norm="rmsnorm",
-        gated_mlp=True,
-        positional="rotary",
-        attn_scale=(dh**-0.5,) * n,
-        window=(None,) * n,
-        tied_embeddings=hf.lm_head.weight is base.embed_tokens.weight,
-        name=getattr(c, "name_or_path", "") or "",
-        qk_norm="full",
-        post_norms=True,
-    )
+            for layer in base.layers
+        ]
+        weights = rotary_weights(hf, base, layers)
+    window = (None,) * c.num_hidden_layers
+    cfg = rotary_config(hf, base, h=h, kv=kv, dh=dh, window=window, qk_norm="full", post_norms=True)
     return cfg, weights
