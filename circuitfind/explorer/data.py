@@ -100,9 +100,8 @@ def slider_points(circuit: Circuit, evaluation: Any = None) -> list[SliderPoint]
     own_f = _get(evaluation, "faithfulness", circuit.meta.get("faithfulness"))
     own_se = _get(evaluation, "faithfulness_stderr", circuit.meta.get("faithfulness_stderr"))
     share = 100.0 * circuit.n_edges / max(1, graph.n_edges)
-    points.append(
-        SliderPoint("this circuit", share, circuit.in_graph.clone(), _num(own_f), _num(own_se), True)
-    )
+    own = circuit.in_graph.clone()
+    points.append(SliderPoint("this circuit", share, own, _num(own_f), _num(own_se), True))
     points.sort(key=lambda p: (p.n_edges, not p.own))
     return points
 
@@ -232,8 +231,13 @@ def build_payload(
         recv = g.receivers[r]
         f = None if freq is None else sig(float(freq[s, r]), 3)
         edges.append(
-            [node_index[g.senders[s].name], node_index[recv.node], recv.qkv or "",
-             sig(float(scores[s, r])), f]  # fmt: skip
+            [
+                node_index[g.senders[s].name],
+                node_index[recv.node],
+                recv.qkv or "",
+                sig(float(scores[s, r])),
+                f,
+            ]
         )
     role_info = _roles(circuit, roles)
     totals = node_totals(g, scores, keep=circuit.in_graph)

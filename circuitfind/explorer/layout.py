@@ -48,7 +48,9 @@ def _row_label(key: str) -> str:
     return f"layer {key[1:]}"
 
 
-def layered_layout(graph: Graph, names: list[str]) -> tuple[dict[str, tuple[float, float]], list[Row]]:
+def layered_layout(
+    graph: Graph, names: list[str]
+) -> tuple[dict[str, tuple[float, float]], list[Row]]:
     """``({node: (x, y)}, rows)`` for the nodes ``names`` (rows without a node are left out)."""
     order = ["input"]
     for layer in range(graph.cfg.n_layers):

@@ -46,11 +46,13 @@ def explorer_html(payload: dict[str, Any], title: str = "") -> str:
 <span id="size-label"></span>
 <svg id="curve" width="220" height="70" aria-label="faithfulness by circuit size"></svg>
 <label><input type="checkbox" id="group"> group heads by role</label>
-<span><button id="zoom-in" title="zoom in">+</button> <button id="zoom-out" title="zoom out">−</button>
+<span><button id="zoom-in" title="zoom in">+</button>
+<button id="zoom-out" title="zoom out">−</button>
 <button id="zoom-fit" title="fit the diagram">fit</button></span>
 </div>
 <div id="legend"></div>
-<div id="main"><svg id="diagram" xmlns="http://www.w3.org/2000/svg"></svg><div id="panel"></div></div>
+<div id="main"><svg id="diagram" xmlns="http://www.w3.org/2000/svg"></svg>
+<div id="panel"></div></div>
 <div id="tokens"></div>
 <div id="tip"></div>
 <script type="application/json" id="cf-data">{_script_json(payload)}</script>

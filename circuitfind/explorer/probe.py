@@ -111,7 +111,8 @@ def direct_effects(
 
     if not nodes or not additive_readout(model):
         if nodes:
-            logger.warning("no DLA for %s: its logits are not a sum of node terms", model.cfg.family)
+            family = model.cfg.family
+            logger.warning("no DLA for %s: its logits are not a sum of node terms", family)
         return {}, 0
     n = min(max_prompts, int(task.clean.shape[0]))
     tokens = task.clean[:n]

@@ -286,7 +286,7 @@
   function drawTokens() {
     const box = document.getElementById("tokens");
     box.textContent = "";
-    if (!D.prompts.length) { box.appendChild(el("p", { class: "muted", text: "No prompts: the explorer was written without the model and task (circuitfind render CIRCUIT.json --model SRC --task TASK -o explorer.html adds them)." })); return; }
+    if (!D.prompts.length) { box.appendChild(el("p", { class: "muted", text: "No prompts: this explorer was written without the model and task (circuitfind discover writes them in; circuitfind serve DIR adds them)." })); return; }
     const n = state.node ? byId[state.node] : null;
     const pats = n && D.patterns[n.id];
     box.appendChild(el("div", { class: "muted", text: "Example prompts. The boxed token is the readout position, where the circuit's answer is read (the metric is taken at its logits)." + (pats ? " Shading: " + n.label + "'s attention from the readout position." : "") }));
