@@ -72,8 +72,9 @@ def prompt_views(model: Any, task: Any, n_prompts: int = 3) -> list[dict[str, An
 def attention_patterns(
     model: Any, task: Any, heads: list[str], n_prompts: int = 3
 ) -> dict[str, list[list[int]]]:
-    """``{head: [pattern of prompt 0, ...]}``, each pattern the flattened ``[q, k]`` matrix of
-    the prompt's real tokens in percent (integers 0..100, row-major)."""
+    """``{head: [pattern of prompt 0, ...]}``, each pattern the causal (lower) triangle of the
+    ``[q, k]`` matrix of the prompt's real tokens in percent (integers 0..100), row by row:
+    entry ``q * (q + 1) / 2 + k`` is the attention from position q to position k <= q."""
     if not heads:
         return {}
     n = min(n_prompts, int(task.clean.shape[0]))
@@ -85,10 +86,11 @@ def attention_patterns(
     for name in heads:
         layer, head = (int(x) for x in name[1:].split(".h"))
         pattern = cache.patterns[layer][:, head].float().cpu()  # [batch, q, k]
-        out[name] = [
-            (pattern[i, :t, :t] * 100).round().clamp(0, 100).int().flatten().tolist()
-            for i, t in enumerate(lengths)
-        ]
+        out[name] = []
+        for i, t in enumerate(lengths):
+            q, k = torch.tril_indices(t, t)
+            cells = (pattern[i, q, k] * 100).round().clamp(0, 100).int()
+            out[name].append(cells.tolist())
     return out
 
 

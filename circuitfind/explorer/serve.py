@@ -136,6 +136,8 @@ def _handler(session: ExplorerSession) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?")[0].split("#")[0]
             if path in ("/", "/index.html", "/explorer.html"):
                 self._send(200, session.page, "text/html; charset=utf-8")
+            elif path == "/favicon.ico":
+                self._send(204, b"", "image/x-icon")
             elif path == "/api/points":
                 self._json(
                     200,

@@ -35,6 +35,8 @@
     if (x === null || x === undefined || Number.isNaN(x)) return "–";
     return Number(x).toPrecision(d || 3).replace(/\.?0+(e|$)/, "$1");
   }
+  // attention patterns are sent as their causal triangle, row by row (probe.py)
+  function tri(q, k) { return (q * (q + 1)) / 2 + k; }
   function pm(v) { return v ? fmt(v[0]) + " ± " + fmt(v[1], 2) : "–"; }
   // An edge helps the task when sign * score > 0 (sign from the circuit's score orientation).
   function helps(score) {
@@ -294,7 +296,7 @@
       const row = el("div", { class: "prompt", "data-prompt": String(i) });
       const T = p.tokens.length;
       p.tokens.forEach((t, k) => {
-        const a = pats ? pats[i][p.readout * T + k] / 100 : 0;
+        const a = pats && k <= p.readout ? pats[i][tri(p.readout, k)] / 100 : 0;
         row.appendChild(el("span", { class: "tok" + (k === p.readout ? " readout" : ""), "data-pos": String(k),
           title: k === p.readout ? "readout position " + k : "position " + k,
           style: a ? `background: rgba(214,39,40,${a.toFixed(2)})` : null, text: t }));
@@ -316,7 +318,7 @@
       s.appendChild(el("text", { x: lab - 3, y: lab + q * cell + cell * 0.8, "font-size": Math.min(9, cell), "text-anchor": "end", "font-weight": q === p.readout ? "bold" : null, fill: q === p.readout ? "#d62728" : "#333", text: p.tokens[q].slice(0, 8) }));
       s.appendChild(el("text", { transform: `translate(${lab + q * cell + cell * 0.7},${lab - 3}) rotate(-60)`, "font-size": Math.min(9, cell), text: p.tokens[q].slice(0, 8) }));
       for (let k = 0; k <= q; k++) {
-        const a = flat[q * T + k] / 100;
+        const a = flat[tri(q, k)] / 100;
         const r = el("rect", { x: lab + k * cell, y: lab + q * cell, width: cell, height: cell, fill: `rgba(31,119,180,${a.toFixed(2)})`, stroke: "#eee" });
         r.appendChild(el("title", { text: `${p.tokens[q]} → ${p.tokens[k]}: ${Math.round(a * 100)}%` }));
         s.appendChild(r);
@@ -414,6 +416,7 @@
     if (state.edge) parts.push("edge=" + encodeURIComponent(state.edge));
     if (state.group) parts.push("group=1");
     if (state.offNodes.size) parts.push("off=" + [...state.offNodes].map(encodeURIComponent).join(","));
+    if (state.offEdges.size) parts.push("offe=" + [...state.offEdges].map(encodeURIComponent).join(","));
     const hash = "#" + parts.join("&");
     if (location.hash !== hash) history.replaceState(null, "", hash);
   }
@@ -425,6 +428,7 @@
     state.edge = edgeByName[h.get("edge")] ? h.get("edge") : null;
     state.group = h.get("group") === "1";
     state.offNodes = new Set((h.get("off") || "").split(",").filter((x) => byId[x]));
+    state.offEdges = new Set((h.get("offe") || "").split(",").filter((x) => edgeByName[x]));
     syncControls();
   }
   window.addEventListener("hashchange", () => { readHash(); panel(); draw(); });
@@ -453,5 +457,6 @@
   panel();
   draw();
   fit();
+  if (D.serve && (state.offNodes.size || state.offEdges.size)) reevaluate();
   window.cfExplorer = { state, data: D, draw, visible };
 })();
