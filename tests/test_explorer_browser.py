@@ -111,8 +111,8 @@ def ioi_run(tmp_path_factory):
     from circuitfind.roles import detect_roles
 
     model = cf.load("zoo:ioi")
-    task = cf.get_task("ioi", model, n=24)
-    circuit = cf.discover(model, task, method="eap", curve=True, progress=False)
+    task = cf.get_task("ioi", model, n=48)
+    circuit = cf.discover(model, task, method="eap-ig-inputs", curve=True, progress=False)
     heads = [n for n in circuit.nodes if n.startswith("a")]
     roles = detect_roles(model, task, heads=heads)
     freqs = {name: round(0.3 + 0.7 * (k % 4) / 3, 3) for k, name in enumerate(circuit.edge_names)}

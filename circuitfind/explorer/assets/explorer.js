@@ -84,12 +84,27 @@
         g.label = "L" + g.layer + " ×" + g.members.length;
       }
     }
+    if (state.group) spread(Object.values(groups));
     const shown = Object.values(agg).map((x) => ({
       s: x.s, r: x.r, qkv: x.qkv, score: x.score, members: x.members,
       freq: x.nf ? x.freq / x.nf : null,
       name: x.members.length === 1 ? x.members[0].name : x.members.length + " edges " + x.s.id + "->" + x.r.id,
     }));
     return { groups, edges: shown, point: p };
+  }
+
+  // Supernodes sit at their members' mean x; spread a row's boxes apart where they would
+  // overlap, keeping the row's centre.
+  function spread(list) {
+    const rows = {};
+    list.forEach((g) => { (rows[g.y] = rows[g.y] || []).push(g); });
+    for (const row of Object.values(rows)) {
+      row.sort((a, b) => a.x - b.x);
+      const centre = row.reduce((t, g) => t + g.x, 0) / row.length;
+      for (let i = 1; i < row.length; i++) row[i].x = Math.max(row[i].x, row[i - 1].x + NODE_W + 36);
+      const shift = centre - row.reduce((t, g) => t + g.x, 0) / row.length;
+      row.forEach((g) => { g.x += shift; });
+    }
   }
 
   // ------------------------------------------------------------------ diagram
