@@ -229,3 +229,41 @@ def test_size_of_a_gpt2_small_explorer_with_the_model(tmp_path):
     print(f"gpt2-small explorer: {size / 1e6:.2f} MB, {len(data['edges'])} edges sent, "
           f"{len(data['nodes'])} nodes, {len(data['patterns'])} attention patterns")  # fmt: skip
     assert size < 3_000_000
+
+
+def test_static_diagram_dashes_only_edges_that_hurt_the_task():
+    """An induction-like circuit: every important edge has a negative score (ablating it lowers
+    a higher-is-better metric). Drawn solid, as helping, whether the orientation comes from
+    ``score_orientation`` or only from the saved evaluation's metrics; with no way to tell,
+    nothing is dashed."""
+    from circuitfind.render import HURTS_STYLE, dot_source
+
+    g = graph_from_shape(2, 4)
+    scores = torch.zeros(g.n_senders, g.n_receivers)
+    keep = torch.zeros_like(g.valid)
+    edges = {"input->a0.h3<q>": -0.4, "a0.h3->a1.h0<k>": -2.0, "input->a1.h0<v>": -0.8,
+             "a1.h0->logits": -3.0, "input->a1.h0<q>": 0.2}  # fmt: skip
+    for name, score in edges.items():
+        e = g.edges[name]
+        scores[e.sender_index, e.receiver_index] = score
+        keep[e.sender_index, e.receiver_index] = True
+    ev = {"metric_full": 4.0, "metric_empty": -1.0}
+    for meta in ({"score_orientation": -1.0}, {"evaluation": ev}, {}):
+        source = dot_source(Circuit(g, scores, keep, dict(meta))).source
+        dashed = re.findall(rf'tooltip="([^:"]+):[^"]*"[^\]]*style={HURTS_STYLE}', source)
+        dashed += re.findall(rf'style={HURTS_STYLE}[^\]]*tooltip="([^:"]+):', source)
+        if meta:
+            assert dashed == ["input->a1.h0<q>"], meta  # the one edge that hurts
+            assert "hurts the task" in source
+        else:
+            assert dashed == [] and "does not record which" in source
+
+
+def test_report_links_the_explorer(tmp_path):
+    from circuitfind.report import write_report
+
+    g = graph_from_shape(1, 1)
+    circuit = Circuit(g, torch.zeros(g.n_senders, g.n_receivers), g.valid.clone(), {})
+    text = write_report(circuit, tmp_path / "report.html", explorer="explorer.html").read_text()
+    assert '<a href="explorer.html">' in text
+    assert "explorer" not in write_report(circuit, tmp_path / "r2.html").read_text().lower()
