@@ -267,3 +267,43 @@ def test_report_links_the_explorer(tmp_path):
     text = write_report(circuit, tmp_path / "report.html", explorer="explorer.html").read_text()
     assert '<a href="explorer.html">' in text
     assert "explorer" not in write_report(circuit, tmp_path / "r2.html").read_text().lower()
+
+
+@pytest.mark.slow
+def test_serve_command_answers_on_localhost(tmp_path):
+    """``circuitfind serve DIR`` with the model and task the circuit records: its page and its
+    endpoint answer, and the circuit as it is gets its saved faithfulness back."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = cf.load("zoo:induction-2l")
+    task = cf.get_task("induction", model, n=16)
+    circuit = cf.discover(model, task, method="eap", curve=True, progress=False)
+    circuit.meta["model"] = "zoo:induction-2l"
+    circuit.to_json(tmp_path / "circuit.json")
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "circuitfind", "serve", str(tmp_path), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://[\d.]+:\d+/", line).group(0)
+        assert payload_of(urllib.request.urlopen(url).read().decode())["serve"] is True
+        points = json.loads(urllib.request.urlopen(url + "api/points").read())
+        own = next(k for k, p in enumerate(points) if p["label"] == "this circuit")
+        req = urllib.request.Request(
+            url + "api/evaluate", data=json.dumps({"point": own}).encode(), method="POST"
+        )
+        body = json.loads(urllib.request.urlopen(req).read())
+        assert body["faithfulness"] == pytest.approx(circuit.meta["faithfulness"], abs=1e-5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
