@@ -156,11 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "discover",
-        help="find a circuit for a task; write circuit.json, circuit.svg and report.html",
+        help="find a circuit for a task; write circuit.json, circuit.svg, report.html and "
+        "explorer.html",
         formatter_class=_Help,
         description=(
             "Score every edge of the model's graph on the task, keep the important ones, and "
-            "write DIR/circuit.json, DIR/circuit.svg (+ .gv) and DIR/report.html.\n\n"
+            "write DIR/circuit.json, DIR/circuit.svg (+ .gv), DIR/report.html and "
+            "DIR/explorer.html (interactive; circuitfind serve DIR re-evaluates it live).\n\n"
             + _choices_text("tasks (--task NAME, or a .jsonl file: see `circuitfind tasks`)", TASKS)
             + "\n\n"
             + _choices_text("methods (--method)", _methods())

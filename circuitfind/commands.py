@@ -394,6 +394,13 @@ def _discover_into(
     phases["total_s"] = time.perf_counter() - STARTED[0]  # so far: the report shows this
     circuit.meta["cli_timing"] = {k: round(v, 3) for k, v in phases.items()}
     t = time.perf_counter()
+    from circuitfind.explorer.page import write_explorer
+
+    files["explorer"] = str(
+        write_explorer(circuit, out / "explorer.html", roles=roles, model=model, task=task)
+    )
+    phases["explorer_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     files["report"] = str(
         write_report(
             circuit,
@@ -403,6 +410,7 @@ def _discover_into(
             command=args.command_line,
             roles=roles,
             tokenizer=getattr(model, "tokenizer", None),
+            explorer="explorer.html",
         )
     )
     phases["report_s"] = time.perf_counter() - t

@@ -9,7 +9,8 @@ blue, orange and green; other edges grey.
 Solid edges help the task, dashed ones hurt it. Helpfulness is the score times the circuit's
 ``meta["score_orientation"]`` (+1 or -1, set by discover: scores are "metric with the edge
 ablated minus clean", so for a metric that ablation lowers, the important edges have negative
-scores); without an orientation the picture falls back to the score's sign and says so.
+scores); without one, the saved metrics decide; where nothing says which sign helps, every
+edge is drawn solid and the legend says so (a negative score is no sign of hurting).
 
 Only nodes and edges in the circuit are drawn; a circuit of more than ``MAX_EDGES`` edges is
 drawn with its strongest ``MAX_EDGES`` (by |score|) and the legend says how many are left out.
@@ -74,15 +75,21 @@ def _fmt(x: float) -> str:
 def helpfulness_sign(circuit: Circuit) -> float | None:
     """+1 or -1: ``sign * score > 0`` for an edge that helps the task; None when unknown.
 
-    From ``meta["score_orientation"]`` (discover sets it), else from the metrics it saved (the
-    empty circuit's metric above the full model's means ablation raises the metric, so helpful
-    edges have positive scores), else None."""
+    From ``meta["score_orientation"]`` (discover sets it), else ``score_kind`` "helps-positive",
+    else from the metrics it saved (``metrics`` or ``evaluation``: the empty circuit's metric
+    above the full model's means ablation raises the metric, so helpful edges have positive
+    scores), else None."""
     meta = circuit.meta
     orientation = meta.get("score_orientation")
     if isinstance(orientation, (int, float)) and orientation != 0:
         return 1.0 if orientation > 0 else -1.0
+    if meta.get("score_kind") == "helps-positive":
+        return 1.0
     metrics = meta.get("metrics") or {}
-    full, empty = metrics.get("full"), metrics.get("empty")
+    saved = meta.get("evaluation")
+    evaluation: dict[str, Any] = saved if isinstance(saved, dict) else {}
+    full = metrics.get("full", evaluation.get("metric_full"))
+    empty = metrics.get("empty", evaluation.get("metric_empty"))
     if isinstance(full, (int, float)) and isinstance(empty, (int, float)):
         return 1.0 if empty >= full else -1.0
     return None
@@ -134,10 +141,10 @@ def _legend(
                 '<TR><TD>- - -</TD><TD ALIGN="LEFT">hurts the task (ablating it moves the metric '
                 "away from the empty circuit's)</TD></TR>"
             )
-    elif "hurts" in styles:
+    elif "unknown" in styles:
         rows.append(
-            '<TR><TD>- - -</TD><TD ALIGN="LEFT">negative score (the circuit does not record '
-            "which sign helps)</TD></TR>"
+            '<TR><TD>━━</TD><TD ALIGN="LEFT">all edges solid: the circuit does not record which '
+            "score sign helps the task (tooltips give the signed score)</TD></TR>"
         )
     if "nan" in styles:
         rows.append('<TR><TD>· · ·</TD><TD ALIGN="LEFT">not scored</TD></TR>')
@@ -255,12 +262,15 @@ def dot_source(
             attrs["style"] = "dotted"
             styles.add("nan")
             effect = "not scored"
-        elif score * (sign if sign is not None else 1.0) < 0:
+        elif sign is None:  # which sign helps is unknown: no edge is drawn as hurting
+            styles.add("unknown")
+            effect = "sign of help unknown"
+        elif score * sign < 0:
             attrs["style"] = HURTS_STYLE
             styles.add("hurts")
-            effect = "hurts the task" if sign is not None else "negative score"
+            effect = "hurts the task"
         else:
-            effect = "helps the task" if sign is not None else "score >= 0"
+            effect = "helps the task"
         attrs["tooltip"] = f"{g.edge_name(i, j)}: {_fmt(score)} ({effect})"
         dot.edge(sender, recv.node, **attrs)
 

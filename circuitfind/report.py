@@ -104,7 +104,8 @@ def _diagram(circuit: Circuit, roles: Any) -> str:
         )
     else:
         shows += (
-            " Dashed edges have negative scores (this circuit does not record which sign helps)."
+            " Every edge is drawn solid: this circuit does not record which score sign helps "
+            "the task (the tooltips give the signed scores)."
         )
     note = f'<p class="summary" id="diagram-note">{html.escape(shows)}</p>'
     if shutil.which("dot") is None:
@@ -359,6 +360,15 @@ def timing_text(meta: dict[str, Any]) -> str | None:
     return f"{total:.1f} s ({body})"
 
 
+def _explorer_link(href: str | None) -> str:
+    if not href:
+        return ""
+    return (
+        f'<p id="explorer-link"><a href="{html.escape(href, quote=True)}">Open the interactive '
+        "explorer</a>: hover and click nodes, change the circuit's size, group heads by role.</p>\n"
+    )
+
+
 def write_report(
     circuit: Circuit,
     path: str | os.PathLike[str],
@@ -369,6 +379,7 @@ def write_report(
     roles: dict[str, Role] | dict[str, str] | None = None,
     top_edges: int = 20,
     tokenizer: Any = None,
+    explorer: str | None = None,
 ) -> Path:
     """Write the circuit's HTML report to ``path`` (one self-contained, offline file).
 
@@ -381,6 +392,7 @@ def write_report(
         roles: ``{head: Role or role name}`` for the node table and the diagram colours.
         top_edges: how many edges to list.
         tokenizer: to show the example prompts' answer and wrong tokens as text (ids without).
+        explorer: a relative link to the circuit's interactive explorer (``explorer.html``).
     """
     path = Path(path)
     meta = circuit.meta
@@ -446,7 +458,7 @@ def write_report(
 <body>
 <h1>Circuit{": " + html.escape(title) if title else ""}</h1>
 <p class="summary">{" · ".join(summary)}</p>
-<h2>Diagram</h2>
+{_explorer_link(explorer)}<h2>Diagram</h2>
 <div id="diagram" class="figure">{_diagram(circuit, roles)}</div>
 <h2>Faithfulness</h2>
 <div id="curve" class="figure">{_curve(circuit, evaluation)}</div>

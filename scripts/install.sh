@@ -10,12 +10,13 @@ if ! command -v dot >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq graphviz >/dev/null
 fi
-# Optional extra: headless Chromium for the report screenshot test (scripts/test.sh --slow).
-# Not needed by the default test tier or by circuitfind itself.
-if [ "${WITH_CHROMIUM:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+# Headless Chromium and its WebDriver for the browser tests of the report and the explorer
+# (Selenium drives it; the default tier skips them, saying why, where it is missing). Not needed
+# by circuitfind itself; WITH_CHROMIUM=0 skips it.
+if [ "${WITH_CHROMIUM:-1}" = 1 ] && ! command -v chromedriver >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq chromium >/dev/null
+    $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build on these machines.
 "$PY" -m pip install -q torch==2.13.0
