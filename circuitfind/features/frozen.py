@@ -138,11 +138,46 @@ def frozen_norm(
     return y
 
 
+def live_pattern(model: Model, fr: FrozenRun, layer: int, h: Tensor) -> Tensor:
+    """Attention probabilities [B, head, q, k] recomputed from the (frozen-norm) stream ``h``."""
+    cfg = model.cfg
+    if cfg.qk_norm is not None:
+        raise UnsupportedModelError("recomputed patterns with q/k norms are not supported")
+    lw = model.w.layers[layer]
+    dt = h.dtype
+    idx = model._kv_index.to(lw.W_K.device)
+    q = torch.einsum("bpd,hde->bphe", h, lw.W_Q.to(dt))
+    k = torch.einsum("bpd,hde->bphe", h, lw.W_K[idx].to(dt))
+    if lw.b_Q is not None:
+        q = q + lw.b_Q.to(dt)
+    if lw.b_K is not None:
+        k = k + lw.b_K[idx].to(dt)
+    if cfg.positional == "rotary":
+        ctx = model.context(fr.tokens[None].expand(h.shape[0], -1))
+        q, k = model._rotate(q, ctx, layer), model._rotate(k, ctx, layer)
+    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * cfg.attn_scale[layer]
+    if cfg.attn_softcap:
+        scores = cfg.attn_softcap * torch.tanh(scores / cfg.attn_softcap)
+    n = h.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=h.device).tril()
+    window = cfg.window[layer]
+    if window is not None:
+        causal &= ~torch.ones(n, n, dtype=torch.bool, device=h.device).tril(-window)
+    scores = scores.masked_fill(~causal, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
 def frozen_attention(
-    model: Model, fr: FrozenRun, layer: int, resid: Tensor, affine: bool
+    model: Model,
+    fr: FrozenRun,
+    layer: int,
+    resid: Tensor,
+    affine: bool,
+    live: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Layer ``layer``'s attention with its pattern frozen (OV path): the summed output
-    [B, pos, d_model] (b_O included when ``affine``) and per-head outputs [B, pos, head, d]."""
+    [B, pos, d_model] (b_O included when ``affine``) and per-head outputs [B, pos, head, d].
+    ``live``: the pattern is recomputed from ``resid`` instead (norm scales still frozen)."""
     lw = model.w.layers[layer]
     dt = resid.dtype
     h = frozen_norm(model, resid, fr.inv_ln1[layer], lw.ln1_w, lw.ln1_b, affine)
@@ -151,7 +186,10 @@ def frozen_attention(
     v = torch.einsum("bpd,hde->bphe", h, W_V)
     if affine and lw.b_V is not None:
         v = v + lw.b_V[idx].to(dt)
-    z = torch.einsum("hqk,bkhe->bqhe", fr.patterns[layer].to(dt), v)
+    if live:
+        z = torch.einsum("bhqk,bkhe->bqhe", live_pattern(model, fr, layer, h), v)
+    else:
+        z = torch.einsum("hqk,bkhe->bqhe", fr.patterns[layer].to(dt), v)
     per_head = torch.einsum("bqhe,hem->bqhm", z, lw.W_O.to(dt))
     out = per_head.sum(2)
     bias = model.attn_bias(layer)
@@ -168,17 +206,19 @@ def frozen_forward(
     *,
     affine: bool,
     on_resid: Callable[[int, Tensor], None] | None = None,
+    live_attention: bool = False,
 ) -> Tensor:
     """Run the frozen model from ``embed`` [B, pos, d]; ``write(site, x, per_head)`` says what
     each site writes. Returns the final stream [B, pos, d] (before the final norm).
-    ``on_resid(L, resid)`` sees each layer's input stream."""
+    ``on_resid(L, resid)`` sees each layer's input stream; ``live_attention`` recomputes the
+    patterns (norm scales stay frozen)."""
     cfg = model.cfg
     resid = embed
     for layer in range(cfg.n_layers):
         lw = model.w.layers[layer]
         if on_resid is not None:
             on_resid(layer, resid)
-        attn_x, per_head = frozen_attention(model, fr, layer, resid, affine)
+        attn_x, per_head = frozen_attention(model, fr, layer, resid, affine, live_attention)
         attn = write(f"a{layer}", attn_x, per_head)
         mlp_read = resid if cfg.parallel_attn_mlp else resid + attn
         x = frozen_norm(model, mlp_read, fr.inv_ln2[layer], lw.ln2_w, lw.ln2_b, affine)

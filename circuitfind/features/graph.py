@@ -21,6 +21,7 @@ source]``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,9 @@ from circuitfind.features.prune import PruneResult, prune_graph
 from circuitfind.features.transcoder import Transcoder, TranscoderSet
 from circuitfind.model import Model
 
-__all__ = ["AttributionGraph", "GraphNode", "attribution_graph"]
+__all__ = ["AttributionGraph", "GraphNode", "attribution_graph", "propagate"]
+
+Write = tuple[str, int, Tensor]  # (site or "embed", position, vector [d_model])
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,11 @@ class AttributionGraph:
     n_layers: int
     pruning: PruneResult | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # (frozen run, transcoders in the graph's dtype, each source's write): for QK attribution
+    # and the intervention check; not serialised
+    state: tuple[FrozenRun, dict[str, Transcoder], list[Write]] | None = field(
+        default=None, repr=False
+    )
 
     @property
     def logit_index(self) -> int:
@@ -200,6 +208,48 @@ def _decode(model: Model, ids: list[int]) -> list[str]:
     return [tok.decode([i]) for i in ids]
 
 
+def propagate(
+    model: Model,
+    fr: FrozenRun,
+    tcs: dict[str, Transcoder],
+    chunk: list[Write],
+    *,
+    affine: bool,
+    dtype: torch.dtype,
+    on_read: Callable[[str, Tensor, Tensor | None], None] | None = None,
+    on_resid: Callable[[int, Tensor], None] | None = None,
+) -> Tensor:
+    """Push a batch of single-source writes (one per batch row) through the frozen model.
+
+    A site with a transcoder writes only its injected sources (plus its skip path, and b_dec
+    when ``affine``); attention without one passes its frozen OV output on; an MLP without one
+    writes only its injected (error-like) node. ``on_read(site, x, per_head)`` sees what each
+    site reads. Returns the final stream [B, pos, d_model].
+    """
+    n_pos, d = fr.embed.shape
+    B = max(1, len(chunk))
+    inj: dict[str, Tensor] = {}
+    for b, (site, q, vec) in enumerate(chunk):
+        inj.setdefault(site, torch.zeros(B, n_pos, d, dtype=dtype))[b, q] = vec
+    zero = torch.zeros(B, n_pos, d, dtype=dtype)
+
+    def write(site: str, x: Tensor, per_head: Tensor | None) -> Tensor:
+        if on_read is not None:
+            on_read(site, x, per_head)
+        w = inj.get(site, zero)
+        if site in tcs:
+            tc = tcs[site]
+            if tc.W_skip is not None:
+                w = w + tc.skip(x)
+            return w + tc.b_dec if affine else w
+        if site.startswith("a"):
+            return w + x
+        return w
+
+    emb = inj.get("embed", zero)
+    return frozen_forward(model, fr, emb, write, affine=affine, on_resid=on_resid)
+
+
 def attribution_graph(
     model: Model,
     transcoders: TranscoderSet | dict[str, Transcoder],
@@ -231,12 +281,12 @@ def attribution_graph(
         if tc.cfg.d_in != fr.site_in[s].shape[-1]:
             raise InputError(f"transcoder {s} reads width {tc.cfg.d_in}; the model's is different")
     tok, p, wrong_id = _target(model, fr, target, pos, wrong)
-    n_pos, d = fr.embed.shape
+    n_pos = fr.embed.shape[0]
     strs = _decode(model, fr.tokens.tolist())
 
     # ---- nodes and their writes
     nodes: list[GraphNode] = []
-    writes: list[tuple[str, int, Tensor]] = []  # (site or "embed", pos, vector [d])
+    writes: list[Write] = []
     values: list[float] = []
     feat_rows: dict[str, list[tuple[int, int, int]]] = {}  # site -> (row, pos, feature)
     errors: list[tuple[GraphNode, str, int, Tensor]] = []
@@ -296,40 +346,29 @@ def attribution_graph(
         for r, _, _ in rows
     }
 
-    def run(chunk: list[tuple[str, int, Tensor]], affine: bool) -> tuple[Tensor, dict[int, Tensor]]:
+    def run(chunk: list[Write], affine: bool) -> tuple[Tensor, dict[int, Tensor]]:
         """Targets' inputs [B, n] and head splits for one batch of single-source writes."""
-        B = max(1, len(chunk))
-        inj: dict[str, Tensor] = {}
-        for b, (site, q, vec) in enumerate(chunk):
-            inj.setdefault(site, torch.zeros(B, n_pos, d, dtype=dtype))[b, q] = vec
-        out = torch.zeros(B, n, dtype=dtype)
+        out = torch.zeros(max(1, len(chunk)), n, dtype=dtype)
         heads: dict[int, Tensor] = {}
 
-        def write(site: str, x: Tensor, per_head: Tensor | None) -> Tensor:
-            w = inj.get(site, torch.zeros((), dtype=dtype))
-            if site in tcs:
-                tc = tcs[site]
-                rows = feat_rows.get(site, [])
-                if rows:
-                    r_idx = torch.tensor([r for r, _, _ in rows])
-                    q_idx = torch.tensor([q for _, q, _ in rows])
-                    f_idx = torch.tensor([f for _, _, f in rows])
-                    enc = tc.W_enc[:, f_idx]  # [d_in, n_rows]
-                    out[:, r_idx] = torch.einsum("bnd,dn->bn", x[:, q_idx], enc)
-                    if affine:
-                        out[:, r_idx] += tc.b_enc[f_idx]
-                    if per_head is not None and not affine:
-                        split = torch.einsum("bnhd,dn->bnh", per_head[:, q_idx], enc)
-                        for j, r in enumerate(r_idx.tolist()):
-                            heads[r] = split[:, j]
-                w = w + tc.skip(x) if tc.W_skip is not None else w
-                return w + tc.b_dec if affine else w + torch.zeros_like(x[..., :1])
-            if site.startswith("a"):
-                return w + x
-            return w + torch.zeros_like(x[..., :1])
+        def read(site: str, x: Tensor, per_head: Tensor | None) -> None:
+            rows = feat_rows.get(site, [])
+            if not rows:
+                return
+            tc = tcs[site]
+            r_idx = torch.tensor([r for r, _, _ in rows])
+            q_idx = torch.tensor([q for _, q, _ in rows])
+            f_idx = torch.tensor([f for _, _, f in rows])
+            enc = tc.W_enc[:, f_idx]  # [d_in, n_rows]
+            out[:, r_idx] = torch.einsum("bnd,dn->bn", x[:, q_idx], enc)
+            if affine:
+                out[:, r_idx] += tc.b_enc[f_idx]
+            if per_head is not None and not affine:
+                split = torch.einsum("bnhd,dn->bnh", per_head[:, q_idx], enc)
+                for j, r in enumerate(r_idx.tolist()):
+                    heads[r] = split[:, j]
 
-        emb = inj.get("embed", torch.zeros(B, n_pos, d, dtype=dtype))
-        resid = frozen_forward(model, fr, emb, write, affine=affine)
+        resid = propagate(model, fr, tcs, chunk, affine=affine, dtype=dtype, on_read=read)
         final = frozen_readout(model, fr, resid, affine)[:, p]
         out[:, n - 1] = final @ u + (b_u if affine else 0.0)
         return out, heads
@@ -369,6 +408,7 @@ def attribution_graph(
             "sites": sorted(tcs),
             "n_features": len([x for x in nodes if x.kind == "feature"]),
         },
+        state=(fr, tcs, writes),
     )
     if node_threshold is not None:
         graph.prune(node_threshold, edge_threshold)
