@@ -55,7 +55,12 @@ METRICS: dict[str, str] = {
     "accuracy": "fraction of prompts where the answer beats the wrong answer",
 }
 RENDER_FORMATS = ("svg", "png", "pdf", "gv", "dot")  # circuitfind.render.FORMATS
-PLUGINS = ("circuitfind.zoo.cli", "circuitfind.inspect.cli", "circuitfind.bench.cli")
+PLUGINS = (
+    "circuitfind.zoo.cli",
+    "circuitfind.inspect.cli",
+    "circuitfind.bench.cli",
+    "circuitfind.features.cli",
+)
 # options every subcommand accepts before or after its name
 GLOBAL_FLAGS = ("--debug", "-v", "--verbose", "-q", "--quiet", "--threads")
 # keyword arguments of the Python API that error messages name, as the CLI spells them

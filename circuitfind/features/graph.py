@@ -107,6 +107,7 @@ class AttributionGraph:
         self.pruning = prune_graph(
             self.adjacency, n_features, n_tokens, 1, node_threshold, edge_threshold
         )
+        self.meta.update(node_threshold=node_threshold, edge_threshold=edge_threshold)
         return self.pruning
 
     def top_path(self, start: int | None = None, max_len: int = 10) -> list[int]:
