@@ -275,7 +275,9 @@ def attribution_graph(
     else:
         ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
     fr = freeze(model, ids)
-    tcs = {s: copy.deepcopy(tc).to(dtype).eval() for s, tc in transcoders.items()}
+    tcs = {
+        s: copy.deepcopy(tc).to(dtype).eval().requires_grad_(False) for s, tc in transcoders.items()
+    }
     for s, tc in tcs.items():
         if s not in fr.site_in:
             raise InputError(f"transcoder site {s} is not in this {model.cfg.n_layers}-layer model")
