@@ -317,9 +317,28 @@ def test_cli_features_graph(tmp_path, induction, capsys):
             "features", "graph", "--model", "zoo:induction-2l", "--transcoders",
             str(tmp_path / "tc"), "--tokens", "5,9,3,7,5,9", "--check", "4",
             "--out", str(tmp_path / "g.json"), "--neuronpedia", str(tmp_path / "np.json"),
+            "--examples", "2",
         ]
     )  # fmt: skip
     assert rc == 0
     text = capsys.readouterr().out
     assert "completeness error" in text and "top path" in text
     assert json.loads((tmp_path / "g.json").read_text())["intervention"]["pearson_frozen"]["n"] == 4
+
+
+def test_top_examples_match_the_model(induction):
+    from circuitfind.features.examples import top_examples
+
+    tcs = _tcs(induction, ["a1"], d_sae=16, k=4)
+    ids = torch.randint(0, 128, (6, 12), generator=torch.Generator().manual_seed(3))
+    ex = top_examples(induction, tcs, ids, k=3)
+    with torch.no_grad():
+        cache = induction.cache(ids)
+    attn = cache.heads[1].sum(2) + induction.attn_bias(1)
+    acts = tcs["a1"].encode(attn)  # [6, 12, 16]
+    assert ex["a1"]
+    for f, rows in ex["a1"].items():
+        assert rows[0]["activation"] == pytest.approx(float(acts[..., f].max()), rel=1e-5)
+        for r in rows:
+            assert r["activation"] == pytest.approx(float(acts[r["row"], r["pos"], f]), rel=1e-5)
+            assert r["token"] == f"t{int(ids[r['row'], r['pos']])}"

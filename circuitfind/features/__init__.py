@@ -29,6 +29,7 @@ _NAMES = {
     "FeatureCircuit": "dataset",
     "to_neuronpedia": "export",
     "write_neuronpedia": "export",
+    "top_examples": "examples",
 }
 
 __all__ = sorted(_NAMES)

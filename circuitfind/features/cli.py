@@ -65,6 +65,13 @@ def register(sub: Any) -> None:
         metavar="N",
         help="intervention check on the N most influential features (0: skip)",
     )
+    g.add_argument(
+        "--examples",
+        type=int,
+        default=0,
+        metavar="K",
+        help="add each kept feature's K top-activating examples from the model's data",
+    )
     g.add_argument("--out", default=None, help="write the graph (explorer JSON) here")
     g.add_argument("--neuronpedia", default=None, help="write Neuronpedia's graph JSON here")
     g.set_defaults(func=_graph)
@@ -152,9 +159,10 @@ def _graph(args: argparse.Namespace) -> int:
     def tok(x: str | None) -> int | str | None:
         return int(x) if x is not None and x.isdigit() else x
 
+    tcs = TranscoderSet.load(args.transcoders)
     graph = attribution_graph(
         model,
-        TranscoderSet.load(args.transcoders),
+        tcs,
         prompt,
         target=tok(args.target),
         wrong=tok(args.wrong),
@@ -164,6 +172,10 @@ def _graph(args: argparse.Namespace) -> int:
     out = graph.to_dict()
     if args.check:
         out["intervention"] = intervention_check(model, graph, top=args.check)
+    if args.examples:
+        from circuitfind.features.examples import graph_examples
+
+        out["examples"] = graph_examples(model, tcs, graph, k=args.examples)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))
