@@ -342,3 +342,20 @@ def test_top_examples_match_the_model(induction):
         for r in rows:
             assert r["activation"] == pytest.approx(float(acts[r["row"], r["pos"], f]), rel=1e-5)
             assert r["token"] == f"t{int(ids[r['row'], r['pos']])}"
+
+
+def test_mlp_transcoders_on_zoo_ioi():
+    """MLP transcoders trained on zoo:ioi's own generator (Llama: RMSNorm, rotary, GQA, gated
+    MLP) in a few steps; the graph of an IOI prompt adds up to the logit difference."""
+    model = cf.load("zoo:ioi")
+    tcs = train_transcoders(model, sites="auto", steps=30, n=16, d_sae=128, k=8)
+    assert sorted(tcs) == ["m0", "m1", "m2"]
+    rep = tcs["m0"].cfg.metrics["replacement"]
+    assert rep["kl"] >= 0 and rep["loss_replacement"] > 0
+    task = cf.get_task("ioi", model, n=2, seed=0)
+    g = attribution_graph(model, tcs, task.clean[0], target=int(task.answer[0]),
+                          wrong=int(task.wrong[0]), pos=int(task.readout[0]))  # fmt: skip
+    assert float(g.completeness().max()) < 1e-4
+    logits = model(task.clean[:1])[0, int(task.readout[0])]
+    diff = logits[int(task.answer[0])] - logits[int(task.wrong[0])]
+    assert g.target["value"] == pytest.approx(float(diff), abs=1e-4)

@@ -10,7 +10,9 @@ patterns and norm scales frozen (the graph's own assumptions, the features' nonl
 on), with attention unfrozen (patterns recomputed from the edited stream, norm scales frozen:
 what the frozen QK path hides), and fully unfrozen (the whole model recomputed, norms too).
 ``intervention_check`` reports all three and the Pearson correlation of each with the
-prediction, with its sample size and 95% interval.
+prediction, with its sample size and 95% interval; and, to size what the frozen patterns leave
+out, a first-order prediction through live attention (``first_order_live``) against the
+attention-unfrozen measurement.
 """
 
 from __future__ import annotations
@@ -107,6 +109,44 @@ def measured_frozen(
     return value[:-1] - value[-1]
 
 
+def first_order_live(
+    model: Model, graph: AttributionGraph, features: list[int], scale: float
+) -> Tensor:
+    """First-order prediction with attention live (norm scales frozen): ``(c − 1) a_f ·
+    ∂target/∂a_f``, the derivative taken through the recomputed patterns too (what the frozen
+    graph leaves out: each feature's effect through queries and keys)."""
+    assert graph.state is not None
+    fr, tcs, _ = graph.state
+    dtype = graph.adjacency.dtype
+    edits = _edits(graph, features)
+    n_pos = fr.embed.shape[0]
+    deltas = {
+        s: torch.zeros(1, n_pos, tc.cfg.d_sae, dtype=dtype, requires_grad=True)
+        for s, tc in tcs.items()
+    }
+    errors = {
+        s: (fr.site_out[s].to(dtype) - tc(fr.site_in[s].to(dtype))).detach()
+        for s, tc in tcs.items()
+    }
+
+    def write(site: str, x: Tensor, per_head: Tensor | None) -> Tensor:
+        if site in tcs:
+            tc = tcs[site]
+            return tc.decode(tc.encode(x) + deltas[site], x) + errors[site]
+        if site.startswith("a"):
+            return x
+        return fr.site_out[site].to(dtype).expand_as(x)
+
+    emb = fr.embed.to(dtype)[None]
+    resid = frozen_forward(model, fr, emb, write, affine=True, live_attention=True)
+    u, b = _target_vector(model, graph)
+    value = frozen_readout(model, fr, resid, True)[0, graph.target["pos"]] @ u + b
+    grads = dict(zip(deltas, torch.autograd.grad(value, list(deltas.values())), strict=True))
+    acts = torch.tensor([graph.nodes[i].activation for i in features], dtype=dtype)
+    g = torch.stack([grads[s][0, q, f] for s, q, f in edits])
+    return ((scale - 1.0) * acts * g).detach()
+
+
 def measured_unfrozen(
     model: Model, graph: AttributionGraph, features: list[int], scale: float
 ) -> Tensor:
@@ -185,6 +225,7 @@ def intervention_check(
     if not features:
         raise InputError("the graph has no active features to intervene on")
     pred = predicted_effects(graph, features, scale)
+    first = first_order_live(model, graph, features, scale)
     frozen = measured_frozen(model, graph, features, scale)
     live = measured_frozen(model, graph, features, scale, live_attention=True)
     unfrozen = measured_unfrozen(model, graph, features, scale)
@@ -193,9 +234,11 @@ def intervention_check(
         "features": [graph.nodes[i].id for i in features],
         "predicted": pred.tolist(),
         "measured_frozen": frozen.tolist(),
+        "first_order_attention_live": first.tolist(),
         "measured_attention_unfrozen": live.tolist(),
         "measured_unfrozen": unfrozen.tolist(),
         "pearson_frozen": pearson(pred, frozen),
         "pearson_attention_unfrozen": pearson(pred, live),
+        "pearson_first_order_vs_attention_unfrozen": pearson(first, live),
         "pearson_unfrozen": pearson(pred, unfrozen),
     }
