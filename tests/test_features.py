@@ -359,3 +359,54 @@ def test_mlp_transcoders_on_zoo_ioi():
     logits = model(task.clean[:1])[0, int(task.readout[0])]
     diff = logits[int(task.answer[0])] - logits[int(task.wrong[0])]
     assert g.target["value"] == pytest.approx(float(diff), abs=1e-4)
+
+
+def test_dataset_ie_is_the_total_derivative(induction):
+    """With zero ablation a feature's IE is −Σ_pos a · ∂m/∂a (total derivative, downstream
+    features recomputed): equal to a finite difference of the spliced model's metric."""
+    from circuitfind.features.dataset import feature_circuit
+    from circuitfind.features.training import spliced_hooks
+
+    tcs = _tcs(induction, ["a0", "a1"], d_sae=32, k=4)
+    task = cf.get_task("induction", induction, n=4, seed=1)
+    fc = feature_circuit(induction, tcs, task, ablation="zero", top_n=3, n_boot=20)
+    site, f = "a0", int(fc.scores["a0"].abs().argmax())
+    eps = 0.05  # central difference: O(eps^2) error, far above float32 rounding
+
+    def metric(scale: float) -> float:
+        # errors from the clean run keep the spliced model equal to the real one
+        reads = {}
+        grab = {f"attn_out.{i}": (lambda y, i=i: reads.setdefault(i, y)) for i in (0, 1)}
+        with torch.no_grad():
+            induction(task.clean, hooks=grab)
+        errs = {f"a{i}": reads[i] - tcs[f"a{i}"](reads[i]) for i in (0, 1)}
+
+        def edit(s, a):
+            if s == site:
+                a = a.clone()
+                a[..., f] *= scale
+            return a
+
+        hooks = spliced_hooks(induction, tcs, errors=errs, edit=edit)
+        with torch.no_grad():
+            return float(task.metric_fn(induction(task.clean, hooks=hooks)))
+
+    fd = (metric(1 - eps) - metric(1 + eps)) / (2 * eps)  # d m / d(−scale) at scale 1
+    assert float(fc.scores[site][f]) == pytest.approx(fd, rel=2e-2, abs=1e-5)
+
+
+def test_jumprelu_threshold_learns():
+    """The straight-through estimator moves the thresholds: a larger L0 penalty, fewer features."""
+    from circuitfind.features.training import _train_one
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 8, generator=gen)
+    y = x @ torch.randn(8, 8, generator=gen)
+    l0 = []
+    for coef in (0.0, 0.05):
+        cfg = TranscoderConfig(8, 32, 8, "m0", activation_fn="jumprelu", l0_coefficient=coef)
+        tc = _train_one(x, y, cfg, steps=150, batch_size=128, lr=1e-2, seed=0)
+        assert not torch.allclose(tc.threshold, torch.full((32,), cfg.init_threshold))
+        with torch.no_grad():
+            l0.append(float((tc.encode(x) > 0).float().sum(-1).mean()))
+    assert l0[1] < l0[0]
