@@ -405,7 +405,7 @@ def test_jumprelu_threshold_learns():
     l0 = []
     for coef in (0.0, 0.05):
         cfg = TranscoderConfig(8, 32, 8, "m0", activation_fn="jumprelu", l0_coefficient=coef)
-        tc = _train_one(x, y, cfg, steps=150, batch_size=128, lr=1e-2, seed=0)
+        tc = _train_one(x, y, cfg, steps=80, batch_size=128, lr=1e-2, seed=0)
         assert not torch.allclose(tc.threshold, torch.full((32,), cfg.init_threshold))
         with torch.no_grad():
             l0.append(float((tc.encode(x) > 0).float().sum(-1).mean()))

@@ -172,6 +172,7 @@ def _graph(args: argparse.Namespace) -> int:
     out = graph.to_dict()
     if args.check:
         out["intervention"] = intervention_check(model, graph, top=args.check)
+    out["attention"] = _explain_attention(model, graph)
     if args.examples:
         from circuitfind.features.examples import graph_examples
 
@@ -198,6 +199,13 @@ def _graph(args: argparse.Namespace) -> int:
         via = "" if hw is None else f" via a{graph.nodes[a].layer}.h{int(hw.abs().argmax())}"
         steps.append(f"{graph.nodes[b].id}{via} -> ")
     print("top path: " + "".join(reversed(steps)) + graph.nodes[path[0]].id)
+    for why in out.get("attention", []):
+        pair = why["pairs"][0]
+        print(
+            f"  {why['head']} attends {why['query_pos']} -> {why['key_pos']} "
+            f"(p = {why['pattern']:.2f}) mostly because of query {pair['query']} x key "
+            f"{pair['key']}" + (f" <- {why['key_input']}" if why.get("key_input") else "")
+        )
     if args.check:
         iv = out["intervention"]
         for key, label in (
@@ -206,7 +214,10 @@ def _graph(args: argparse.Namespace) -> int:
             ("pearson_unfrozen", "all unfrozen"),
         ):
             r = iv[key]
-            print(f"intervention vs graph ({label}): r = {r['r']}, n = {r['n']}")
+            ci = r.get("ci95")
+            ci_text = f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            value = "n/a" if r["r"] is None else f"{r['r']:.3f}"
+            print(f"intervention vs graph ({label}): r = {value}, n = {r['n']}{ci_text}")
     return 0
 
 
@@ -234,3 +245,35 @@ def _circuit(args: argparse.Namespace) -> int:
     for name, ie in fc.top(10):
         print(f"  {name}: IE {ie:+.4f}")
     return 0
+
+
+def _explain_attention(model: Any, graph: Any) -> list[dict[str, Any]]:
+    """QK splits for the attention-mediated edges of the top path (where the model allows)."""
+    import itertools
+
+    from circuitfind.errors import UnsupportedModelError
+    from circuitfind.features.qk import attention_drivers
+
+    found = []
+    for a, b in itertools.pairwise(graph.top_path()):
+        hw = graph.heads_of(a, b)
+        if hw is None:
+            continue
+        tgt, src = graph.nodes[a], graph.nodes[b]
+        head = int(hw.abs().argmax())
+        try:
+            why = attention_drivers(model, graph, tgt.layer, head, tgt.pos, src.pos, top=5)
+        except UnsupportedModelError:
+            continue
+        key = graph.index(why["key_side"][0]["node"])
+        if graph.adjacency[key].abs().max() > 0:
+            k_src = int(graph.adjacency[key].abs().argmax())
+            k_hw = graph.heads_of(key, k_src)
+            via = (
+                ""
+                if k_hw is None
+                else f" via a{graph.nodes[key].layer}.h{int(k_hw.abs().argmax())}"
+            )
+            why["key_input"] = graph.nodes[k_src].id + via
+        found.append(why)
+    return found
