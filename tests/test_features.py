@@ -410,3 +410,8 @@ def test_jumprelu_threshold_learns():
         with torch.no_grad():
             l0.append(float((tc.encode(x) > 0).float().sum(-1).mean()))
     assert l0[1] < l0[0]
+
+
+def test_wrong_width_is_a_clear_error(gpt2, induction):
+    with pytest.raises(InputError, match="width 48"):
+        attribution_graph(induction, _tcs(gpt2, ["a0"]), torch.arange(5))

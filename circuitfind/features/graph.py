@@ -282,7 +282,11 @@ def attribution_graph(
         if s not in fr.site_in:
             raise InputError(f"transcoder site {s} is not in this {model.cfg.n_layers}-layer model")
         if tc.cfg.d_in != fr.site_in[s].shape[-1]:
-            raise InputError(f"transcoder {s} reads width {tc.cfg.d_in}; the model's is different")
+            width = fr.site_in[s].shape[-1]
+            raise InputError(
+                f"transcoder {s} reads width {tc.cfg.d_in} but this model's {s} has width "
+                f"{width}; train transcoders for this model (circuitfind features train)"
+            )
     tok, p, wrong_id = _target(model, fr, target, pos, wrong)
     n_pos = fr.embed.shape[0]
     strs = _decode(model, fr.tokens.tolist())
