@@ -415,3 +415,21 @@ def test_jumprelu_threshold_learns():
 def test_wrong_width_is_a_clear_error(gpt2, induction):
     with pytest.raises(InputError, match="width 48"):
         attribution_graph(induction, _tcs(gpt2, ["a0"]), torch.arange(5))
+
+
+def test_cli_features_train_and_circuit(tmp_path, capsys):
+    from circuitfind.cli import main
+
+    out = tmp_path / "tc"
+    args = ["features", "train", "--model", "zoo:induction-2l", "--out", str(out)]
+    assert main([*args, "--steps", "5", "--n", "8", "--d-sae", "32", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert sorted(metrics) == ["a0", "a1"] and "kl" in metrics["a0"]["replacement"]
+    assert (out / "manifest.json").is_file() and (out / "a1" / "weights.safetensors").is_file()
+    rc = main(
+        ["features", "circuit", "--model", "zoo:induction-2l", "--transcoders", str(out),
+         "--task", "induction", "--n", "4", "--top-n", "5", "--json"]
+    )  # fmt: skip
+    assert rc == 0
+    fc = json.loads(capsys.readouterr().out)
+    assert fc["n_nodes"] == 5 and fc["faithfulness"]["value"] is not None
