@@ -70,6 +70,8 @@ _LAZY: dict[str, str] = {
     "detect_roles": "circuitfind.roles",
     "Task": "circuitfind.tasks",
     "get_task": "circuitfind.tasks",
+    "attribution_graph": "circuitfind.features",
+    "train_transcoders": "circuitfind.features",
 }
 
 __all__ = [
@@ -91,6 +93,7 @@ __all__ = [
     "Task",
     "UnsupportedModelError",
     "__version__",
+    "attribution_graph",
     "cache_bytes",
     "detect_roles",
     "discover",
@@ -104,6 +107,7 @@ __all__ = [
     "prune",
     "render",
     "score",
+    "train_transcoders",
 ]
 
 

@@ -60,6 +60,7 @@ PLUGINS = (
     "circuitfind.inspect.cli",
     "circuitfind.bench.cli",
     "circuitfind.explorer.cli",
+    "circuitfind.features.cli",
 )
 # options every subcommand accepts before or after its name
 GLOBAL_FLAGS = ("--debug", "-v", "--verbose", "-q", "--quiet", "--threads")
