@@ -59,6 +59,7 @@ from circuitfind.commands import (
     quiet_third_party,
 )
 from circuitfind.errors import CircuitfindError
+from circuitfind.stability_summary import resamples_arg
 
 __all__ = [
     "ABLATIONS",
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--bootstrap",
         default="auto",
+        type=resamples_arg,
         metavar="N",
         help="resample the prompts N times, re-score and re-prune with the same rule: each "
         "edge's inclusion frequency, a core / contingent split and intervals on faithfulness, "

@@ -69,6 +69,10 @@ def discover(
         circuit and the empty circuit, the faithfulness with its error and reliability flag
         (``meta["evaluation"]``), how the circuit was found, and the time of each phase.
     """
+    from circuitfind.methods.table import method_name
+    from circuitfind.stability import resolve_bootstrap
+
+    resolve_bootstrap(bootstrap, method_name(method), 0)  # a bad value fails before the work
     t0 = time.perf_counter()
     scored = score(
         model,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["stability_lines", "stability_summary"]
+__all__ = ["resamples_arg", "stability_lines", "stability_summary"]
 
 
 def stability_summary(meta: dict[str, Any]) -> dict[str, Any]:
@@ -99,3 +99,18 @@ def stability_lines(summary: dict[str, Any]) -> list[str]:
                 f"{d['rank_attribution']}) vs exact {d['exact']:.3g} (rank {d['rank_exact']})"
             )
     return lines
+
+
+def resamples_arg(text: str) -> int | str:
+    """``--bootstrap``'s type: ``auto`` or a whole number of resamples (0 = off, else >= 2)."""
+    import argparse
+
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or a whole number") from None
+    if value < 0 or value == 1:
+        raise argparse.ArgumentTypeError(f"{value}: use 0 (off), auto, or 2 or more resamples")
+    return value

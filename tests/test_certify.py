@@ -106,3 +106,35 @@ def test_the_mask_step_is_pluggable_by_name(planted) -> None:
     assert mask_method(None) is None
     with pytest.raises(InputError, match="frontier"):
         certify(model, task, frontier=-1)
+
+
+def test_cli_certify_bootstrap_ensemble_summary_and_report(planted, tmp_path, capsys, monkeypatch):
+    import json
+
+    from circuitfind import commands
+    from circuitfind.cli import main
+
+    monkeypatch.setattr(commands, "_load_model_and_task", lambda args: planted)
+    out = tmp_path / "run"
+    argv = ["-q", "discover", "--model", "m", "--task", "t", "--top-n", "5", "--out", str(out)]
+    extra = ["--certify", "--mask-method", "none", "--frontier", "6", "--bootstrap", "3"]
+    assert main([*argv, *extra, "--ensemble", "exact", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["certify"]["verified"]["faithfulness"] == pytest.approx(1.0, abs=1e-5)
+    assert summary["certify"]["frontier"]["n"] == 6
+    assert summary["stability"]["n_boot"] == 3 and summary["stability"]["core"] == 5
+    assert summary["ensemble"]["methods"] == ["eap-ig-inputs", "exact"]
+    saved = circuitfind.Circuit.from_json(out / "circuit.json")
+    assert saved.meta["certify"]["frontier"]["n"] == 6
+    report = (out / "report.html").read_text()
+    for section in ("Stability", "Agreement across methods", "Certification"):
+        assert f"<h2>{section}</h2>" in report
+    assert main([*argv, *extra]) == 0  # the human summary
+    text = capsys.readouterr().out
+    assert "certified: faithfulness 1.000" in text and "frontier (6 edges" in text
+    assert "stability (3 resamples): 5 core edges" in text
+    with pytest.raises(SystemExit) as exc:  # 1 resample is refused: a usage error
+        main([*argv, "--bootstrap", "1"])
+    assert exc.value.code == 2 and "--bootstrap" in capsys.readouterr().err
+    with pytest.raises(InputError, match="bootstrap"):
+        circuitfind.discover(*planted, top_n=5, bootstrap=1)

@@ -166,3 +166,26 @@ def test_ensemble_reports_agreement_across_methods(planted) -> None:
     assert set(ens["all_agree"]) == names  # the planted circuit, by every method
     assert all(v == 1.0 for v in ens["jaccard"].values())
     assert ens["per_method"]["exact"]["n_edges"] == 5
+
+
+def test_diagram_opacity_is_inclusion_frequency_and_the_report_has_a_section(planted, tmp_path):
+    from circuitfind.render import MIN_OPACITY, dot_source, edge_opacity
+    from circuitfind.report import write_report
+
+    model, task = planted
+    c = circuitfind.discover(model, task, method="eap", ablation="mean", top_n=3, bootstrap=4)
+    freq = frequency_matrix(c)
+    assert freq is not None
+    opacity = edge_opacity(c)
+    assert torch.equal(opacity, freq.clamp(min=MIN_OPACITY))
+    source = dot_source(c).source
+    for name in c.edge_names:
+        e = c.graph.edge(name)
+        alpha = f"{round(255 * float(opacity[e.sender_index, e.receiver_index])):02x}"
+        assert f'{alpha}" ' in source or f'{alpha}"' in source
+    assert "bootstrap resamples" in source
+    plain = circuitfind.discover(model, task, method="eap", top_n=3)
+    assert edge_opacity(plain) is None and "resamples" not in dot_source(plain).source
+    text = write_report(c, tmp_path / "r.html").read_text()
+    assert "<h2>Stability</h2>" in text and 'id="stability-edges"' in text
+    assert "<h2>Stability</h2>" not in write_report(plain, tmp_path / "p.html").read_text()
