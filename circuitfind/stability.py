@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +40,12 @@ from tqdm.auto import tqdm
 
 from circuitfind.circuit import Circuit
 from circuitfind.errors import InputError
-from circuitfind.evaluation import evaluate
+from circuitfind.evaluation import _effect_check, baseline, evaluate, faithfulness
 from circuitfind.graph import Graph
 from circuitfind.methods.table import method_options, method_spec
+from circuitfind.pruning import greedy as greedy_top
+from circuitfind.pruning import node_selection, remove_dangling
+from circuitfind.pruning import top_n as top_n_mask
 from circuitfind.resample import PromptRuns, per_prompt_scores, prompt_additive
 from circuitfind.runs import PreparedRuns
 from circuitfind.search import prune
@@ -59,6 +62,7 @@ __all__ = [
     "default_bootstrap",
     "frequency_matrix",
     "resolve_bootstrap",
+    "search_near",
 ]
 
 logger = logging.getLogger(__name__)
@@ -226,6 +230,61 @@ def frequency_matrix(circuit: Circuit) -> Tensor | None:
     return out
 
 
+def _selector(rep: Circuit, greedy: bool) -> Callable[[int], Tensor]:
+    """n -> the circuit of the n best edges (nodes, for node-level scores), as ``prune``
+    selects them (greedy growth for greedy searches), dangling edges dropped."""
+    graph = rep.graph
+    nodes = rep.node_scores if rep.meta.get("level") == "node" else None
+
+    def select(n: int) -> Tensor:
+        if nodes is not None:
+            return remove_dangling(graph, node_selection(graph, nodes, n))
+        pick = greedy_top if greedy else top_n_mask
+        return remove_dangling(graph, pick(graph, rep.score_matrix, n))
+
+    return select
+
+
+def search_near(
+    select: Callable[[int], Tensor], runs: PreparedRuns, target: float, size: int, start: int
+) -> tuple[Tensor, dict[str, Any]]:
+    """The smallest n in 1..size whose circuit reaches ``target``, searched outward from
+    ``start`` (the original circuit's size) by doubling steps, then bisected: the rule of
+    :func:`circuitfind.search.search_target` (which also assumes faithfulness grows with n),
+    in a few masked runs when the resample's answer is near the original's."""
+    full, empty = baseline(runs)
+    m_full, m_empty = float(full.mean()), float(empty.mean())
+    info: dict[str, Any] = {"rule": "target-faithfulness", "target": target}
+    if not _effect_check(full, empty)[2]:
+        return select(size), {**info, "n": size, "met": False}
+    seen: dict[int, bool] = {0: False}
+
+    def ok(n: int) -> bool:
+        if n not in seen:
+            m = float(runs.metric_of(select(n).float()).mean())
+            seen[n] = faithfulness(m, m_full, m_empty) >= target
+        return seen[n]
+
+    n = min(max(start, 1), size)
+    step = 1
+    if ok(n):
+        hi, lo = n, max(n - 1, 0)
+        while ok(lo):
+            hi, step = lo, step * 2
+            lo = max(hi - step, 0)
+    else:
+        lo, hi = n, min(n + 1, size)
+        while not ok(hi):
+            if hi == size:
+                return select(size), {**info, "n": size, "met": False}
+            lo, step = hi, step * 2
+            hi = min(lo + step, size)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return select(hi), {**info, "n": hi, "met": True, "sizes_measured": len(seen) - 1}
+
+
 def _prune_like(rep: Circuit, rule: dict[str, Any], runs: PreparedRuns) -> Circuit:
     """``rep`` pruned by the rule recorded in a circuit's ``meta["pruning"]``."""
     name = rule.get("rule")
@@ -234,7 +293,14 @@ def _prune_like(rep: Circuit, rule: dict[str, Any], runs: PreparedRuns) -> Circu
     if name == "threshold":
         return prune(rep, threshold=float(rule["threshold"]), runs=runs)
     if name == "target-faithfulness":
-        return prune(rep, target_faithfulness=float(rule["target"]), runs=runs)
+        if not rule.get("met") or "n" not in rule:  # the original search kept every edge
+            return prune(rep, target_faithfulness=float(rule["target"]), runs=runs)
+        level_node = rep.meta.get("level") == "node"
+        size = len(rep.node_scores or {}) if level_node else rep.graph.n_edges
+        keep, info = search_near(
+            _selector(rep, greedy=False), runs, float(rule["target"]), size, int(rule["n"])
+        )
+        return rep.with_edges(keep, pruning=info)
     return prune(rep, runs=runs)  # a method that prunes itself keeps its own choice
 
 

@@ -189,3 +189,18 @@ def test_diagram_opacity_is_inclusion_frequency_and_the_report_has_a_section(pla
     text = write_report(c, tmp_path / "r.html").read_text()
     assert "<h2>Stability</h2>" in text and 'id="stability-edges"' in text
     assert "<h2>Stability</h2>" not in write_report(plain, tmp_path / "p.html").read_text()
+
+
+@pytest.mark.parametrize("start", [1, 3, 7, 40, 110])
+def test_the_resamples_target_search_finds_what_the_full_search_finds(planted, start) -> None:
+    from circuitfind.search import search_target
+    from circuitfind.stability import _selector, search_near
+
+    model, task = planted
+    c = circuitfind.score(model, task, method="eap", ablation="mean", progress=False)
+    select = _selector(c, greedy=False)
+    size = c.graph.n_edges
+    for target in (0.5, 0.9, 0.99):
+        ref, ref_info = search_target(select, c.runs, target, size)
+        got, info = search_near(select, c.runs, target, size, start)
+        assert info["n"] == ref_info["n"] and torch.equal(got, ref)
