@@ -239,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="with --certify: edges around the cut patched one by one to check attribution",
     )
+    d.add_argument(
+        "--mib",
+        action="store_true",
+        help="also write DIR/mib/TASK_MODEL/importances.json, the MIB circuit-localization "
+        "track's importance-score format",
+    )
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
     d.set_defaults(func=_discover)
 

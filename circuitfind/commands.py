@@ -404,6 +404,8 @@ def _discover_into(
     phases["total_s"] = time.perf_counter() - STARTED[0]
     circuit.meta["cli_timing"] = {k: round(v, 3) for k, v in phases.items()}
     files["circuit"] = str(circuit.to_json(out / "circuit.json"))
+    if getattr(args, "mib", False):  # MIB's {task}_{model} folder of importance scores
+        files["mib"] = str(circuit.to_mib(out / "mib", task=task.name, model=args.model))
 
     faith = evaluation.get("faithfulness")
     ranked = sorted(head_totals(circuit).items(), key=lambda kv: -abs(kv[1]))[:5]

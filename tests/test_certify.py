@@ -118,8 +118,11 @@ def test_cli_certify_bootstrap_ensemble_summary_and_report(planted, tmp_path, ca
     out = tmp_path / "run"
     argv = ["-q", "discover", "--model", "m", "--task", "t", "--top-n", "5", "--out", str(out)]
     extra = ["--certify", "--mask-method", "none", "--frontier", "6", "--bootstrap", "3"]
-    assert main([*argv, *extra, "--ensemble", "exact", "--json"]) == 0
+    assert main([*argv, *extra, "--ensemble", "exact", "--mib", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
+    assert summary["files"]["mib"] == str(out / "mib" / "planted-induction_m")
+    mib = circuitfind.Circuit.from_mib(out / "mib")
+    assert mib.scores == circuitfind.Circuit.from_json(out / "circuit.json").scores
     assert summary["certify"]["verified"]["faithfulness"] == pytest.approx(1.0, abs=1e-5)
     assert summary["certify"]["frontier"]["n"] == 6
     assert summary["stability"]["n_boot"] == 3 and summary["stability"]["core"] == 5
