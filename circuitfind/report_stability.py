@@ -29,6 +29,7 @@ def _stability(meta: dict[str, Any], kept: set[str]) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td class='num'>{_f(v.get('value'))}</td>"
         f"<td class='num'>[{_f(v.get('low'))}, {_f(v.get('high'))}]</td>"
+        f"<td class='num'>{_f(v.get('mean'))}</td>"
         f"<td class='num'>{_f(v.get('stderr'))}</td><td class='num'>{v.get('n')}</td></tr>"
         for k, v in st["intervals"].items()
     )
@@ -50,10 +51,12 @@ re-pruned by the same rule ({html.escape(str(st["rule"].get("rule")))}) and re-m
 own prompts. <b>{len(st["core"])}</b> core edges (kept in at least
 {st["core_threshold"]:.0%} of resamples), <b>{len(st["contingent"])}</b> contingent;
 {"" if share is None else f"{share:.0%} of this circuit's edges are core. "}Intervals are the
-2.5–97.5 percentiles of the resamples (coarse with few resamples); the diagram's edge opacity is
+2.5–97.5 percentiles of the resamples (coarse with few resamples; each resample picks and
+measures its circuit on its own prompts, so they can be optimistic: compare their mean with this
+circuit's value); the diagram's edge opacity is
 the inclusion frequency.</p>
 <table id="stability-intervals"><tr><th>quantity</th><th>this circuit</th>
-<th>95% interval</th><th>SE</th><th>resamples</th></tr>{rows}</table>
+<th>95% interval</th><th>resample mean</th><th>SE</th><th>resamples</th></tr>{rows}</table>
 <table id="stability-edges"><tr><th>edge</th><th>inclusion frequency</th><th>core?</th>
 <th>in this circuit</th></tr>{edge_rows}</table>
 {tail if more > 0 else ""}
