@@ -11,7 +11,9 @@ a resample on which the metric cannot move has none, and ``n`` counts those meas
 the point value of the circuit itself. Each resample picks and measures its circuit on its own
 prompts (with repeats), so the resamples can be optimistic and the interval need not contain the
 point value (``mean - value`` is the bias estimate: on zoo:ioi, EAP-IG's CPR is 0.595 and its
-resamples' interval [0.598, 0.749]); with ``N`` resamples they are coarse (N = 20 gives
+resamples' interval [0.598, 0.749]). ``faithfulness_oob`` is the honest counterpart: each
+resample's circuit measured on the prompts it left out (about 37% of them; free, as every
+circuit's per-prompt metrics are already there); with ``N`` resamples they are coarse (N = 20 gives
 a rough 95% interval), and the evaluation's own per-prompt bootstrap of the chosen circuit stays
 in ``meta["evaluation"]``.
 
@@ -180,6 +182,7 @@ class Stability:
     rule: dict[str, Any]
     time_s: float = 0.0
     sizes: list[int] = field(default_factory=list)
+    replicates: dict[str, list[float | None]] = field(default_factory=dict)
 
     def edges_with(self, low: float, high: float = 1.0) -> list[str]:
         """Edge names with frequency in [low, high], most frequent first."""
@@ -221,6 +224,7 @@ class Stability:
             "core": self.core,
             "contingent": self.contingent,
             "intervals": {k: v.to_dict() for k, v in self.intervals.items()},
+            "replicates": self.replicates,
             "time_s": round(self.time_s, 4),
         }
         if circuit is not None and circuit.n_edges:
@@ -316,6 +320,22 @@ def _prune_like(rep: Circuit, rule: dict[str, Any], runs: PreparedRuns) -> Circu
     return prune(rep, runs=runs)  # a method that prunes itself keeps its own choice
 
 
+def _out_of_bag(
+    runs: PreparedRuns, circuit: Circuit, drawn: Tensor, full: Tensor, empty: Tensor
+) -> float | None:
+    """The faithfulness of a resample's circuit on the prompts the resample left out (free:
+    the prepared runs hold every prompt's metric of each measured circuit); None when fewer
+    than two were left out."""
+    out = torch.ones(runs.n_prompts, dtype=torch.bool)
+    out[drawn] = False
+    if int(out.sum()) < 2:
+        return None
+    per = runs.metric_of(circuit.in_graph.float())
+    pick = out.to(per.device)
+    m = faithfulness(float(per[pick].mean()), float(full[pick].mean()), float(empty[pick].mean()))
+    return m if np.isfinite(m) else None
+
+
 def _point(circuit: Circuit, key: str) -> float | None:
     ev = circuit.meta.get("evaluation") or {}
     value = ev.get(key)
@@ -356,8 +376,9 @@ def bootstrap(
     carried = {k: circuit.meta[k] for k in _CARRIED if k in circuit.meta}
     kept: list[Tensor] = []
     values: dict[str, list[float | None]] = {
-        k: [] for k in ("faithfulness", "cpr", "cmd", "n_edges")
+        k: [] for k in ("faithfulness", "faithfulness_oob", "cpr", "cmd", "n_edges")
     }
+    full, empty = baseline(runs)
     for r in tqdm(range(n_boot), desc="bootstrap", disable=not progress, unit="resample"):
         view = PromptRuns(runs, idx[r])
         if per_prompt is not None:
@@ -371,6 +392,7 @@ def bootstrap(
         pruned = _prune_like(rep, rule, view)
         kept.append(pruned.in_graph)
         values["n_edges"].append(float(pruned.n_edges))
+        values["faithfulness_oob"].append(_out_of_bag(runs, pruned, idx[r], full, empty))
         try:
             ev = evaluate(
                 runs.model,
@@ -390,8 +412,10 @@ def bootstrap(
         values["cpr"].append(ev.cpr)
         values["cmd"].append(ev.cmd)
     frequency = torch.stack(kept).float().mean(0)
+    faith = circuit.meta.get("faithfulness", _point(circuit, "faithfulness"))
     points = {
-        "faithfulness": circuit.meta.get("faithfulness", _point(circuit, "faithfulness")),
+        "faithfulness": faith,
+        "faithfulness_oob": faith,
         "cpr": _point(circuit, "cpr"),
         "cmd": _point(circuit, "cmd"),
         "n_edges": float(circuit.n_edges),
@@ -410,6 +434,7 @@ def bootstrap(
         rule=rule,
         time_s=time.perf_counter() - t0,
         sizes=[int(x or 0) for x in values["n_edges"]],
+        replicates=values,
     )
 
 

@@ -65,6 +65,12 @@ def stability_lines(summary: dict[str, Any]) -> list[str]:
             f"{st['contingent']} contingent; faithfulness 95% interval "
             f"[{_num(f.get('low'))}, {_num(f.get('high'))}]"
             + (
+                f" (out of bag [{_num(st['intervals']['faithfulness_oob']['low'])}, "
+                f"{_num(st['intervals']['faithfulness_oob']['high'])}])"
+                if "faithfulness_oob" in st["intervals"]
+                else ""
+            )
+            + (
                 f"; CPR [{_num(st['intervals']['cpr']['low'])}, "
                 f"{_num(st['intervals']['cpr']['high'])}]"
                 if "cpr" in st["intervals"]

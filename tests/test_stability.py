@@ -204,3 +204,26 @@ def test_the_resamples_target_search_finds_what_the_full_search_finds(planted, s
         ref, ref_info = search_target(select, c.runs, target, size)
         got, info = search_near(select, c.runs, target, size, start)
         assert info["n"] == ref_info["n"] and torch.equal(got, ref)
+
+
+def test_out_of_bag_faithfulness_is_measured_on_the_prompts_left_out(planted) -> None:
+    import numpy as np
+
+    model, task = planted
+    c = circuitfind.discover(model, task, method="eap", top_n=3)
+    st = bootstrap(c, 4, seed=1)
+    oob = st.intervals["faithfulness_oob"]
+    assert oob.value == pytest.approx(c.meta["faithfulness"]) and oob.n >= 1
+    idx = torch.from_numpy(np.random.default_rng(1).integers(0, 8, size=(4, 8)))
+    per = per_prompt_scores(c.runs, "eap")
+    for r in range(4):
+        left = sorted(set(range(8)) - set(idx[r].tolist()))
+        if len(left) < 2:
+            assert st.replicates["faithfulness_oob"][r] is None
+            continue
+        edges, _ = per.mean(idx[r])
+        rep = circuitfind.Circuit(c.graph, edges, torch.zeros_like(c.graph.valid), dict(c.meta))
+        kept = circuitfind.prune(rep, top_n=3)
+        kept.runs = None  # measured afresh on the left-out prompts: new passes
+        fresh = circuitfind.evaluate(model, task[torch.tensor(left)], kept)
+        assert st.replicates["faithfulness_oob"][r] == pytest.approx(fresh.faithfulness, abs=1e-5)
