@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from circuitfind.version import __version__
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from circuitfind.certify import certify
     from circuitfind.circuit import Circuit
     from circuitfind.discovery import discover
     from circuitfind.errors import (
@@ -43,6 +44,7 @@ _LAZY: dict[str, str] = {
     "Circuit": "circuitfind.circuit",
     "METHODS": "circuitfind.methods.table",
     "discover": "circuitfind.discovery",
+    "certify": "circuitfind.certify",
     "score": "circuitfind.scoring",
     "prune": "circuitfind.search",
     "PreparedRuns": "circuitfind.runs",
@@ -95,6 +97,7 @@ __all__ = [
     "__version__",
     "attribution_graph",
     "cache_bytes",
+    "certify",
     "detect_roles",
     "discover",
     "dla",

@@ -310,6 +310,20 @@ class Circuit:
             raise InputError(f"{path}: not a circuit file (expected a JSON object)")
         return cls.from_dict(data, source=str(path))
 
+    # ------------------------------------------------------------------ MIB
+    def to_mib(self, out_dir: str | os.PathLike[str], **options: Any) -> Path:
+        """Write the circuit for the MIB circuit-localization track (``circuitfind.mib``)."""
+        from circuitfind.mib import to_mib
+
+        return to_mib(self, out_dir, **options)
+
+    @classmethod
+    def from_mib(cls, path: str | os.PathLike[str]) -> Circuit:
+        """A circuit from MIB files (``circuitfind.mib.from_mib``)."""
+        from circuitfind.mib import from_mib
+
+        return from_mib(path)
+
     def __repr__(self) -> str:
         method = self.meta.get("method", "?")
         return (

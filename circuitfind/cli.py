@@ -59,6 +59,7 @@ from circuitfind.commands import (
     quiet_third_party,
 )
 from circuitfind.errors import CircuitfindError
+from circuitfind.stability_summary import resamples_arg
 
 __all__ = [
     "ABLATIONS",
@@ -203,6 +204,48 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start even when the run is estimated to take over 10 minutes or more memory "
         "than the machine has (without a terminal such a run otherwise stops with an error)",
+    )
+    d.add_argument(
+        "--bootstrap",
+        default="auto",
+        type=resamples_arg,
+        metavar="N",
+        help="resample the prompts N times, re-score and re-prune with the same rule: each "
+        "edge's inclusion frequency, a core / contingent split and intervals on faithfulness, "
+        "CPR and CMD (auto: 20 for attribution methods on graphs up to 10,000 edges and for "
+        "exact / node up to 1,000, else 0; 0 turns it off)",
+    )
+    d.add_argument(
+        "--ensemble",
+        metavar="M1,M2",
+        help="also run these methods over the same prepared runs, pruned by the same rule, "
+        "and report per-edge agreement across them (e.g. eap-ig-inputs,exact)",
+    )
+    d.add_argument(
+        "--certify",
+        action="store_true",
+        help="fast scores (--method) -> optional learned mask (--mask-method) -> circuit -> "
+        "faithfulness verified by patching -> attribution vs exact patching near the cut",
+    )
+    d.add_argument(
+        "--mask-method",
+        default="auto",
+        metavar="NAME",
+        help="with --certify: the mask step's method (auto: edge-pruning when it is a method, "
+        "else none; none skips it)",
+    )
+    d.add_argument(
+        "--frontier",
+        type=_positive_int,
+        default=64,
+        metavar="K",
+        help="with --certify: edges around the cut patched one by one to check attribution",
+    )
+    d.add_argument(
+        "--mib",
+        action="store_true",
+        help="also write DIR/mib/TASK_MODEL/importances.json, the MIB circuit-localization "
+        "track's importance-score format",
     )
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
     d.set_defaults(func=_discover)

@@ -327,6 +327,7 @@ def _discover_into(
     from circuitfind.render import GraphvizNotFoundError, render
     from circuitfind.report import head_totals, write_report
     from circuitfind.roles import detect_roles
+    from circuitfind.stability_summary import stability_lines, stability_summary
     from circuitfind.strict_json import dumps
 
     phases: dict[str, float] = {"startup_s": start - STARTED[0]}  # Python, torch, transformers
@@ -345,7 +346,8 @@ def _discover_into(
         ),
         yes=args.yes,
     )
-    discover = _engine("discover")
+    certify = getattr(args, "certify", False)
+    discover = _engine("certify" if certify else "discover")
     checkpoint = out / "checkpoint"  # exact and acdc say what they kept when interrupted
     options: dict[str, Any] = {"seed": args.seed}
     if args.batch_size is not None:
@@ -353,6 +355,12 @@ def _discover_into(
     spec = _ENGINE_METHODS[method]
     for name in spec.options:  # the method's own options, from its table row
         options[name] = getattr(args, name, None)
+    options["bootstrap"] = getattr(args, "bootstrap", 0)
+    if getattr(args, "ensemble", None):
+        options["ensemble"] = args.ensemble
+    if certify:
+        options["mask"] = args.mask_method
+        options["frontier"] = args.frontier
     t = time.perf_counter()
     circuit = discover(
         model,
@@ -417,6 +425,8 @@ def _discover_into(
     phases["total_s"] = time.perf_counter() - STARTED[0]
     circuit.meta["cli_timing"] = {k: round(v, 3) for k, v in phases.items()}
     files["circuit"] = str(circuit.to_json(out / "circuit.json"))
+    if getattr(args, "mib", False):  # MIB's {task}_{model} folder of importance scores
+        files["mib"] = str(circuit.to_mib(out / "mib", task=task.name, model=args.model))
 
     faith = evaluation.get("faithfulness")
     ranked = sorted(head_totals(circuit).items(), key=lambda kv: -abs(kv[1]))[:5]
@@ -444,6 +454,7 @@ def _discover_into(
         "metrics": circuit.meta.get("metrics"),
         "top_heads": top,
         "unknown_tokens": getattr(args, "unknown_tokens", 0),
+        **stability_summary(circuit.meta),
         "timing": {k: round(v, 3) for k, v in phases.items()},
         "files": files,
     }
@@ -471,6 +482,8 @@ def _discover_into(
                 for t in top
             )
         )
+    for line in stability_lines(summary):
+        print(line)
     print(_phase_line(phases))
     print(f"wrote: {', '.join(files.values())}")
     return 0

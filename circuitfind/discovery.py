@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ def discover(
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     seed: int | None = None,
+    bootstrap: int | str | None = 0,
+    ensemble: Sequence[str] | str | None = None,
+    runs: Any = None,
     **options: Any,
 ) -> Circuit:
     """Find the circuit of ``model`` that does ``task``: :func:`circuitfind.score`, then
@@ -51,6 +55,13 @@ def discover(
         curve: also measure the faithfulness curves, CPR and CMD (reusing every circuit the
             search measured).
         checkpoint_dir: where long runs (exact, acdc) checkpoint and resume.
+        bootstrap: resample the prompts this many times (or ``"auto"``: the rule of
+            :func:`circuitfind.stability.default_bootstrap`; 0 = off), re-score and re-prune
+            with the same rule: per-edge inclusion frequencies, the core / contingent split and
+            intervals on faithfulness (and CPR / CMD with ``curve``) in ``meta["stability"]``.
+        ensemble: other methods (a list or ``"eap,exact"``) run over the same prepared runs
+            and pruned by the same rule; per-edge agreement across them in ``meta["ensemble"]``.
+        runs: prepared runs to reuse (when they match model, task, ablation and batch size).
         **options: the method's options (``steps``, ``tau``, ``acdc_metric``, ...).
 
     Returns:
@@ -58,6 +69,10 @@ def discover(
         circuit and the empty circuit, the faithfulness with its error and reliability flag
         (``meta["evaluation"]``), how the circuit was found, and the time of each phase.
     """
+    from circuitfind.methods.table import method_name
+    from circuitfind.stability import resolve_bootstrap
+
+    resolve_bootstrap(bootstrap, method_name(method), 0)  # a bad value fails before the work
     t0 = time.perf_counter()
     scored = score(
         model,
@@ -68,6 +83,7 @@ def discover(
         progress=progress,
         checkpoint_dir=checkpoint_dir,
         seed=seed,
+        runs=runs,
         **options,
     )
     t1 = time.perf_counter()
@@ -109,4 +125,52 @@ def discover(
             "scoring_time_s": timing["scoring_s"],
         }
     )
+    same = {  # what an ensemble's other methods share with this one
+        "model": model,
+        "task": task,
+        "ablation": ablation,
+        "top_n": top_n,
+        "threshold": threshold,
+        "target_faithfulness": target_faithfulness,
+        "greedy_growth": greedy_growth,
+        "batch_size": batch_size,
+        "seed": seed,
+        **options,
+    }
+    _stability(circuit, bootstrap, ensemble, curve, progress, seed, same)
     return circuit
+
+
+def _stability(
+    circuit: Circuit,
+    bootstrap: int | str | None,
+    ensemble: Sequence[str] | str | None,
+    curve: bool,
+    progress: bool,
+    seed: int | None,
+    again: dict[str, Any],
+) -> None:
+    """The bootstrap and the ensemble of :func:`discover`, recorded in the circuit's meta."""
+    from circuitfind.methods.table import method_name
+    from circuitfind.stability import agreement, resolve_bootstrap
+    from circuitfind.stability import bootstrap as run_bootstrap
+
+    method = circuit.meta["method"]
+    n_boot = resolve_bootstrap(bootstrap, method, circuit.graph.n_edges)
+    if n_boot:
+        t = time.perf_counter()
+        st = run_bootstrap(circuit, n_boot, seed=seed or 0, curve=curve, progress=progress)
+        circuit.meta["stability"] = st.to_meta(circuit)
+        circuit.meta["timing"]["stability_s"] = round(time.perf_counter() - t, 4)
+    if ensemble:
+        names = ensemble.split(",") if isinstance(ensemble, str) else list(ensemble)
+        methods = list(dict.fromkeys(method_name(m.strip()) for m in names if m.strip()))
+        t = time.perf_counter()
+        circuits = {method: circuit}
+        for other in methods:
+            if other not in circuits:
+                circuits[other] = discover(
+                    method=other, runs=circuit.runs, progress=progress, **again
+                )
+        circuit.meta["ensemble"] = agreement(circuits)
+        circuit.meta["timing"]["ensemble_s"] = round(time.perf_counter() - t, 4)

@@ -45,6 +45,7 @@ __all__ = [
     "GraphvizNotFoundError",
     "dot_source",
     "drawn_edges",
+    "edge_opacity",
     "helpfulness_sign",
     "render",
 ]
@@ -157,6 +158,42 @@ def _legend(
     return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="2">' + "".join(rows) + "</TABLE>>"
 
 
+MIN_OPACITY = 0.15  # an edge the resamples never kept stays visible
+
+
+def edge_opacity(circuit: Circuit) -> Any:
+    """[S, R] opacity per edge = its bootstrap inclusion frequency (``meta["stability"]``,
+    floored at :data:`MIN_OPACITY`), or None when the circuit has no bootstrap."""
+    from circuitfind.stability import frequency_matrix
+
+    freq = frequency_matrix(circuit)
+    return None if freq is None else freq.clamp(min=MIN_OPACITY)
+
+
+def _fade(attrs: dict[str, str], opacity: Any, i: int, j: int) -> None:
+    """Edge ``(i, j)``'s colour with its opacity as the alpha channel, and the frequency in
+    its tooltip."""
+    if opacity is None:
+        return
+    alpha = float(opacity[i, j])
+    attrs["color"] = f"{attrs['color']}{round(255 * alpha):02x}"
+    attrs["tooltip"] += (
+        f"; kept in {alpha:.0%} of resamples"
+        if alpha > MIN_OPACITY
+        else (f"; kept in at most {MIN_OPACITY:.0%} of resamples")
+    )
+
+
+def _opacity_row(circuit: Circuit) -> str:
+    st = circuit.meta.get("stability") or {}
+    if not st:
+        return ""
+    return (
+        f'<TR><TD COLSPAN="2">opacity = share of {st.get("n_boot", "?")} bootstrap resamples '
+        "keeping the edge</TD></TR>"
+    )
+
+
 def _row_label(rank: str) -> str:
     """The label of a row of the diagram: ``tokens``, ``layer 3``, ``layer 3 MLP``, ``output``."""
     if rank == "input":
@@ -248,6 +285,7 @@ def dot_source(
     finite = [abs(x) for _, _, x in edges if not math.isnan(x)]
     biggest = max(finite) if finite and max(finite) > 0 else 1.0
     sign = helpfulness_sign(circuit)
+    opacity = edge_opacity(circuit)
     for i, j, score in edges:
         sender = g.senders[i].name
         recv = g.receivers[j]
@@ -272,10 +310,12 @@ def dot_source(
         else:
             effect = "helps the task"
         attrs["tooltip"] = f"{g.edge_name(i, j)}: {_fmt(score)} ({effect})"
+        _fade(attrs, opacity, i, j)
         dot.edge(sender, recv.node, **attrs)
 
     ordered = [r for r in ROLES if r in roles_used]
     legend = _legend(ordered, sign, styles, left_out, circuit.n_edges)
+    legend = legend.replace("</TABLE>>", _opacity_row(circuit) + "</TABLE>>")
     if title:
         legend = legend.replace(
             '<TR><TD COLSPAN="2"><B>legend</B></TD></TR>',

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from circuitfind.names import parse_node
+from circuitfind.report_stability import stability_sections
 from circuitfind.roles import ROLE_COLOURS, Role, role_names
 from circuitfind.scores import node_totals
 
@@ -451,6 +452,7 @@ def write_report(
     )
     versions = meta.get("versions")
     command = command or meta.get("command")
+
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>circuitfind report{": " + html.escape(title) if title else ""}</title>
@@ -469,7 +471,7 @@ def write_report(
 <th>{html.escape(score_head)}</th></tr>{"".join(node_rows)}</table>
 <h2>Top edges</h2>
 <table id="edges"><tr><th>#</th><th>edge</th><th>score</th></tr>{edge_rows}</table>
-<h2>Task</h2>
+{stability_sections(meta, set(circuit.edge_names))}<h2>Task</h2>
 <div id="task">{_task_section(task, circuit, tokenizer)}</div>
 <h2>Command</h2>
 <pre id="command">{html.escape(command or "(not recorded)")}</pre>

@@ -14,8 +14,8 @@ Edges are ``[sender node, receiver node, "q"|"k"|"v"|"", score, frequency]`` (no
 ``nodes``; score rounded to four significant digits). ``frequency`` is the edge's bootstrap
 frequency (the share of resampled discoveries that kept it), read from, in order: the
 ``frequencies`` argument ({edge name: f}), ``circuit.meta["edge_frequency"]`` ({edge name: f}),
-or a circuit file's ``edges[name]["frequency"]`` (:func:`frequencies_from_file`); ``null`` when
-the circuit has none. The page draws an edge with opacity = its frequency (1 without one).
+discover's bootstrap (``circuit.meta["stability"]["frequency"]``), or a circuit file's
+``edges[name]["frequency"]`` (:func:`frequencies_from_file`); ``null`` when the circuit has none. The page draws an edge with opacity = its frequency (1 without one).
 
 ``sign`` is :func:`circuitfind.render.helpfulness_sign`: an edge helps the task when
 ``sign * score > 0`` (scores are "metric with the edge ablated minus clean", so for a metric
@@ -134,7 +134,9 @@ def _frequency_matrix(circuit: Circuit, frequencies: dict[str, float] | None) ->
 
     freq = frequencies if frequencies is not None else circuit.meta.get("edge_frequency")
     if not isinstance(freq, dict) or not freq:
-        return None
+        from circuitfind.stability import frequency_matrix
+
+        return frequency_matrix(circuit)  # discover's bootstrap (meta["stability"]), or None
     g = circuit.graph
     out = torch.full((g.n_senders, g.n_receivers), float("nan"))
     for name, value in freq.items():
