@@ -4,6 +4,7 @@
 (function () {
   const D = JSON.parse(document.getElementById("cf-data").textContent);
   const SVGNS = "http://www.w3.org/2000/svg";
+  const MIN_OPACITY = 0.15; // render.MIN_OPACITY
   const NODE_W = 72, NODE_H = 30, PORT = { q: -20, k: 0, v: 20, "": 0 };
   const state = { point: D.initial_point, node: null, edge: null, group: false,
                   offNodes: new Set(), offEdges: new Set() };
@@ -134,7 +135,8 @@
     const eg = el("g", { class: "edges" });
     for (const e of current.edges) {
       const h = helps(e.score);
-      const opacity = e.freq === null ? 1 : e.freq;
+      // an edge the resamples never kept stays visible (the static diagram's floor too)
+      const opacity = e.freq === null ? 1 : Math.max(MIN_OPACITY, e.freq);
       const path = el("path", {
         class: "edge" + (isOff(e) ? " ablated" : "") + (state.edge === e.name ? " selected" : ""),
         d: edgePath(e),
