@@ -80,6 +80,14 @@ def test_learned_masks_recover_the_planted_circuit(setup, method):
     assert s.orientation == "helps-positive"
 
 
+def test_the_task_metric_objective_also_recovers_it(setup):
+    """objective="task": the squared change of the logit difference instead of KL."""
+    model, task, graph, gt = setup
+    s = method_scores(model, task, "edge-pruning", train_steps=STEPS, objective="task")
+    assert roc_auc(s.edges, gt, graph.valid) == 1.0
+    assert torch.equal(s.kept, gt)
+
+
 def test_the_same_seed_gives_the_same_scores(setup):
     model, task, _, _ = setup
     a = method_scores(model, task, "ugs", train_steps=10, mask_seed=3).edges
