@@ -314,7 +314,7 @@ def score_edge_pruning(
     runs: PreparedRuns,
     *,
     train_steps: int = 200,
-    lr: float = 0.1,
+    lr: float = 0.3,
     target_sparsity: float = 0.95,
     ramp: float = 0.5,
     objective: str = "kl",

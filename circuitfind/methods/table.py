@@ -176,7 +176,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         orientation="helps-positive",
         options={
             "train_steps": 200,
-            "lr": 0.1,
+            "lr": 0.3,
             "target_sparsity": 0.95,
             "ramp": 0.5,
             "objective": "kl",
@@ -186,7 +186,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         },
         option_help={
             "train_steps": "mask training steps",
-            "lr": "mask learning rate (Adam)",
+            "lr": "mask learning rate (Adam; ugs's default is 0.1)",
             "target_sparsity": "fraction of edges Edge Pruning removes (ramped up linearly)",
             "ramp": "fraction of the steps over which the target sparsity ramps up",
             "objective": "what the mask matches: kl (to the clean run) or task (the metric)",
