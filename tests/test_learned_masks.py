@@ -148,7 +148,7 @@ def test_warm_start_logits_are_the_init_methods_helpfulness_ranks(setup):
     v = graph.valid
     helps = -exact[v].double().numpy()
     q = (torch.from_numpy(rankdata(helps)) - 1) / (int(v.sum()) - 1)
-    assert torch.allclose(logits[v].double(), 2.0 * (2 * q - 1), atol=1e-6)
+    assert torch.allclose(logits[v].double(), 2 * 2.0 * q, atol=1e-6)
     assert float(logits[gt].min()) > float(logits[v & ~gt].max())  # the planted edges first
 
 

@@ -27,9 +27,12 @@ change of the task metric per prompt (``objective="task"``). One step is one opt
 
 Warm start: ``init`` names any method of the table; its scores, turned into helpfulness by the
 engine's one rule (:func:`circuitfind.scores.orientation`), set the starting logits by rank:
-``init_logit * (2 q - 1)`` with q the edge's rank quantile (ties share their mean rank), so the
-most helpful edge starts at ``+init_logit`` and the least at ``-init_logit``. Without it every
-logit starts at ``init_logit``.
+``2 init_logit q`` with q the edge's rank quantile (ties share their mean rank), so the least
+helpful edge starts at 0 and the most helpful at ``2 init_logit``: the cold start's mean, in the
+init method's order, so the sparsity pressure removes the least helpful edges first. (A start
+spanning -init_logit .. +init_logit, half the edges off from the first step, gave edge-pruning
+warm-started from EAP-IG on zoo:ioi a circuit of faithfulness 0.70; this one gives 0.88.)
+Without it every logit starts at ``init_logit``.
 
 Every random draw comes from a generator seeded with ``mask_seed``, so one seed gives the same
 scores. With ``runs.checkpoint_dir`` the logits, multipliers, optimiser states and the
@@ -131,7 +134,7 @@ def warm_start_logits(
 ) -> Tensor:
     """Starting logits [S, R] from ``method``'s scores (any method of the table, its default
     options unless ``options``), oriented by :func:`circuitfind.scores.orientation`: the rank
-    quantile q of each valid edge's helpfulness maps to ``init_logit * (2 q - 1)``."""
+    quantile q of each valid edge's helpfulness maps to ``2 init_logit q``."""
     from circuitfind.methods.table import method_options, method_spec
 
     graph = runs.graph
@@ -147,7 +150,7 @@ def warm_start_logits(
     ranks = torch.from_numpy(rankdata(helps.double().numpy(), method="average"))
     q = (ranks - 1) / max(1, len(ranks) - 1)
     out = torch.zeros(graph.n_senders, graph.n_receivers)
-    out[graph.valid] = (init_logit * (2 * q - 1)).float()
+    out[graph.valid] = (2 * init_logit * q).float()
     return out
 
 
