@@ -37,8 +37,17 @@ TASKS: tuple[tuple[str, str], ...] = (
     ("induction", "zoo:induction-2l"),
     ("greater-than", "zoo:greater-than"),
 )
-FULL_METHODS = ("exact", "acdc", "eap", "eap-ig-inputs", "eap-ig-activations", "node")
-QUICK_METHODS = ("exact", "eap", "eap-ig-inputs", "node")
+FULL_METHODS = (
+    "exact",
+    "acdc",
+    "eap",
+    "eap-ig-inputs",
+    "eap-ig-activations",
+    "node",
+    "edge-pruning",
+    "ugs",
+)
+QUICK_METHODS = ("exact", "eap", "eap-ig-inputs", "node", "edge-pruning", "ugs")
 TOP_PCT = 10.0  # stability: the top 10% of edges by |score|
 SPREAD_PCTS = (2.0, 5.0, 10.0, 20.0)
 
@@ -153,12 +162,40 @@ def _mean_std(values: list[float]) -> str:
     return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
 
 
-def run(out_dir: Path, *, quick: bool, seed: int) -> dict[str, Any]:
-    """Write ``method_comparison.md``/``.json`` and one PNG a task under ``out_dir``."""
-    import circuitfind
-    from circuitfind.graph import Graph
+def run(
+    out_dir: Path,
+    *,
+    quick: bool,
+    seed: int,
+    tasks: list[str] | tuple[str, ...] | str | None = None,
+    methods: list[str] | tuple[str, ...] | str | None = None,
+) -> dict[str, Any]:
+    """Write ``method_comparison.md``/``.json`` and one PNG a task under ``out_dir``.
 
-    methods = QUICK_METHODS if quick else FULL_METHODS
+    ``tasks`` / ``methods`` (``--set tasks=ioi --set methods=eap,ugs``) restrict the run to
+    some of :data:`TASKS` and of the methods (default: all tasks; the quick or full methods).
+    """
+    import circuitfind
+    from circuitfind.errors import InputError
+    from circuitfind.graph import Graph
+    from circuitfind.methods.table import method_name
+
+    chosen = QUICK_METHODS if quick else FULL_METHODS
+    methods = (
+        tuple(
+            method_name(m)
+            for m in (methods.split(",") if isinstance(methods, str) else methods or ())
+        )
+        or chosen
+    )
+    task_names = tuple(tasks.split(",") if isinstance(tasks, str) else tasks or ())
+    unknown = sorted(set(task_names) - {name for name, _ in TASKS})
+    if unknown:
+        raise InputError(
+            f"compare: unknown task(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(name for name, _ in TASKS)}"
+        )
+    selected = tuple((n, s) for n, s in TASKS if not task_names or n in task_names)
     n_prompts = 16 if quick else 32
     n_resamples = 3 if quick else 5
     report = Report("method_comparison", "Method comparison on the zoo models", stamp(seed, quick))
@@ -168,7 +205,8 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> dict[str, Any]:
         "method. Faithfulness f = (m(C) - m(empty)) / (m(full) - m(empty)) of the top-x% "
         "edges. CMD: area under |1 - f| by |score| (lower is better); CPR: area under f with "
         "edges ranked by contribution (-score for exact/EAP/EAP-IG on higher-is-better metrics, "
-        "ACDC's KL increase, the node method's |score|; higher is better); both as mean ± std "
+        "ACDC's KL increase, the node method's |score|, the learned masks' keep probability; "
+        "higher is better); both as mean ± std "
         "over the prompt sets. Stability: the top "
         f"{TOP_PCT:g}% edges by |score| of each prompt set; union / in all = edges chosen by at "
         "least one / by every prompt set; Jaccard: mean over pairs of prompt sets.",
@@ -183,18 +221,18 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> dict[str, Any]:
         )
     data: dict[str, Any] = {}
     summary: dict[str, Any] = {}
-    for task_name, source in TASKS:
+    for task_name, source in selected:
         model = circuitfind.load(source)
         graph = Graph.from_model(model)
         per_method: dict[str, list[dict[str, Any]]] = {}
         failures: list[dict[str, Any]] = []
-        tasks = [
+        prompt_sets = [
             circuitfind.get_task(task_name, model, n=n_prompts, seed=seed + i)
             for i in range(n_resamples)
         ]
         for method in methods:
             runs = []
-            for i, task in enumerate(tasks):
+            for i, task in enumerate(prompt_sets):
                 out = timed(partial(_one, model, task, method), what=f"{task_name}/{method}/{i}")
                 if out.ok:
                     runs.append({**out.value, "seconds": out.seconds})
@@ -209,7 +247,7 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> dict[str, Any]:
         task_data: dict[str, Any] = {
             "model": source,
             "n_edges": graph.n_edges,
-            "metric": tasks[0].metric.name,
+            "metric": prompt_sets[0].metric.name,
             "failures": failures,
             "methods": {},
         }
@@ -262,7 +300,8 @@ def run(out_dir: Path, *, quick: bool, seed: int) -> dict[str, Any]:
         data[task_name] = task_data
         summary[task_name] = {r[0]: {"cpr": r[1], "cmd": r[2]} for r in rows}
         report.add(
-            f"## {task_name} (`{source}`, {graph.n_edges} edges, metric {tasks[0].metric.name})",
+            f"## {task_name} (`{source}`, {graph.n_edges} edges, "
+            f"metric {prompt_sets[0].metric.name})",
             "",
             f"![{task_name}]({png.name})",
             "",
