@@ -210,15 +210,17 @@ def estimate_cost(
     steps: int = 5,
     prune_search: bool = True,
     seconds_per_forward: float | None = None,
+    train_steps: int = 200,
 ) -> CostEstimate:
     """Time and memory of ``method`` on ``task``, from one timed forward pass of one batch.
 
     Counted in forward passes of one batch (a backward as two): EAP 3 a batch; EAP-IG
     ``3 * steps + 1``; exact one pass a batch for every edge, each from its receiver's layer on;
     ACDC the same for every edge tried (all, at worst) over every batch; node ablation one pass
-    a node and batch; the pruning search and the faithfulness curve about 30 masked passes
-    a batch. Memory: the weights, the clean and ablated node outputs of every batch (the masked
-    runs keep them) and one batch's full cache.
+    a node and batch; the learned masks (edge-pruning, UGS) a masked forward and backward a
+    training step and batch (``train_steps``); the pruning search and the faithfulness curve
+    about 30 masked passes a batch. Memory: the weights, the clean and ablated node outputs of
+    every batch (the masked runs keep them) and one batch's full cache.
     """
     import torch
 
@@ -243,6 +245,8 @@ def estimate_cost(
         "exact": per_edge + 1,
         "acdc": per_edge,
         "node": float(cfg.n_layers * (cfg.n_heads + 1)),
+        "edge-pruning": 3.0 * train_steps,
+        "ugs": 3.0 * train_steps,
     }.get(method, 3.0)
     forwards = n_batches * (per_batch + (30.0 if prune_search else 0.0) + 2)
     if seconds_per_forward is None:

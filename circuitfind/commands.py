@@ -20,6 +20,7 @@ from circuitfind.cli_base import (
     TASKS,
     _non_negative,
     _positive_int,
+    _whole_number,
     available_cpus,
 )
 from circuitfind.errors import InputError
@@ -255,17 +256,24 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     for name, rows in takers.items():
         default = rows[0][1]
         text = rows[0][0].option_help.get(name, name)
-        names = ", ".join(spec.name for spec, _ in rows)
+        if len({repr(d) for _, d in rows}) == 1:
+            names = ", ".join(spec.name for spec, _ in rows)
+            where = f"{names}; default {default}"
+        else:  # the methods that share the flag differ in its default: name each
+            where = "default " + ", ".join(f"{d} ({spec.name})" for spec, d in rows)
+        kind: Any = str
+        if isinstance(default, bool):
+            kind = str
+        elif isinstance(default, int):
+            kind = _whole_number if default == 0 else _positive_int
+        elif isinstance(default, float):
+            kind = _non_negative
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
-            type=_positive_int
-            if isinstance(default, int)
-            else _non_negative
-            if isinstance(default, float)
-            else str,
+            type=kind,
             metavar=name.split("_")[-1].upper(),
-            help=f"{text} ({names}; default {default})",
+            help=f"{text} ({where})",
         )
 
 
@@ -343,6 +351,7 @@ def _discover_into(
             batch_size=args.batch_size or 32,
             steps=args.steps or 5,
             prune_search=args.top_n is None and args.threshold is None,
+            train_steps=getattr(args, "train_steps", None) or 200,
         ),
         yes=args.yes,
     )

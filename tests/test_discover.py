@@ -29,6 +29,7 @@ def test_every_method_gives_a_faithful_circuit(setup, method, tmp_path):
         method=method,
         progress=False,
         tau=0.02,
+        train_steps=30,  # the learned masks: a short fit is enough on this model
         target_faithfulness=None if method == "acdc" else 0.8,
     )
     assert c.meta["method"] == method

@@ -15,7 +15,8 @@ Edges are ``[sender node, receiver node, "q"|"k"|"v"|"", score, frequency]`` (no
 frequency (the share of resampled discoveries that kept it), read from, in order: the
 ``frequencies`` argument ({edge name: f}), ``circuit.meta["edge_frequency"]`` ({edge name: f}),
 discover's bootstrap (``circuit.meta["stability"]["frequency"]``), or a circuit file's
-``edges[name]["frequency"]`` (:func:`frequencies_from_file`); ``null`` when the circuit has none. The page draws an edge with opacity = its frequency (1 without one).
+``edges[name]["frequency"]`` (:func:`frequencies_from_file`); ``null`` when the circuit has
+none. The page draws an edge with opacity = its frequency (at least 0.15; 1 without one).
 
 ``sign`` is :func:`circuitfind.render.helpfulness_sign`: an edge helps the task when
 ``sign * score > 0`` (scores are "metric with the edge ablated minus clean", so for a metric
