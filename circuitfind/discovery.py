@@ -30,7 +30,8 @@ def discover(
     target_faithfulness: float | None = None,
     greedy_growth: bool = False,
     curve: bool = False,
-    batch_size: int = 32,
+    batch_size: int | str = "auto",
+    max_memory: int | str | None = None,
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     seed: int | None = None,
@@ -51,6 +52,8 @@ def discover(
         curve: also measure the faithfulness curves, CPR and CMD (reusing every circuit the
             search measured).
         checkpoint_dir: where long runs (exact, acdc) checkpoint and resume.
+        batch_size, max_memory: prompts a batch, or ``"auto"`` to fit the memory budget
+            ``max_memory`` (default: what the device has free); see :func:`circuitfind.score`.
         **options: the method's options (``steps``, ``tau``, ``acdc_metric``, ...).
 
     Returns:
@@ -65,6 +68,7 @@ def discover(
         method=method,
         ablation=ablation,
         batch_size=batch_size,
+        max_memory=max_memory,
         progress=progress,
         checkpoint_dir=checkpoint_dir,
         seed=seed,
