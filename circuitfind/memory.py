@@ -68,15 +68,34 @@ def format_bytes(n: float) -> str:
 
 
 def free_bytes(device: torch.device | str) -> int:
-    """What ``device`` has free now: ``torch.cuda.mem_get_info`` on a GPU, psutil's available
-    memory on the CPU (and for any other device type, whose memory is not queryable here)."""
+    """What ``device`` has free now: ``torch.cuda.mem_get_info`` on a GPU, the available RAM on
+    the CPU (and for any other device type, whose memory is not queryable here)."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    import psutil
+    return _available_ram()
 
-    return int(psutil.virtual_memory().available)
+
+def _available_ram() -> int:
+    """Available RAM: psutil's figure where psutil is installed, else Linux's MemAvailable
+    (what psutil reads there), else the free pages ``os.sysconf`` reports."""
+    try:
+        import psutil
+    except ImportError:
+        pass
+    else:
+        return int(psutil.virtual_memory().available)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 class PeakMeter(TorchDispatchMode):

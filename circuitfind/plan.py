@@ -464,6 +464,21 @@ def make_plan(
         budget += shape.param_bytes  # already loaded: they are not part of what is free
     else:
         budget, source = parse_bytes(max_memory), "--max-memory"
+    if not spec.memory:  # a method registered without memory terms: nothing to plan
+        b = batch_size if isinstance(batch_size, int) and batch_size >= 1 else max_batch
+        return MemoryPlan(
+            method=spec.name,
+            n_prompts=n,
+            positions=positions,
+            batch_size=min(b, n),
+            dtype=str(model.dtype).removeprefix("torch."),
+            terms=[
+                Term("parameters", shape.param_bytes, "fixed", "the model's weights"),
+                Term("(not declared)", 0, "fixed", "the method's table row has no memory terms"),
+            ],
+            budget=budget,
+            budget_source=source,
+        )
     if spec.name == "exact" and opts.get("max_tokens_per_pass") is None:
         from circuitfind.methods.exact import tokens_per_pass
 
