@@ -103,7 +103,8 @@ class PeakMeter(TorchDispatchMode):
 
     Use ``with PeakMeter() as meter: ...``; then ``meter.peak`` (bytes), ``meter.live`` (bytes
     still alive) and ``meter.peak_by_device`` (peaks per device type). Storages are keyed by
-    their data pointer and device, so views and ``out=`` results share one entry.
+    their data pointer and device, so views and ``out=`` results share one entry; a view of a
+    tensor made before the meter started (a parameter) is not counted.
     """
 
     def __init__(self) -> None:
@@ -126,19 +127,24 @@ class PeakMeter(TorchDispatchMode):
                 self.live -= entry[1]
                 self.live_by_device[key[0]] -= entry[1]
 
-    def _track(self, t: torch.Tensor) -> None:
-        storage = t.untyped_storage()
-        nbytes = storage.nbytes()
-        if nbytes == 0:
-            return
+    @staticmethod
+    def _key(t: torch.Tensor) -> tuple[str, int]:
         device = t.device.type
-        ptr = storage.data_ptr()
         if device == "meta":  # meta storages have no address: key them by the tensor's base
             base = t._base if t._base is not None else t
-            ptr = id(base)
-        key = (device, ptr)
+            return device, id(base)
+        return device, t.untyped_storage().data_ptr()
+
+    def _track(self, t: torch.Tensor, inputs: set[tuple[str, int]]) -> None:
+        nbytes = t.untyped_storage().nbytes()
+        if nbytes == 0:
+            return
+        key = self._key(t)
+        device = key[0]
         with self._lock:
             entry = self._refs.get(key)
+            if entry is None and key in inputs:
+                return  # a view of (or in place on) a tensor made before the meter: not new
             if entry is None:
                 self._refs[key] = [1, nbytes]
                 self.live += nbytes
@@ -159,9 +165,14 @@ class PeakMeter(TorchDispatchMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         out = func(*args, **(kwargs or {}))
+        inputs = {
+            self._key(t)
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor) and not t.is_sparse
+        }
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and not t.is_sparse:
-                self._track(t)
+                self._track(t, inputs)
         return out
 
 
