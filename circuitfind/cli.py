@@ -54,6 +54,7 @@ from circuitfind.commands import (
     _evaluate,
     _lazy,
     _load_model_and_task,
+    _plan,
     _progress,
     _render,
     quiet_third_party,
@@ -193,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive_int, metavar="B", help="prompts per forward pass (32)"
     )
     _add_method_options(d)
+    _add_max_memory(d)
     d.add_argument(
         "--greedy", action="store_true", help="with --top-n: grow from the logits (EAP-IG greedy)"
     )
@@ -249,6 +251,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
     d.set_defaults(func=_discover)
+
+    pl = sub.add_parser(
+        "plan",
+        help="the memory plan of a run (each term, the peak, the batch size) without running it",
+        formatter_class=_Help,
+        description=(
+            "Estimate the peak memory of --method on the task from the model's shape, the "
+            "prompts, the batch size and the dtype: the parameters, what the prepared runs "
+            "keep for every prompt (ablated values, clean caches), one batch's activations, "
+            "gradient probes and score sums. Without --batch-size it chooses the largest batch "
+            "(up to 32) that fits --max-memory (default: what the device has free), and stops "
+            "with exit code 1 when the run does not fit."
+        ),
+    )
+    _add_model_args(pl)
+    pl.add_argument("--method", default="eap-ig-inputs", help="the method to plan (see discover)")
+    pl.add_argument("--ablation", default="resample", help="what an ablated edge carries")
+    pl.add_argument(
+        "--batch-size", type=_positive_int, metavar="B", help="plan this batch size (default: "
+        "choose one that fits)"
+    )  # fmt: skip
+    _add_method_options(pl)
+    _add_max_memory(pl)
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.set_defaults(func=_plan)
 
     e = sub.add_parser(
         "evaluate",
@@ -315,6 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
             ):
                 action.help = "(default: %(default)s)"
     return parser
+
+
+def _add_max_memory(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory budget for the run, e.g. 4GiB or 512MB (default: what the device has "
+        "free); without --batch-size the batch size is chosen to fit it",
+    )
 
 
 def _one_line(exc: BaseException) -> str:

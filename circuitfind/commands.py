@@ -361,6 +361,8 @@ def _discover_into(
     options: dict[str, Any] = {"seed": args.seed}
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
+    if getattr(args, "max_memory", None) is not None:
+        options["max_memory"] = args.max_memory
     spec = _ENGINE_METHODS[method]
     for name in spec.options:  # the method's own options, from its table row
         options[name] = getattr(args, name, None)
@@ -579,3 +581,35 @@ def _render(args: argparse.Namespace) -> int:
         path = render(circuit, out, model=model, task=task, roles=roles)
     print(f"wrote {path}")
     return 0
+
+
+# ---------------------------------------------------------------------------- plan
+def _plan(args: argparse.Namespace) -> int:
+    """``circuitfind plan``: the memory plan of a run, printed without running it."""
+    from circuitfind.methods.table import method_name, method_options
+    from circuitfind.patching import ablation_kind
+    from circuitfind.plan import make_plan
+
+    method = method_name(args.method)
+    ablation = ablation_kind(args.ablation)
+    model, task = _load_model_and_task(args)
+    spec = _ENGINE_METHODS[method]
+    given = {name: getattr(args, name, None) for name in spec.options}
+    plan = make_plan(
+        model,
+        task,
+        method,
+        ablation=ablation,
+        batch_size=args.batch_size or "auto",
+        max_memory=args.max_memory,
+        options=method_options(spec, given),
+    )
+    if args.json:
+        from circuitfind.strict_json import dumps
+
+        print(dumps(plan.to_dict()))
+    else:
+        print(plan.table())
+        if not plan.fits:
+            print("does not fit: lower --batch-size, or omit it to let the plan choose")
+    return 0 if plan.fits else 1

@@ -31,7 +31,8 @@ def discover(
     target_faithfulness: float | None = None,
     greedy_growth: bool = False,
     curve: bool = False,
-    batch_size: int = 32,
+    batch_size: int | str = "auto",
+    max_memory: int | str | None = None,
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     seed: int | None = None,
@@ -55,6 +56,8 @@ def discover(
         curve: also measure the faithfulness curves, CPR and CMD (reusing every circuit the
             search measured).
         checkpoint_dir: where long runs (exact, acdc) checkpoint and resume.
+        batch_size, max_memory: prompts a batch, or ``"auto"`` to fit the memory budget
+            ``max_memory`` (default: what the device has free); see :func:`circuitfind.score`.
         bootstrap: resample the prompts this many times (or ``"auto"``: the rule of
             :func:`circuitfind.stability.default_bootstrap`; 0 = off), re-score and re-prune
             with the same rule: per-edge inclusion frequencies, the core / contingent split and
@@ -80,6 +83,7 @@ def discover(
         method=method,
         ablation=ablation,
         batch_size=batch_size,
+        max_memory=max_memory,
         progress=progress,
         checkpoint_dir=checkpoint_dir,
         seed=seed,

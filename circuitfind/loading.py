@@ -96,10 +96,33 @@ def load(
     if device is not None:
         hf_model.to(device)
     hf_model.eval()
+    check_one_device(hf_model)
     cfg, weights = adapt(hf_model)
     if name is not None:  # how the user named it ("zoo:ioi", "gpt2"), not a resolved path
         cfg = replace(cfg, name=name)
     return Model(hf_model, cfg, weights, tokenizer=tokenizer)
+
+
+def check_one_device(hf_model: Any) -> None:
+    """Refuse a model whose weights span several devices (an accelerate ``device_map``).
+
+    Every method runs each layer on the stream of the layer before, and keeps its caches and
+    score sums on one device: none of them (exact, acdc, eap, eap-ig-inputs,
+    eap-ig-activations, node) moves activations between devices, so such a model fails here,
+    naming its devices and the fix, rather than mid-run with a device-mismatch error.
+    """
+    devices = sorted({str(p.device) for p in hf_model.parameters()})
+    if len(devices) > 1:
+        from circuitfind.methods.table import METHODS
+
+        device_map = getattr(hf_model, "hf_device_map", None)
+        how = " (an accelerate device_map)" if device_map else ""
+        raise UnsupportedModelError(
+            f"the model's weights are on several devices: {', '.join(devices)}{how}; no method "
+            f"({', '.join(METHODS)}) runs a model split across devices: load it onto one "
+            "device (device='cuda:0', or from_pretrained without device_map) and pass it to "
+            "circuitfind.load, or use a smaller dtype (bfloat16) to make it fit"
+        )
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")

@@ -38,6 +38,16 @@ def versions() -> dict[str, str]:
     }
 
 
+def _check_is_task(task: Any) -> None:
+    if not isinstance(task, Task):
+        raise InputError(
+            f"expected a circuitfind Task; got {type(task).__name__} (build one with "
+            "cf.get_task, Task.from_texts or Task.from_tokens)"
+        )
+    if len(task) == 0:
+        raise InputError("the task has no prompts")
+
+
 def prepare(
     model: Model,
     task: Task,
@@ -49,13 +59,7 @@ def prepare(
 ) -> PreparedRuns:
     """The prepared runs of (model, task, ablation, batch size): ``runs`` when it is those
     already (``batch_size=None`` accepts theirs), else new ones (default batch size 32)."""
-    if not isinstance(task, Task):
-        raise InputError(
-            f"expected a circuitfind Task; got {type(task).__name__} (build one with "
-            "cf.get_task, Task.from_texts or Task.from_tokens)"
-        )
-    if len(task) == 0:
-        raise InputError("the task has no prompts")
+    _check_is_task(task)
     check_options(batch_size=batch_size)
     if runs is not None and runs.matches(model, task, ablation, batch_size or runs.batch_size):
         runs.progress = progress
@@ -65,17 +69,51 @@ def prepare(
     return PreparedRuns(model, task, ablation, batch_size=batch_size or 32, progress=progress)
 
 
+def _memory_plan(
+    model: Model,
+    task: Task,
+    method: str,
+    ablation: str,
+    batch_size: int | str,
+    max_memory: int | str | None,
+    opts: dict[str, Any],
+) -> Any:
+    """The memory plan of the run; an explicit batch size over the budget is refused."""
+    from circuitfind.memory import format_bytes
+    from circuitfind.plan import make_plan
+
+    _check_is_task(task)
+    plan = make_plan(
+        model,
+        task,
+        method,
+        ablation=ablation,
+        batch_size=batch_size,
+        max_memory=max_memory,
+        options=opts,
+    )
+    if not plan.fits:
+        raise InputError(
+            f"{method} at batch size {plan.batch_size} needs about {format_bytes(plan.total)}, "
+            f"over the budget of {format_bytes(plan.budget or 0)} ({plan.budget_source}): use "
+            "batch_size='auto' (--batch-size omitted) to choose one that fits, or see "
+            "`circuitfind plan`"
+        )
+    return plan
+
+
 def score(
     model: Model,
     task: Task,
     *,
     method: str = "eap-ig-inputs",
     ablation: str = "resample",
-    batch_size: int = 32,
+    batch_size: int | str = "auto",
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     seed: int | None = None,
     runs: PreparedRuns | None = None,
+    max_memory: int | str | None = None,
     **options: Any,
 ) -> Circuit:
     """Score every edge of ``model``'s graph on ``task`` with one method; keep none yet.
@@ -85,8 +123,14 @@ def score(
         ablation: what an ablated edge carries: resample (the corrupted prompt's value), mean,
             mean-positional or zero.
         checkpoint_dir: where long methods (exact, ACDC) checkpoint and resume.
+        batch_size: prompts a batch, or ``"auto"`` (the default): the largest batch up to 32
+            whose memory plan (:func:`circuitfind.plan.make_plan`) fits ``max_memory``; a run
+            that does not fit even one prompt a batch is refused before it starts, with the
+            figure. Reused ``runs`` keep their batch size.
         runs: prepared runs to reuse (they are used only if they match model, task, ablation
             and batch size).
+        max_memory: the memory budget (bytes, or ``"4GiB"``); default: what the model's device
+            has free. With an explicit ``batch_size`` it is checked, not chosen.
         **options: the method's options (``steps`` for EAP-IG, ``tau`` for ACDC, ...; see its
             table row); ``None`` means the default.
 
@@ -102,10 +146,21 @@ def score(
     if seed is not None:
         torch.manual_seed(seed)
     t0 = time.perf_counter()
+    plan, kwargs = None, {}
+    if (
+        batch_size == "auto"
+        and runs is not None
+        and runs.matches(model, task, ablation, runs.batch_size)
+    ):
+        batch_size = runs.batch_size
+    elif batch_size == "auto" or max_memory is not None:
+        plan = _memory_plan(model, task, spec.name, ablation, batch_size, max_memory, opts)
+        batch_size, kwargs = plan.batch_size, dict(plan.method_kwargs)
+    assert isinstance(batch_size, int)
     runs = prepare(model, task, ablation, batch_size=batch_size, progress=progress, runs=runs)
     t_prepared = time.perf_counter()
     runs.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    result = spec.function()(runs, **opts)
+    result = spec.function()(runs, **opts, **kwargs)
     t_scored = time.perf_counter()
     graph = runs.graph
     kept = result.kept if result.kept is not None else torch.zeros_like(graph.valid)
@@ -134,6 +189,14 @@ def score(
     }
     if "steps" in opts:
         meta["steps"] = opts["steps"]
+    if plan is not None:
+        meta["memory_plan"] = {
+            "batch_size": plan.batch_size,
+            "estimated_peak_bytes": plan.total,
+            "budget_bytes": plan.budget,
+            "budget_source": plan.budget_source,
+            **plan.method_kwargs,
+        }
     circuit = Circuit(graph, result.edges, kept, meta, result.nodes)
     circuit.runs = runs
     return circuit

@@ -72,6 +72,8 @@ class MethodSpec:
             their peers instead).
         floor_text: the floor as a formula (``2F + B``; ``k`` stands for ``steps``).
         unit: what ``floor`` is per: ``run`` (all edges at once), ``edge`` or ``node``.
+        memory: ``"module:function"`` giving the method's peak-memory terms for the memory
+            plan (:mod:`circuitfind.plan`); empty when none is declared.
     """
 
     name: str
@@ -87,6 +89,7 @@ class MethodSpec:
     floor: Floor | None = None
     floor_text: str = ""
     unit: Literal["run", "edge", "node"] = "run"
+    memory: str = ""
 
     def function(self) -> Callable[..., Any]:
         """The method function (imported on first use)."""
@@ -106,6 +109,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         name="exact",
         summary="metric(edge ablated) - metric(clean) for every edge, by real patched runs",
         fn="circuitfind.methods.exact:score_exact",
+        memory="circuitfind.plan:exact_terms",
         aliases=("patching", "activation-patching", "edge-patching"),
         cost="one partial forward per edge, batched; checkpoints and resumes",
         floor=lambda F, B, o: F,
@@ -116,6 +120,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         name="acdc",
         summary="Conmy et al.'s iterative pruning (KL by default, threshold tau)",
         fn="circuitfind.methods.acdc:score_acdc",
+        memory="circuitfind.plan:masked_terms",
         prunes=True,
         orientation="helps-positive",
         options={"tau": 0.01, "acdc_metric": "kl"},
@@ -130,6 +135,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         name="eap",
         summary="(ablated - clean sender output) . d metric / d(receiver input)",
         fn="circuitfind.methods.eap:score_eap",
+        memory="circuitfind.plan:eap_terms",
         aliases=("attribution-patching",),
         cost="2 forwards + 1 backward for all edges",
         floor=lambda F, B, o: 2 * F + B,
@@ -139,6 +145,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         name="eap-ig-inputs",
         summary="EAP with integrated gradients over the input embeddings",
         fn="circuitfind.methods.eap:score_eap_ig_inputs",
+        memory="circuitfind.plan:eap_ig_inputs_terms",
         aliases=("eap-ig", "eapig", "eap-ig-input"),
         options={"steps": 5},
         option_help={"steps": _STEPS_HELP},
@@ -150,6 +157,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         name="eap-ig-activations",
         summary="EAP-IG interpolating every node's activations",
         fn="circuitfind.methods.eap:score_eap_ig_activations",
+        memory="circuitfind.plan:eap_ig_activations_terms",
         aliases=("eap-ig-acts", "eap-ig-activation"),
         options={"steps": 5},
         option_help={"steps": _STEPS_HELP},
@@ -161,6 +169,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         name="node",
         summary="node (head / MLP) ablation",
         fn="circuitfind.methods.node:score_nodes",
+        memory="circuitfind.plan:masked_terms",
         aliases=("node-ablation",),
         level="node",
         orientation="helps-positive",

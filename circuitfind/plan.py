@@ -1,0 +1,551 @@
+"""The memory plan: a method's peak memory estimated before it runs, and the batch that fits.
+
+A plan adds up named terms, each from the model's shape, the prompts (n, positions), the batch
+size and the dtype:
+
+- ``parameters``: the model's weights (counted, not estimated);
+- terms that scale with **every prompt** (``PreparedRuns`` keeps each batch's ablated values,
+  and for masked-run and exact methods its clean cache and clean-minus-ablated differences, for
+  the whole run): lowering the batch size does not shrink them;
+- terms that scale with **one batch** (activations, autograd's saved tensors, gradient probes,
+  the per-layer receiver-gradient blocks, masked-run stacks): the batch size is chosen so that
+  they fit;
+- fixed terms (the [senders x receivers] score sums in float64).
+
+The per-token coefficients of activation terms (how many d_model-, H*p- and d_mlp-wide tensors
+a layer keeps alive) were counted with :class:`circuitfind.memory.PeakMeter` on GPT-2 and Llama
+shapes; ``tests/test_plan.py`` checks the whole estimate is within 25% of the measured peak on
+three other shapes. Which term function a method uses is its table row's ``memory`` field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from circuitfind.errors import InputError
+from circuitfind.memory import format_bytes
+
+__all__ = [
+    "MemoryPlan",
+    "Shape",
+    "Term",
+    "auto_batch_size",
+    "estimate",
+    "make_plan",
+    "shape_of",
+]
+
+Scale = Literal["fixed", "prompts", "batch"]
+
+MAX_AUTO_BATCH = 32
+"""The largest batch ``batch_size="auto"`` picks (the old default; larger batches change a run's
+checkpoint fingerprint and gain little on a CPU)."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate needs of a model: its graph's size and its tensor widths."""
+
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_mlp: int
+    gated_mlp: bool
+    d_vocab: int
+    dtype_bytes: int
+    param_bytes: int
+    post_norms: bool = False
+    d_head: int = 0
+    mlp_live: float = 2.0
+    rotary: bool = False
+
+    @property
+    def n_senders(self) -> int:
+        return 1 + self.n_layers * (self.n_heads + 1)
+
+    @property
+    def n_receivers(self) -> int:
+        return self.n_layers * (3 * self.n_heads + 1) + 1
+
+
+@dataclass(frozen=True)
+class Term:
+    """One part of a peak: ``bytes`` at the planned batch size, and what it scales with.
+
+    ``phase``: empty for a part that is alive through the peak; parts of named phases
+    (``backward``, ``contract``) are alive only in that phase, and the peak counts the largest
+    phase only."""
+
+    name: str
+    bytes: int
+    scales: Scale
+    note: str = ""
+    phase: str = ""
+
+
+@dataclass
+class MemoryPlan:
+    """The planned peak of one method run.
+
+    Attributes:
+        method: the method's canonical name.
+        n_prompts, positions: the prompts and their (longest) length.
+        batch_size: the batch the plan is for (chosen, or given).
+        dtype: the model's dtype name.
+        terms: every part of the peak at ``batch_size``.
+        budget: the memory budget in bytes (None: none given).
+        budget_source: where the budget came from (``--max-memory``, the device's free memory).
+        method_kwargs: extra keyword arguments for the method that keep it in budget
+            (exact patching's ``max_tokens_per_pass``).
+    """
+
+    method: str
+    n_prompts: int
+    positions: int
+    batch_size: int
+    dtype: str
+    terms: list[Term]
+    budget: int | None = None
+    budget_source: str = ""
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """The estimated peak, bytes (parameters included)."""
+        return peak_of(self.terms)
+
+    @property
+    def working(self) -> int:
+        """The estimated peak without the parameters (what the run itself allocates)."""
+        return peak_of([t for t in self.terms if t.name != "parameters"])
+
+    @property
+    def fits(self) -> bool:
+        return self.budget is None or self.total <= self.budget
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON: the terms, the totals and the choice."""
+        return {
+            "method": self.method,
+            "n_prompts": self.n_prompts,
+            "positions": self.positions,
+            "dtype": self.dtype,
+            "batch_size": self.batch_size,
+            "method_kwargs": dict(self.method_kwargs),
+            "terms": [asdict(t) for t in self.terms],
+            "total_bytes": self.total,
+            "working_bytes": self.working,
+            "budget_bytes": self.budget,
+            "budget_source": self.budget_source,
+            "fits": self.fits,
+        }
+
+    def table(self) -> str:
+        """A human table of the terms, the total and the choice."""
+        width = max(len(t.name) for t in self.terms)
+        lines = [
+            f"memory plan: {self.method}, {self.n_prompts} prompts x {self.positions} positions, "
+            f"{self.dtype}, batch size {self.batch_size}"
+        ]
+        for t in self.terms:
+            phase = f" [{t.phase} phase]" if t.phase else ""
+            size = format_bytes(t.bytes)
+            lines.append(f"  {t.name:<{width}}  {size:>10}  per {t.scales:<7} {t.note}{phase}")
+        lines.append(f"  {'total (peak)':<{width}}  {format_bytes(self.total):>10}")
+        if self.budget is not None:
+            lines.append(
+                f"  {'budget':<{width}}  {format_bytes(self.budget):>10}  ({self.budget_source})"
+            )
+        for key, value in self.method_kwargs.items():
+            lines.append(f"  chunking: {key} = {value}")
+        return "\n".join(lines)
+
+
+def shape_of(model: Any) -> Shape:
+    """The :class:`Shape` of a circuitfind ``Model``."""
+    cfg = model.cfg
+    params = sum(p.numel() * p.element_size() for p in model.hf_model.parameters())
+    return Shape(
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        d_model=cfg.d_model,
+        d_mlp=cfg.d_mlp,
+        gated_mlp=cfg.gated_mlp,
+        d_vocab=cfg.d_vocab,
+        dtype_bytes=model.dtype.itemsize,
+        param_bytes=int(params),
+        post_norms=cfg.post_norms,
+        d_head=cfg.d_head,
+        mlp_live=_mlp_live(_activation(model), cfg.gated_mlp),
+        rotary=cfg.positional == "rotary",
+    )
+
+
+def _activation(model: Any) -> str:
+    config = getattr(model.hf_model, "config", None)
+    for attr in ("activation_function", "hidden_act", "hidden_activation"):
+        value = getattr(config, attr, None)
+        if isinstance(value, str):
+            return value
+    return ""
+
+
+# ------------------------------------------------------------------------------ terms
+# Counts of live tensors, read off PeakMeter breakdowns of this code's runs (GPT-2, Llama):
+_ATTN_MAPS = 1.75  # attention maps [b, H, p, p] a probed layer keeps for backward
+_LAYER_D = 5.5  # d_model-wide tensors a probed layer keeps for backward (probes apart)
+_ROTARY_D = 2.0  # more of them where queries and keys are rotated
+_BLOCK_EXTRA = 8  # d_model-wide fp32 temporaries of one receiver-gradient block
+_PASS_D = 3  # d_model-wide tensors of a patched pass (deltas, shifted input, its norm)
+
+
+def _mlp_live(act: str, gated: bool) -> float:
+    """d_mlp-wide tensors one MLP keeps alive at once (for backward, or inside a no-grad run):
+    the tanh-approximate GELU composes four, a plain activation two, a gated MLP three."""
+    if gated:
+        return 3.0
+    return 4.0 if ("new" in act or "tanh" in act or "fast" in act) else 2.0
+
+
+@dataclass(frozen=True)
+class _Dims:
+    """The sizes a term function reads: shape, prompts, batch, ablation, options."""
+
+    shape: Shape
+    n: int
+    p: int
+    b: int
+    ablation: str
+    options: Mapping[str, Any]
+
+    def stream(self, tokens: int, nbytes: int | None = None) -> int:
+        """Bytes of ``tokens`` d_model-wide vectors (model dtype unless ``nbytes``)."""
+        return tokens * self.shape.d_model * (self.shape.dtype_bytes if nbytes is None else nbytes)
+
+    def mlp(self, tokens: int) -> int:
+        """One MLP's live hidden tensors over ``tokens`` tokens."""
+        s = self.shape
+        return int(s.mlp_live * tokens * s.d_mlp * s.dtype_bytes)
+
+
+def _ablated(d: _Dims) -> Term:
+    s = d.shape
+    if d.ablation == "resample":
+        size, note = d.stream(s.n_senders * d.n * d.p), "[S, n, p, d]: corrupted node outputs"
+    elif d.ablation == "mean-positional":
+        size, note = d.stream(s.n_senders * d.p), "[S, p, d]: mean node outputs"
+    else:
+        size, note = d.stream(s.n_senders), "[S, d]"
+    return Term("ablated values", size, "prompts", note)
+
+
+def _scores(d: _Dims) -> Term:
+    s = d.shape
+    return Term("score sums", s.n_senders * s.n_receivers * 8 * 2, "fixed", "[S, R] float64")
+
+
+def _clean_runs(d: _Dims, diff: bool = True) -> list[Term]:
+    """The clean cache of every batch (and, for masked runs, clean - ablated), kept."""
+    s = d.shape
+    cache = d.stream((s.n_senders + 2 * s.n_layers) * d.n * d.p)
+    out = [Term("clean caches", cache, "prompts", "node outputs + residual streams, every batch")]
+    if diff:
+        out.append(
+            Term("clean - ablated", d.stream(s.n_senders * d.n * d.p), "prompts", "[S, n, p, d]")
+        )
+    return out
+
+
+def eap_terms(d: _Dims) -> list[Term]:
+    """EAP and EAP-IG: sender differences, a probed forward's saved tensors and probes (the
+    backward phase), or the probe gradients and one layer's receiver-gradient block (the
+    contraction phase), whichever is larger; with several IG steps the summed receiver
+    gradients too."""
+    s, t = d.shape, d.b * d.p
+    mode = str(d.options.get("mode", "eap"))
+    steps = int(d.options.get("steps", 1)) if mode != "eap" else 1
+    L, H = s.n_layers, s.n_heads
+    terms = [_ablated(d), _scores(d)]
+    terms.append(
+        Term("sender differences", d.stream(s.n_senders * t, 4), "batch", "[S, b, p, d] fp32")
+    )
+    weights = 2 * L * 3 * H * s.d_model * s.d_head * 4
+    terms.append(Term("projection weights", weights, "fixed", "norm-folded W_Q/K/V fp32, x2"))
+    if steps > 1 and not s.post_norms:
+        summed = d.stream(s.n_receivers * t, 4)
+        terms.append(Term("summed gradients", summed, "batch", "[R, b, p, d] fp32"))
+    if mode == "eap-ig-activations":
+        terms += _clean_runs(d, diff=False)
+        terms.append(
+            Term("interpolated outputs", d.stream(2 * s.n_senders * t), "batch", "clean, targets")
+        )
+    probes = d.stream((4 * L + 1) * t)
+    maps = int(_ATTN_MAPS * d.b * H * d.p * d.p * s.dtype_bytes)
+    per_layer = _LAYER_D + (_ROTARY_D if s.rotary else 0.0)
+    saved = L * (d.stream(int(per_layer * t)) + maps + d.mlp(t)) + probes
+    terms.append(
+        Term(
+            "saved for backward", saved, "batch", "probed forward: probes + activations", "backward"
+        )
+    )
+    terms.append(
+        Term("backward temporaries", 3 * d.mlp(t) // 2, "batch", "MLP gradients", "backward")
+    )
+    grads = d.stream((4 * L + 1) * t, 4) + probes + d.stream(L * t)
+    terms.append(
+        Term("probe gradients", grads, "batch", "probes, their gradients, layer inputs", "contract")
+    )
+    block = d.stream((2 * (3 * H + 1) + _BLOCK_EXTRA) * t, 4)
+    terms.append(
+        Term("receiver gradients", block, "batch", "2 x [3H + 1, b, p, d] fp32", "contract")
+    )
+    return terms
+
+
+def eap_ig_inputs_terms(d: _Dims) -> list[Term]:
+    return eap_terms(_with(d, mode="eap-ig-inputs"))
+
+
+def eap_ig_activations_terms(d: _Dims) -> list[Term]:
+    return eap_terms(_with(d, mode="eap-ig-activations"))
+
+
+def _with(d: _Dims, **options: Any) -> _Dims:
+    return _Dims(d.shape, d.n, d.p, d.b, d.ablation, {"steps": 5, **d.options, **options})
+
+
+def exact_variants(d: _Dims, upstream: int | None = None) -> int:
+    """Edges stacked in one patched pass: ``max_tokens_per_pass`` // (b * p), at least 1, at
+    most a receiver's ``upstream`` senders."""
+    tokens = int(d.options.get("max_tokens_per_pass") or 2048)
+    most = d.shape.n_senders if upstream is None else upstream
+    return max(1, min(most, tokens // (d.b * d.p)))
+
+
+def exact_terms(d: _Dims) -> list[Term]:
+    """Exact patching: the clean caches and differences, and one batched patched pass."""
+    s, t = d.shape, d.b * d.p
+    H = s.n_heads
+    terms = [_ablated(d), _scores(d), *_clean_runs(d)]
+    # the largest pass before the last layer (into layer L-2's MLP), all positions; in the
+    # last layer only the readout positions run, but the deltas span every position
+    V = exact_variants(d, 1 + max(0, s.n_layers - 2) * (H + 1) + H)
+    mid = d.stream(_PASS_D * V * t) + d.mlp(V * t) if s.n_layers > 1 else 0
+    V_last = exact_variants(d, s.n_senders - 1)
+    last = d.stream(2 * V_last * t) + d.mlp(V_last * d.b)
+    note = f"up to {max(V, V_last)} edges x b x p tokens"
+    terms.append(Term("patched pass", max(mid, last), "batch", note))
+    return terms
+
+
+def masked_terms(d: _Dims) -> list[Term]:
+    """ACDC and node ablation: the clean caches and differences, and one masked run."""
+    s, t = d.shape, d.b * d.p
+    terms = [_ablated(d), _scores(d), *_clean_runs(d)]
+    stacks = d.stream(2 * s.n_senders * t)
+    terms.append(Term("masked-run stacks", stacks, "batch", "prefix sums + stacked differences"))
+    layer = d.stream(3 * t) + d.mlp(t)
+    terms.append(Term("masked layer", layer, "batch", "one layer's activations"))
+    return terms
+
+
+# ------------------------------------------------------------------------------ plans
+def estimate(
+    shape: Shape,
+    method: str,
+    *,
+    n: int,
+    positions: int,
+    batch_size: int,
+    ablation: str = "resample",
+    options: Mapping[str, Any] | None = None,
+) -> list[Term]:
+    """Every term of ``method``'s peak at this batch size (parameters first)."""
+    from circuitfind.methods.table import method_spec
+
+    spec = method_spec(method)
+    if not spec.memory:
+        raise InputError(
+            f"method {spec.name!r} declares no memory terms (its table row's 'memory')"
+        )
+    fn = _term_function(spec.memory)
+    dims = _Dims(shape, n, positions, min(batch_size, n), ablation, dict(options or {}))
+    terms = [Term("parameters", shape.param_bytes, "fixed", "the model's weights")]
+    return terms + list(fn(dims))
+
+
+def _term_function(path: str) -> Any:
+    import importlib
+
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def peak_of(terms: list[Term]) -> int:
+    """The peak of ``terms``: every always-alive part plus the largest phase."""
+    phases: dict[str, int] = {}
+    for t in terms:
+        if t.phase:
+            phases[t.phase] = phases.get(t.phase, 0) + t.bytes
+    return sum(t.bytes for t in terms if not t.phase) + max(phases.values(), default=0)
+
+
+_total = peak_of
+
+
+def auto_batch_size(
+    shape: Shape,
+    method: str,
+    *,
+    n: int,
+    positions: int,
+    budget: int,
+    ablation: str = "resample",
+    options: Mapping[str, Any] | None = None,
+    max_batch: int = MAX_AUTO_BATCH,
+) -> int:
+    """The largest batch (at most ``max_batch`` and ``n``) whose plan fits ``budget``; 0 when
+    even one prompt does not."""
+    best, lo, hi = 0, 1, max(1, min(max_batch, n))
+    while lo <= hi:  # the estimate grows with the batch: bisect
+        mid = (lo + hi) // 2
+        terms = estimate(
+            shape,
+            method,
+            n=n,
+            positions=positions,
+            batch_size=mid,
+            ablation=ablation,
+            options=options,
+        )
+        if _total(terms) <= budget:
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def make_plan(
+    model: Any,
+    task: Any,
+    method: str,
+    *,
+    ablation: str = "resample",
+    batch_size: int | str = "auto",
+    max_memory: int | str | None = None,
+    options: Mapping[str, Any] | None = None,
+    max_batch: int = MAX_AUTO_BATCH,
+) -> MemoryPlan:
+    """The memory plan of ``method`` on (model, task): terms, total and batch size.
+
+    Args:
+        batch_size: a positive integer (planned as given) or ``"auto"``: the largest batch up to
+            ``max_batch`` that fits the budget.
+        max_memory: the budget (bytes or ``"4GiB"``); default: what the model's device has free.
+
+    Raises:
+        InputError: ``batch_size="auto"`` and even one prompt a batch does not fit the budget
+            (the message gives the estimate at batch size 1 and the budget).
+    """
+    from circuitfind.memory import free_bytes, parse_bytes
+    from circuitfind.methods.table import method_options, method_spec
+    from circuitfind.patching import ablation_kind
+
+    spec = method_spec(method)
+    opts = method_options(spec, options)
+    kind = ablation_kind(ablation)
+    shape = shape_of(model)
+    n = len(task)
+    positions = int(task.readout.max()) + 1
+    if max_memory is None:
+        budget, source = free_bytes(model.device), f"free on {model.device} now"
+        budget += shape.param_bytes  # already loaded: they are not part of what is free
+    else:
+        budget, source = parse_bytes(max_memory), "--max-memory"
+    if not spec.memory:  # a method registered without memory terms: nothing to plan
+        b = batch_size if isinstance(batch_size, int) and batch_size >= 1 else max_batch
+        return MemoryPlan(
+            method=spec.name,
+            n_prompts=n,
+            positions=positions,
+            batch_size=min(b, n),
+            dtype=str(model.dtype).removeprefix("torch."),
+            terms=[
+                Term("parameters", shape.param_bytes, "fixed", "the model's weights"),
+                Term("(not declared)", 0, "fixed", "the method's table row has no memory terms"),
+            ],
+            budget=budget,
+            budget_source=source,
+        )
+    if spec.name == "exact" and opts.get("max_tokens_per_pass") is None:
+        from circuitfind.methods.exact import tokens_per_pass
+
+        opts["max_tokens_per_pass"] = tokens_per_pass(model.device)
+    kwargs: dict[str, Any] = {}
+    if batch_size == "auto":
+        b = auto_batch_size(
+            shape,
+            spec.name,
+            n=n,
+            positions=positions,
+            budget=budget,
+            ablation=kind,
+            options=opts,
+            max_batch=max_batch,
+        )
+        if b == 0 and spec.name == "exact":  # fewer edges a pass before refusing
+            for tokens in (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1):
+                if tokens < positions:
+                    break
+                o = {**opts, "max_tokens_per_pass": tokens}
+                b = auto_batch_size(
+                    shape,
+                    spec.name,
+                    n=n,
+                    positions=positions,
+                    budget=budget,
+                    ablation=kind,
+                    options=o,
+                    max_batch=max_batch,
+                )
+                if b:
+                    opts, kwargs = o, {"max_tokens_per_pass": tokens}
+                    break
+        if b == 0:
+            one = estimate(
+                shape,
+                spec.name,
+                n=n,
+                positions=positions,
+                batch_size=1,
+                ablation=kind,
+                options=opts,
+            )
+            worst = max(one[1:], key=lambda t: t.bytes)
+            raise InputError(
+                f"{spec.name} on {n} prompts x {positions} positions needs about "
+                f"{format_bytes(_total(one))} even at batch size 1, over the budget of "
+                f"{format_bytes(budget)} ({source}); the largest part is {worst.name} "
+                f"({format_bytes(worst.bytes)}, per {worst.scales}): use fewer or shorter "
+                "prompts, a smaller dtype (bfloat16), or a larger --max-memory"
+            )
+    elif isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1:
+        b = batch_size
+    else:
+        raise InputError(f"batch size must be a positive integer or 'auto'; got {batch_size!r}")
+    terms = estimate(
+        shape, spec.name, n=n, positions=positions, batch_size=b, ablation=kind, options=opts
+    )
+    return MemoryPlan(
+        method=spec.name,
+        n_prompts=n,
+        positions=positions,
+        batch_size=min(b, n),
+        dtype=str(model.dtype).removeprefix("torch."),
+        terms=terms,
+        budget=budget,
+        budget_source=source,
+        method_kwargs=kwargs,
+    )
