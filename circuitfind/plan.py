@@ -199,6 +199,7 @@ _LAYER_D = 5.5  # d_model-wide tensors a probed layer keeps for backward (probes
 _ROTARY_D = 2.0  # more of them where queries and keys are rotated
 _BLOCK_EXTRA = 8  # d_model-wide fp32 temporaries of one receiver-gradient block
 _PASS_D = 3  # d_model-wide tensors of a patched pass (deltas, shifted input, its norm)
+_MASK_STATE = 6  # [S, R] fp32 tensors of a learned mask's training (logits, grad, Adam, ...)
 
 
 def _mlp_live(act: str, gated: bool) -> float:
@@ -348,6 +349,22 @@ def masked_terms(d: _Dims) -> list[Term]:
     terms.append(Term("masked-run stacks", stacks, "batch", "prefix sums + stacked differences"))
     layer = d.stream(3 * t) + d.mlp(t)
     terms.append(Term("masked layer", layer, "batch", "one layer's activations"))
+    return terms
+
+
+def mask_terms(d: _Dims) -> list[Term]:
+    """Learned masks (edge-pruning, UGS): a masked run's terms, the mask's training state, and
+    what a masked forward keeps for its backward (every receiver's input, each layer's
+    activations and attention maps)."""
+    s, t = d.shape, d.b * d.p
+    terms = masked_terms(d)
+    state = s.n_senders * s.n_receivers * 4 * _MASK_STATE
+    terms.append(Term("mask state", state, "fixed", "[S, R] fp32: logits, grads, Adam, samples"))
+    maps = int(_ATTN_MAPS * d.b * s.n_heads * d.p * d.p * s.dtype_bytes)
+    saved = d.stream(s.n_receivers * t) + s.n_layers * (
+        d.stream(int(_LAYER_D * t)) + maps + d.mlp(t)
+    )
+    terms.append(Term("saved for backward", saved, "batch", "receiver inputs + activations"))
     return terms
 
 

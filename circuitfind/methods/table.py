@@ -206,6 +206,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         cost="train-steps x (F + B) (+ the init method's); checkpoints and resumes",
         floor=lambda F, B, o: int(o.get("train_steps", 200)) * (F + B),
         floor_text="k(F + B)",
+        memory="circuitfind.plan:mask_terms",
     ),
     MethodSpec(
         name="ugs",
@@ -235,6 +236,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         cost="train-steps x (F + B) (+ the init method's); checkpoints and resumes",
         floor=lambda F, B, o: int(o.get("train_steps", 200)) * (F + B),
         floor_text="k(F + B)",
+        memory="circuitfind.plan:mask_terms",
     ),
 )
 
