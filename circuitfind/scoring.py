@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from circuitfind.errors import InputError
 from circuitfind.methods.table import method_options, method_spec
 from circuitfind.model import Model
 from circuitfind.patching import ablation_kind
+from circuitfind.positions import layout_for
 from circuitfind.runs import PreparedRuns
 from circuitfind.tasks import Task
 
@@ -76,6 +78,7 @@ def score(
     checkpoint_dir: str | Path | None = None,
     seed: int | None = None,
     runs: PreparedRuns | None = None,
+    positions: bool | str | Sequence[str] | None = None,
     **options: Any,
 ) -> Circuit:
     """Score every edge of ``model``'s graph on ``task`` with one method; keep none yet.
@@ -87,6 +90,9 @@ def score(
         checkpoint_dir: where long methods (exact, ACDC) checkpoint and resume.
         runs: prepared runs to reuse (they are used only if they match model, task, ablation
             and batch size).
+        positions: True makes every edge one per position, a list of span names (``["S1",
+            "IO", "S2", "END"]``, from ``task.spans``) one per span (tokens outside them form
+            the span ``other``); see :mod:`circuitfind.positions`. For exact, EAP and EAP-IG.
         **options: the method's options (``steps`` for EAP-IG, ``tau`` for ACDC, ...; see its
             table row); ``None`` means the default.
 
@@ -105,7 +111,14 @@ def score(
     runs = prepare(model, task, ablation, batch_size=batch_size, progress=progress, runs=runs)
     t_prepared = time.perf_counter()
     runs.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    result = spec.function()(runs, **opts)
+    layout = layout_for(task, positions)
+    runs.layout = layout
+    fn = spec.function()
+    if layout is not None:
+        from circuitfind.methods.positional import positional_function
+
+        fn = positional_function(spec.name, fn)
+    result = fn(runs, **opts)
     t_scored = time.perf_counter()
     graph = runs.graph
     kept = result.kept if result.kept is not None else torch.zeros_like(graph.valid)
@@ -134,6 +147,15 @@ def score(
     }
     if "steps" in opts:
         meta["steps"] = opts["steps"]
-    circuit = Circuit(graph, result.edges, kept, meta, result.nodes)
+    if layout is not None:
+        meta["positions"] = {**layout.to_meta(), "spec": layout.spec()}
+    circuit = Circuit(
+        graph,
+        result.edges,
+        kept if layout is None else kept[..., None].expand_as(result.edges),
+        meta,
+        result.nodes,
+        positions=None if layout is None else layout.names,
+    )
     circuit.runs = runs
     return circuit
