@@ -337,6 +337,8 @@ def _discover_into(
     options: dict[str, Any] = {"seed": args.seed}
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
+    if getattr(args, "positions", None):
+        options["positions"] = args.positions  # "all" or "S1,IO,S2,END" (layout_for reads it)
     spec = _ENGINE_METHODS[method]
     for name in spec.options:  # the method's own options, from its table row
         options[name] = getattr(args, name, None)

@@ -36,6 +36,7 @@ from circuitfind.errors import InputError
 __all__ = [
     "OTHER",
     "PositionLayout",
+    "attach_layout",
     "layout_for",
     "position_edge_name",
     "split_position_edge",
@@ -151,3 +152,25 @@ def split_position_edge(name: str) -> tuple[str, str | None]:
     if m is None:
         return name, None
     return m.group("edge"), m.group("col")
+
+
+def attach_layout(runs: Any, names: Sequence[str], meta: dict[str, Any] | None = None) -> None:
+    """Give prepared runs the layout of a position-aware circuit with columns ``names``,
+    rebuilt from the runs' task (``meta["positions"]["spec"]`` when recorded, else from the
+    names: all digits = one column a position, otherwise spans); an error when the task's
+    columns differ (prompts of another length, spans the task does not record)."""
+    names = tuple(names)
+    current = getattr(runs, "layout", None)
+    if current is not None and current.names == names:
+        return
+    spec: Any = ((meta or {}).get("positions") or {}).get("spec")
+    if spec is None:
+        spec = True if all(n.isdigit() for n in names) else [n for n in names if n != OTHER]
+    layout = layout_for(runs.task, spec)
+    if layout is None or layout.names != names:
+        got = None if layout is None else list(layout.names)
+        raise InputError(
+            f"the circuit's position columns {list(names)} are not this task's ({got}): a "
+            "position-aware circuit is evaluated on prompts of its own length and spans"
+        )
+    runs.layout = layout

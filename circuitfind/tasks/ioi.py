@@ -158,4 +158,5 @@ def ioi(
         allow_unk=allow_unk,
     )
     task.meta.update(names=pool, dropped_names=dropped)
+    assert task.wrong is not None
     return task.with_spans(**ioi_spans(task.clean, task.answer, task.wrong, task.readout))
