@@ -385,7 +385,7 @@ def _discover_into(
     t = time.perf_counter()
     files["report"] = str(
         write_report(
-            circuit,
+            circuit.collapsed(),  # the report reads position-free edges (identity without)
             out / "report.html",
             evaluation=evaluation,
             task=task,

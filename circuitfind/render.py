@@ -93,7 +93,11 @@ def drawn_edges(
 ) -> tuple[list[tuple[int, int, float]], int]:
     """The circuit's edges to draw, strongest |score| first where there are more than
     ``max_edges`` (NaN scores last), as ``(sender index, receiver index, score)``; and how many
-    were left out."""
+    were left out. (A position-aware circuit counts its (edge, column) terms.)"""
+    if circuit.positions is not None:
+        terms = int(circuit.in_graph.sum())
+        left = 0 if max_edges is None else max(0, terms - max_edges)
+        return [], left
     s_idx, r_idx = circuit.in_graph.nonzero(as_tuple=True)
     scores = circuit.score_matrix[s_idx, r_idx]
     edges = list(zip(s_idx.tolist(), r_idx.tolist(), scores.tolist()))

@@ -115,10 +115,10 @@ def test_every_column_on_is_clean_and_every_column_off_is_corrupted(name):
 def test_exact_positional_equals_hf_hooks_one_position_at_a_time():
     """score(s -> r @ p) recomputed with plain HF hooks: the receiver loses the sender's
     (clean - corrupted) output at position p only."""
-    hf = make_hf_model("gpt2")
+    hf = make_hf_model("gpt2-odd")
     model = cf.load(hf)
     graph = cf.Graph.from_model(model)
-    task = _random_task(n=3, T=5)
+    task = _random_task(n=2, T=5)
     circuit = cf.score(model, task, method="exact", positions=True, progress=False)
     with torch.no_grad():
         _, cache = model.run_with_cache(task.clean)
@@ -126,7 +126,7 @@ def test_exact_positional_equals_hf_hooks_one_position_at_a_time():
     clean_out, corr_out = cache.node_outputs(), corrupted.node_outputs()
     clean_metric = task.metric_fn(hf(task.clean).logits.detach())
     rng = random.Random(0)
-    edges = [*rng.sample(list(graph.edges.values()), 6), graph.edge("a0.h1->a2.h3<k>")]
+    edges = [*rng.sample(list(graph.edges.values()), 6), graph.edge("a0.h1->a1.h2<k>")]
     for edge in edges:
         for p in (1, 4):
             only_p = clean_out.clone()
@@ -140,24 +140,24 @@ def test_exact_positional_equals_hf_hooks_one_position_at_a_time():
 def test_exact_positional_does_not_depend_on_how_variants_share_a_pass():
     from circuitfind.methods.positional import exact_positional_scores
 
-    model = _model("llama-gqa-llama3rope")
-    task = _spanned(_random_task(n=3, T=6, padded=True))
+    model = _model("gpt2-odd")
+    task = _spanned(_random_task(n=2, T=6, padded=True))
     runs = PreparedRuns(model, task, "resample", batch_size=2)
     runs.layout = layout_for(task, ["A", "B", "END"])
-    one = exact_positional_scores(runs, variants=1)
+    one = exact_positional_scores(runs, variants=3)
     many = exact_positional_scores(runs, variants=7)
     v = runs.graph.valid
     torch.testing.assert_close(one[v], many[v], atol=1e-5, rtol=0)
     # summed over columns it is NOT position-free exact (patching is not linear), but each
     # (edge, column) on a last-layer receiver of the logits is: a single term's effect
     free = cf.score(model, task, method="exact", progress=False).score_matrix
-    r = graph_index = runs.graph.receiver_index["logits"]
-    torch.testing.assert_close(one[:, r].sum(-1), free[:, graph_index], atol=1e-4, rtol=1e-3)
+    r = runs.graph.receiver_index["logits"]
+    torch.testing.assert_close(one[:, r].sum(-1), free[:, r], atol=1e-4, rtol=1e-3)
 
 
 def test_spans_sum_their_positions_prompt_by_prompt():
     model = _model("gpt2")
-    task = _spanned(_random_task(n=3, T=7))
+    task = _spanned(_random_task(n=2, T=6))
     v = cf.Graph.from_model(model).valid
     for i in range(len(task)):
         one = task[i]
@@ -239,13 +239,37 @@ def test_builtin_task_spans_point_at_their_tokens():
     assert bool((s["S1"] < s["S2"]).all()) and torch.equal(s["END"], ioi.readout)
     ind = cf.get_task("induction", cf.load("zoo:induction-2l"), n=3, length=5)
     first, repeat = ind.spans["first"][0].tolist(), ind.spans["repeat"][0].tolist()
-    assert first[1] - first[0] == 5 and repeat[1] - repeat[0] == 4
-    a = ind.clean[:, first[0] : first[0] + 4]
+    assert first[1] - first[0] == 5 and repeat == [first[1], first[1] + 3]
+    a = ind.clean[:, first[0] : first[0] + 3]  # the repeat before the query copies A
     assert torch.equal(a, ind.clean[:, repeat[0] : repeat[1]])
     assert torch.equal(ind.spans["END"], ind.readout)
+    assert torch.equal(ind.clean[:, -1], ind.clean[:, first[0] + 3])  # the query: A_{L-1}
     gt = cf.get_task("greater-than", cf.load("zoo:greater-than"), n=4)
     yy = gt.spans["YY"]
     assert bool((gt.clean[torch.arange(4), yy] != gt.corrupted[torch.arange(4), yy]).all())
     assert "NOUN" in gt.spans and torch.equal(gt.spans["END"], gt.readout)
     # a sub-task keeps its prompts' spans
     assert torch.equal(ioi[2:4].spans["S2"], s["S2"][2:4])
+
+
+def test_diagram_lays_out_a_column_per_span_and_discover_takes_positions(tmp_path):
+    from circuitfind.render import dot_source, render
+
+    model = _model("gpt2")
+    task = _spanned(_random_task(n=4, padded=True))
+    circuit = cf.discover(
+        model, task, method="eap", top_n=25, positions=["A", "B", "END"], progress=False
+    )
+    assert circuit.positions == ("A", "B", "END", "other")
+    src = dot_source(circuit).source
+    used = {name.rsplit("@", 1)[1] for name in circuit.edge_names}
+    for col in used:
+        k = circuit.positions.index(col)
+        assert f"cluster_col{k}" in src and f"label={col}" in src
+    assert "rank=same" in src
+    some = circuit.edge_names[0]
+    sender, rest = some.split("->")
+    col = rest.rsplit("@", 1)[1]
+    assert f'"{sender}@{col}"' in src or f"{sender}@{col}" in src
+    out = render(circuit, tmp_path / "c.gv")
+    assert out.exists()
