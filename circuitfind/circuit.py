@@ -168,6 +168,11 @@ class Circuit:
         return int(self.in_graph.sum())
 
     @property
+    def n_edges_total(self) -> int:
+        """Edges of the graph: (edge, column) terms for a position-aware circuit."""
+        return self.graph.n_edges * (1 if self.positions is None else len(self.positions))
+
+    @property
     def has_scores(self) -> bool:
         """Whether any edge has a score (a MIB / EAP-IG file may carry only the kept edges,
         with ``null`` scores: such a circuit cannot be ranked, so it has no CPR / CMD)."""
@@ -407,7 +412,7 @@ class Circuit:
 
     def __repr__(self) -> str:
         method = self.meta.get("method", "?")
-        total = self.graph.n_edges * (1 if self.positions is None else len(self.positions))
+        total = self.n_edges_total
         where = "" if self.positions is None else f" over {len(self.positions)} columns"
         return (
             f"Circuit({self.n_edges} of {total} edges{where}, {len(self.nodes)} nodes, "

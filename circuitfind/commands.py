@@ -418,7 +418,7 @@ def _discover_into(
         "method": method,
         "ablation": ablation,
         "n_edges": circuit.n_edges,
-        "n_edges_total": circuit.graph.n_edges,
+        "n_edges_total": circuit.n_edges_total,
         "nodes": circuit.nodes,
         "faithfulness": faith,
         "metric": metric,
@@ -431,9 +431,9 @@ def _discover_into(
     if args.json:
         print(dumps(summary))
         return 0
-    share = 100 * circuit.n_edges / max(1, circuit.graph.n_edges)
+    share = 100 * circuit.n_edges / max(1, circuit.n_edges_total)
     print(
-        f"circuit: {circuit.n_edges} of {circuit.graph.n_edges} edges ({share:.1f}%), "
+        f"circuit: {circuit.n_edges} of {circuit.n_edges_total} edges ({share:.1f}%), "
         f"{len(circuit.nodes)} nodes"
     )
     if faith is not None:
@@ -472,7 +472,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = {
         "circuit": args.circuit,
         "n_edges": circuit.n_edges,
-        "n_edges_total": circuit.graph.n_edges,
+        "n_edges_total": circuit.n_edges_total,
         "metric": metric,
         "unknown_tokens": getattr(args, "unknown_tokens", 0),
         **{k: v for k, v in evaluation.to_dict().items() if k not in ("n_edges", "n_edges_total")},
@@ -482,7 +482,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         print(dumps(result))
         return 0
-    print(f"circuit: {circuit.n_edges} of {circuit.graph.n_edges} edges")
+    print(f"circuit: {circuit.n_edges} of {circuit.n_edges_total} edges")
     print(f"faithfulness: {evaluation.faithfulness:.3f}")
     better = {True: ", higher is better", False: ", lower is better"}.get(
         metric["higher_is_better"]

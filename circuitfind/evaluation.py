@@ -276,7 +276,7 @@ def evaluate(
         metric_circuit=float(per_c.mean()),
         metric_empty=float(empty.mean()),
         n_edges=circuit.n_edges,
-        n_edges_total=graph.n_edges * len(circuit.positions or [0]),
+        n_edges_total=circuit.n_edges_total,
         ablation=runs.kind,
         metric_name=m.name,
         higher_is_better=m.higher_is_better,
@@ -323,7 +323,7 @@ def _curves(
     sign = circuit_orientation(circuit, float(full.mean()), float(empty.mean()))
     signed = helpfulness(scores, sign)
     per_sig, per_abs = [], []
-    for n in curve_sizes(graph.n_edges * len(circuit.positions or [0])):
+    for n in curve_sizes(circuit.n_edges_total):
         by_abs = remove_dangling(graph, top_n(graph, scores, n))
         by_sign = remove_dangling(graph, signed_top(graph, signed, n))
         per_abs.append(runs.metric_of(by_abs.float(), metric))

@@ -165,7 +165,7 @@ def prune(
             from circuitfind.positions import attach_layout
 
             attach_layout(runs, circuit.positions, circuit.meta)
-        size = len(nodes) if nodes is not None else graph.n_edges * len(circuit.positions or [0])
+        size = len(nodes) if nodes is not None else circuit.n_edges_total
         keep, info = search_target(select, runs, target, size, greedy=greedy or nodes is not None)
     out = circuit.with_edges(keep, pruning=info)
     return out
