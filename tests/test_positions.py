@@ -137,6 +137,7 @@ def test_exact_positional_equals_hf_hooks_one_position_at_a_time():
             assert got == pytest.approx(expected, abs=2e-4), (edge.name, p)
 
 
+@pytest.mark.slow
 def test_exact_positional_does_not_depend_on_how_variants_share_a_pass():
     from circuitfind.methods.positional import exact_positional_scores
 
