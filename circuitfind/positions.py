@@ -17,6 +17,12 @@ named span form one more span, ``other`` (so turning every column off is the ful
 run); padding goes to ``other`` too, or to the first span when every real token is named
 (padding never reaches a readout, so its column does not matter).
 
+Names: an edge at a column is ``edge@column`` (``a0.h3->a1.h2<q>@5``, ``m1->logits@END``) in
+circuit files, whose ``cfg.positions`` lists the columns. MIB's and EAP-IG's circuit files are
+position-free, and auto-circuit keeps the position as a separate field of its ``Edge``
+(``seq_idx``) with no string form, so there is no field convention to follow; the suffix keeps
+the EAP-IG / MIB edge name intact before the ``@``.
+
 A :class:`PositionLayout` is the column of every (prompt, position) of a task: ``[n, T]``.
 Masks and scores with positions are ``[S, R, P]`` (P columns), in the layout's column order.
 """
