@@ -26,6 +26,7 @@ from circuitfind.checkpoint import atomic_write_text
 from circuitfind.errors import InputError
 from circuitfind.graph import Graph, parse_edge, parse_node
 from circuitfind.model import ModelConfig
+from circuitfind.positions import position_edge_name, split_position_edge
 from circuitfind.strict_json import dumps
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class EdgeScores(dict[str, float]):
         self._cfg = graph.cfg
 
     def __missing__(self, key: str) -> float:
-        canonical = parse_edge(key, self._cfg)
+        canonical = _canonical(key, self._cfg)
         if canonical == key or not dict.__contains__(self, canonical):
             raise KeyError(key)
         return dict.__getitem__(self, canonical)
@@ -55,9 +56,16 @@ class EdgeScores(dict[str, float]):
         if dict.__contains__(self, key):
             return True
         try:
-            return isinstance(key, str) and dict.__contains__(self, parse_edge(key, self._cfg))
+            return isinstance(key, str) and dict.__contains__(self, _canonical(key, self._cfg))
         except InputError:
             return False
+
+
+def _canonical(name: str, cfg: ModelConfig) -> str:
+    """The canonical name of an edge, or of a position edge ``edge@column``."""
+    edge, col = split_position_edge(name)
+    canonical = parse_edge(edge, cfg)
+    return canonical if col is None else position_edge_name(canonical, col)
 
 
 def graph_from_shape(n_layers: int, n_heads: int, parallel_attn_mlp: bool = False) -> Graph:
@@ -96,6 +104,10 @@ class Circuit:
         node_scores: optional per-node scores (node-level methods).
         runs: the prepared runs that scored it (``circuitfind.runs.PreparedRuns``; not saved),
             reused by ``prune`` and ``evaluate`` on the same model and task.
+        positions: for position-aware edges, the column names (positions ``"0", "1", ...``
+            or spans ``"S1", "IO", ...``; see :mod:`circuitfind.positions`); ``score_matrix``
+            and ``in_graph`` are then [sender, receiver, column] and every edge name carries
+            its column: ``a0.h3->a1.h2<q>@5``, ``m1->logits@END``.
     """
 
     graph: Graph
@@ -104,31 +116,67 @@ class Circuit:
     meta: dict[str, Any] = field(default_factory=dict)
     node_scores: dict[str, float] | None = None
     runs: Any = field(default=None, repr=False, compare=False)
+    positions: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        shape = (self.graph.n_senders, self.graph.n_receivers)
+        shape: tuple[int, ...] = (self.graph.n_senders, self.graph.n_receivers)
+        if self.positions is not None:
+            self.positions = tuple(str(p) for p in self.positions)
+            shape = (*shape, len(self.positions))
         if tuple(self.score_matrix.shape) != shape or tuple(self.in_graph.shape) != shape:
             raise ValueError(f"score_matrix and in_graph must be {shape}")
         self.score_matrix = self.score_matrix.detach().float().cpu()
-        self.in_graph = self.in_graph.detach().bool().cpu() & self.graph.valid
+        self.in_graph = self.in_graph.detach().bool().cpu() & self.valid
         self._scores: EdgeScores | None = None
+
+    @property
+    def valid(self) -> Tensor:
+        """``graph.valid``, with a column axis for position-aware circuits: [S, R(, P)]."""
+        valid = self.graph.valid
+        if self.positions is None:
+            return valid
+        return valid[..., None].expand(*valid.shape, len(self.positions))
+
+    def _name(self, index: tuple[int, ...]) -> str:
+        """The name of the (edge) or (edge, column) at ``index`` of the score matrix."""
+        name = self.graph.edge_name(index[0], index[1])
+        if self.positions is None:
+            return name
+        return position_edge_name(name, self.positions[index[2]])
+
+    def collapsed(self) -> Circuit:
+        """The position-free circuit: scores summed over columns (NaN where no column has a
+        score), an edge kept when any of its columns is. Identity without positions."""
+        if self.positions is None:
+            return self
+        scored = ~torch.isnan(self.score_matrix)
+        total = self.score_matrix.nan_to_num(0.0).sum(-1)
+        total[~scored.any(-1)] = float("nan")
+        meta = {**self.meta, "collapsed_from_positions": list(self.positions)}
+        return Circuit(
+            self.graph, total, self.in_graph.any(-1), meta, self.node_scores, runs=self.runs
+        )
 
     # ------------------------------------------------------------------ views
     @property
     def edge_names(self) -> list[str]:
         """Names of the edges in the circuit."""
-        s, r = self.in_graph.nonzero(as_tuple=True)
-        return [self.graph.edge_name(int(i), int(j)) for i, j in zip(s, r)]
+        return [self._name(tuple(ix)) for ix in self.in_graph.nonzero().tolist()]
 
     @property
     def n_edges(self) -> int:
         return int(self.in_graph.sum())
 
     @property
+    def n_edges_total(self) -> int:
+        """Edges of the graph: (edge, column) terms for a position-aware circuit."""
+        return self.graph.n_edges * (1 if self.positions is None else len(self.positions))
+
+    @property
     def has_scores(self) -> bool:
         """Whether any edge has a score (a MIB / EAP-IG file may carry only the kept edges,
         with ``null`` scores: such a circuit cannot be ranked, so it has no CPR / CMD)."""
-        return bool((self.graph.valid & ~torch.isnan(self.score_matrix)).any())
+        return bool((self.valid & ~torch.isnan(self.score_matrix)).any())
 
     @property
     def scores(self) -> EdgeScores:
@@ -139,12 +187,11 @@ class Circuit:
         absent. The tensor behind it is ``score_matrix``.
         """
         if self._scores is None:
-            valid = self.graph.valid & ~torch.isnan(self.score_matrix)
-            s, r = valid.nonzero(as_tuple=True)
-            values = self.score_matrix[s, r].tolist()
+            valid = self.valid & ~torch.isnan(self.score_matrix)
+            idx = valid.nonzero()
+            values = self.score_matrix[valid].tolist()
             self._scores = EdgeScores(
-                self.graph,
-                {self.graph.edge_name(i, j): v for i, j, v in zip(s.tolist(), r.tolist(), values)},
+                self.graph, {self._name(tuple(ix)): v for ix, v in zip(idx.tolist(), values)}
             )
         return self._scores
 
@@ -154,7 +201,8 @@ class Circuit:
     def nodes(self) -> list[str]:
         """Nodes touched by an edge of the circuit, in topological order."""
         keep: set[str] = set()
-        s, r = self.in_graph.nonzero(as_tuple=True)
+        edges = self.in_graph if self.positions is None else self.in_graph.any(-1)
+        s, r = edges.nonzero(as_tuple=True)
         for i, j in zip(s.tolist(), r.tolist()):
             keep.add(self.graph.senders[i].name)
             keep.add(self.graph.receivers[j].node)
@@ -163,27 +211,43 @@ class Circuit:
     def top_edges(self, n: int = 10, *, in_circuit: bool = True) -> list[tuple[str, float]]:
         """The ``n`` kept edges with the largest |score| (fewer when the circuit keeps fewer;
         :meth:`top_scored` ranks every scored edge)."""
-        mask = self.in_graph if in_circuit else self.graph.valid
+        mask = self.in_graph if in_circuit else self.valid
         scores = torch.where(mask & ~torch.isnan(self.score_matrix), self.score_matrix.abs(), -1.0)
         flat = scores.flatten()
         k = min(n, int((flat >= 0).sum()))
         idx = flat.topk(k).indices
-        n_recv = self.graph.n_receivers
-        return [
-            (
-                self.graph.edge_name(int(i) // n_recv, int(i) % n_recv),
-                float(self.score_matrix.flatten()[i]),
-            )
-            for i in idx
-        ]
+        shape = tuple(self.score_matrix.shape)
+        out = []
+        for i in idx.tolist():
+            ix = tuple(int(x) for x in torch.unravel_index(torch.tensor(i), shape))
+            out.append((self._name(ix), float(self.score_matrix.flatten()[i])))
+        return out
 
     def top_scored(self, n: int = 10) -> list[tuple[str, float]]:
         """The ``n`` scored edges with the largest |score|, kept or not."""
         return self.top_edges(n, in_circuit=False)
 
     def to_networkx(self) -> nx.MultiDiGraph:
-        """The circuit as a ``networkx.MultiDiGraph`` (nodes and edges in the circuit only)."""
+        """The circuit as a ``networkx.MultiDiGraph`` (nodes and edges in the circuit only;
+        position-aware edges are keyed ``q@5``, with a ``column`` attribute)."""
         import networkx as nx
+
+        if self.positions is not None:
+            g = self.collapsed().to_networkx()
+            g.remove_edges_from(list(g.edges(keys=True)))
+            for ix in self.in_graph.nonzero().tolist():
+                recv = self.graph.receivers[ix[1]]
+                col = self.positions[ix[2]]
+                g.add_edge(
+                    self.graph.senders[ix[0]].name,
+                    recv.node,
+                    key=f"{recv.qkv or ''}@{col}",
+                    name=self._name(tuple(ix)),
+                    qkv=recv.qkv,
+                    column=col,
+                    score=float(self.score_matrix[tuple(ix)]),
+                )
+            return g
 
         g = nx.MultiDiGraph()
         for name in self.nodes:
@@ -211,6 +275,7 @@ class Circuit:
             {**self.meta, **meta},
             self.node_scores,
             runs=self.runs,
+            positions=self.positions,
         )
 
     # ------------------------------------------------------------------ JSON
@@ -224,20 +289,23 @@ class Circuit:
                 entry["score"] = self.node_scores[name]
             nodes[name] = entry
         edges: dict[str, Any] = {}
-        s, r = g.valid.nonzero(as_tuple=True)
-        scores = self.score_matrix[s, r].tolist()
-        flags = self.in_graph[s, r].tolist()
-        for i, j, score, flag in zip(s.tolist(), r.tolist(), scores, flags):
-            edges[g.edge_name(i, j)] = {
+        valid = self.valid
+        idx = valid.nonzero().tolist()
+        scores = self.score_matrix[valid].tolist()
+        flags = self.in_graph[valid].tolist()
+        for ix, score, flag in zip(idx, scores, flags):
+            edges[self._name(tuple(ix))] = {
                 "score": None if math.isnan(score) else score,
                 "in_graph": bool(flag),
             }
-        cfg = {
+        cfg: dict[str, Any] = {
             "n_layers": g.cfg.n_layers,
             "n_heads": g.cfg.n_heads,
             "parallel_attn_mlp": g.cfg.parallel_attn_mlp,
             "d_model": g.cfg.d_model,
         }
+        if self.positions is not None:
+            cfg["positions"] = list(self.positions)
         return {"cfg": cfg, "nodes": nodes, "edges": edges, "meta": self.meta}
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
@@ -252,26 +320,51 @@ class Circuit:
         if not isinstance(edges, dict):
             raise InputError(f"{source}: 'edges' must be an object of edge name -> entry")
         graph = graph_from_shape(n_layers, n_heads, parallel)
-        scores = torch.full((graph.n_senders, graph.n_receivers), float("nan"))
-        in_graph = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.bool)
+        positions = _check_positions(data["cfg"], edges, source)
+        shape: tuple[int, ...] = (graph.n_senders, graph.n_receivers)
+        column_of: dict[str, int] = {}
+        if positions is not None:
+            shape = (*shape, len(positions))
+            if graph.n_senders * graph.n_receivers * len(positions) > MAX_CELLS:
+                raise InputError(
+                    f"{source}: {len(positions)} columns make the score matrix larger than "
+                    f"circuitfind holds ({MAX_CELLS:,} cells)"
+                )
+            column_of = {p: k for k, p in enumerate(positions)}
+        scores = torch.full(shape, float("nan"))
+        in_graph = torch.zeros(shape, dtype=torch.bool)
         for raw_name, entry in edges.items():
+            edge_part, col = split_position_edge(raw_name)
+            if (col is None) != (positions is None) or (col is not None and col not in column_of):
+                raise InputError(
+                    f"{source}: edge {raw_name!r}: "
+                    + (
+                        f"column {col!r} is not one of cfg.positions {list(positions)}"
+                        if positions is not None and col is not None
+                        else "a position-aware circuit names every edge with its column "
+                        "(edge@column) and a position-free one none"
+                    )
+                )
             try:
-                name = parse_edge(raw_name, graph.cfg)
+                name = parse_edge(edge_part, graph.cfg)
             except InputError as exc:
                 raise InputError(f"{source}: {exc}") from None
             if name not in graph.edges:
                 raise InputError(f"{source}: edge {raw_name!r} is not an edge of this graph")
             e = graph.edges[name]
+            at: tuple[int, ...] = (e.sender_index, e.receiver_index)
+            if col is not None:
+                at = (*at, column_of[col])
             if isinstance(entry, dict):
                 score, flag = entry.get("score"), entry.get("in_graph", False)
             else:  # {name: score} or {name: bool}
                 score, flag = (None, entry) if isinstance(entry, bool) else (entry, False)
             value = _score(score, f"{source}: edge {raw_name!r}")
             if value is not None:
-                scores[e.sender_index, e.receiver_index] = value
+                scores[at] = value
             if not isinstance(flag, bool) and flag not in (0, 1):
                 raise InputError(f"{source}: edge {raw_name!r}: in_graph must be true or false")
-            in_graph[e.sender_index, e.receiver_index] = bool(flag)
+            in_graph[at] = bool(flag)
         node_scores: dict[str, float] | None = None
         nodes = data.get("nodes") or {}
         if not isinstance(nodes, dict):
@@ -289,7 +382,14 @@ class Circuit:
         meta = data.get("meta") or {}
         if not isinstance(meta, dict):
             raise InputError(f"{source}: 'meta' must be an object")
-        return cls(graph, scores, in_graph, dict(meta), node_scores)
+        return cls(
+            graph,
+            scores,
+            in_graph,
+            dict(meta),
+            node_scores,
+            positions=None if positions is None else tuple(positions),
+        )
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> Circuit:
@@ -326,8 +426,10 @@ class Circuit:
 
     def __repr__(self) -> str:
         method = self.meta.get("method", "?")
+        total = self.n_edges_total
+        where = "" if self.positions is None else f" over {len(self.positions)} columns"
         return (
-            f"Circuit({self.n_edges} of {self.graph.n_edges} edges, {len(self.nodes)} nodes, "
+            f"Circuit({self.n_edges} of {total} edges{where}, {len(self.nodes)} nodes, "
             f"method={method})"
         )
 
@@ -360,6 +462,30 @@ def _check_cfg(data: Any, source: str) -> tuple[int, int, bool]:
             f"receiver pairs, more than circuitfind holds ({MAX_CELLS:,})"
         )
     return n_layers, n_heads, parallel
+
+
+def _check_positions(cfg: dict[str, Any], edges: dict[str, Any], source: str) -> list[str] | None:
+    """The column names of a position-aware circuit file: ``cfg.positions`` when given, else
+    the columns its edge names carry (``edge@column``, in first-seen order), else None."""
+    given = cfg.get("positions")
+    if given is not None:
+        if not isinstance(given, list) or not given or len(given) > 100_000:
+            raise InputError(f"{source}: cfg.positions must be a non-empty list of column names")
+        names = [str(p) for p in given]
+        if len(set(names)) != len(names):
+            raise InputError(f"{source}: cfg.positions has repeated names")
+        return names
+    seen: dict[str, None] = {}
+    for raw in edges:
+        col = split_position_edge(str(raw))[1]
+        if col is not None:
+            seen.setdefault(col, None)
+    if not seen:
+        return None
+    cols = list(seen)
+    if all(c.isdigit() for c in cols):
+        cols.sort(key=int)
+    return cols
 
 
 def _score(value: Any, where: str) -> float | None:

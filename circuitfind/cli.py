@@ -199,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--greedy", action="store_true", help="with --top-n: grow from the logits (EAP-IG greedy)"
     )
     d.add_argument(
+        "--positions",
+        metavar="all|SPANS",
+        help="position-aware edges: 'all' (one edge per position) or span names, e.g. "
+        "S1,IO,S2,END for ioi (exact, eap, eap-ig)",
+    )
+    d.add_argument(
         "--out", metavar="DIR", help="output directory (when not given: circuits/MODEL_TASK_METHOD)"
     )
     d.add_argument(

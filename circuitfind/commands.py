@@ -363,6 +363,8 @@ def _discover_into(
         options["batch_size"] = args.batch_size
     if getattr(args, "max_memory", None) is not None:
         options["max_memory"] = args.max_memory
+    if getattr(args, "positions", None):
+        options["positions"] = args.positions  # "all" or "S1,IO,S2,END" (layout_for reads it)
     spec = _ENGINE_METHODS[method]
     for name in spec.options:  # the method's own options, from its table row
         options[name] = getattr(args, name, None)
@@ -422,7 +424,7 @@ def _discover_into(
     t = time.perf_counter()
     files["report"] = str(
         write_report(
-            circuit,
+            circuit.collapsed(),  # the report reads position-free edges (identity without)
             out / "report.html",
             evaluation=evaluation,
             task=task,
@@ -458,7 +460,7 @@ def _discover_into(
         "method": method,
         "ablation": ablation,
         "n_edges": circuit.n_edges,
-        "n_edges_total": circuit.graph.n_edges,
+        "n_edges_total": circuit.n_edges_total,
         "nodes": circuit.nodes,
         "faithfulness": faith,
         "metric": metric,
@@ -472,9 +474,9 @@ def _discover_into(
     if args.json:
         print(dumps(summary))
         return 0
-    share = 100 * circuit.n_edges / max(1, circuit.graph.n_edges)
+    share = 100 * circuit.n_edges / max(1, circuit.n_edges_total)
     print(
-        f"circuit: {circuit.n_edges} of {circuit.graph.n_edges} edges ({share:.1f}%), "
+        f"circuit: {circuit.n_edges} of {circuit.n_edges_total} edges ({share:.1f}%), "
         f"{len(circuit.nodes)} nodes"
     )
     if faith is not None:
@@ -515,7 +517,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = {
         "circuit": args.circuit,
         "n_edges": circuit.n_edges,
-        "n_edges_total": circuit.graph.n_edges,
+        "n_edges_total": circuit.n_edges_total,
         "metric": metric,
         "unknown_tokens": getattr(args, "unknown_tokens", 0),
         **{k: v for k, v in evaluation.to_dict().items() if k not in ("n_edges", "n_edges_total")},
@@ -525,7 +527,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         print(dumps(result))
         return 0
-    print(f"circuit: {circuit.n_edges} of {circuit.graph.n_edges} edges")
+    print(f"circuit: {circuit.n_edges} of {circuit.n_edges_total} edges")
     print(f"faithfulness: {evaluation.faithfulness:.3f}")
     better = {True: ", higher is better", False: ", lower is better"}.get(
         metric["higher_is_better"]

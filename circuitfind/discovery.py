@@ -123,7 +123,7 @@ def discover(
             "warning": ev.warning,
             "evaluation": ev.to_dict(),
             "n_edges": circuit.n_edges,
-            "n_edges_total": circuit.graph.n_edges,
+            "n_edges_total": circuit.n_edges_total,
             "timing": timing,
             "time_s": timing["total_s"],
             "scoring_time_s": timing["scoring_s"],

@@ -30,7 +30,7 @@ from circuitfind.circuit import Circuit
 from circuitfind.errors import InputError
 from circuitfind.graph import Graph
 from circuitfind.model import Model
-from circuitfind.pruning import remove_dangling, signed_top, top_n
+from circuitfind.pruning_positions import remove_dangling, signed_top, top_n
 from circuitfind.runs import PreparedRuns
 from circuitfind.scores import helpfulness, node_totals, orientation
 from circuitfind.tasks import Task
@@ -261,6 +261,10 @@ def evaluate(
         )
     kind = ablation or circuit.meta.get("ablation", "resample")
     runs = prepare(model, task, kind, batch_size=batch_size, runs=runs or circuit.runs)
+    if circuit.positions is not None:  # the positional mask needs the task's columns
+        from circuitfind.positions import attach_layout
+
+        attach_layout(runs, circuit.positions, circuit.meta)
     full, empty = baseline(runs, metric)
     check_effect(full, empty)
     per_c = runs.metric_of(circuit.in_graph.float(), metric)
@@ -272,7 +276,7 @@ def evaluate(
         metric_circuit=float(per_c.mean()),
         metric_empty=float(empty.mean()),
         n_edges=circuit.n_edges,
-        n_edges_total=graph.n_edges,
+        n_edges_total=circuit.n_edges_total,
         ablation=runs.kind,
         metric_name=m.name,
         higher_is_better=m.higher_is_better,
@@ -289,8 +293,9 @@ def evaluate(
     has_scores = circuit.has_scores
     if reference is not None and has_scores:
         ref = _reference_mask(graph, reference)
-        result.roc_auc_edges = roc_auc(circuit.score_matrix, ref, graph.valid)
-        totals = _node_ranking(graph, circuit)
+        scored = circuit.collapsed()  # a reference names edges, not positions
+        result.roc_auc_edges = roc_auc(scored.score_matrix, ref, graph.valid)
+        totals = _node_ranking(graph, scored)
         ref_nodes = _nodes_of(graph, ref)
         names = [n.name for n in graph.senders if n.kind != "input"]
         result.roc_auc_nodes = roc_auc(
@@ -318,7 +323,7 @@ def _curves(
     sign = circuit_orientation(circuit, float(full.mean()), float(empty.mean()))
     signed = helpfulness(scores, sign)
     per_sig, per_abs = [], []
-    for n in curve_sizes(graph.n_edges):
+    for n in curve_sizes(circuit.n_edges_total):
         by_abs = remove_dangling(graph, top_n(graph, scores, n))
         by_sign = remove_dangling(graph, signed_top(graph, signed, n))
         per_abs.append(runs.metric_of(by_abs.float(), metric))

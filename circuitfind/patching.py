@@ -222,6 +222,7 @@ def masked_forward(
     readout: Tensor | None = None,
     prefix: list[Tensor] | None = None,
     start_layer: int = 0,
+    columns: Tensor | None = None,
 ) -> Tensor:
     """Run the model with every edge either kept (mask 1) or ablated (mask 0).
 
@@ -236,10 +237,30 @@ def masked_forward(
             ``out_s - A_s`` of the senders before it (from a run whose receivers before
             ``start_layer`` keep every edge the mask keeps, e.g. the clean run when they all
             keep everything). Saves recomputing layers that the mask does not change.
+        columns: with a position-aware mask [S, R, P] (or [V, S, R, P]: V masks in one pass),
+            the column of each token [b, p] (``PositionLayout.batch``); the run is then
+            :func:`circuitfind.patching_positions.masked_forward_positional`.
 
     Returns:
-        logits [b, vocab] at ``readout``, or [b, p, vocab].
+        logits [b, vocab] at ``readout``, or [b, p, vocab] ([V * b, ...] for V masks).
     """
+    if mask.dim() > 2:
+        from circuitfind.patching_positions import masked_forward_positional
+
+        if columns is None:
+            raise ValueError("a position-aware mask [S, R, P] needs columns= [b, p]")
+        return masked_forward_positional(
+            model,
+            graph,
+            tokens,
+            attention_mask,
+            ablated,
+            mask,
+            columns,
+            readout=readout,
+            prefix=prefix,
+            start_layer=start_layer,
+        )
     if model.cfg.post_norms:
         return _masked_forward_post_norms(
             model, graph, tokens, attention_mask, ablated, mask, readout, prefix, start_layer

@@ -101,7 +101,11 @@ def drawn_edges(
 ) -> tuple[list[tuple[int, int, float]], int]:
     """The circuit's edges to draw, strongest |score| first where there are more than
     ``max_edges`` (NaN scores last), as ``(sender index, receiver index, score)``; and how many
-    were left out."""
+    were left out. (A position-aware circuit counts its (edge, column) terms.)"""
+    if circuit.positions is not None:
+        terms = int(circuit.in_graph.sum())
+        left = 0 if max_edges is None else max(0, terms - max_edges)
+        return [], left
     s_idx, r_idx = circuit.in_graph.nonzero(as_tuple=True)
     scores = circuit.score_matrix[s_idx, r_idx]
     edges = list(zip(s_idx.tolist(), r_idx.tolist(), scores.tolist()))
@@ -213,9 +217,12 @@ def dot_source(
     max_edges: int | None = MAX_EDGES,
 ) -> graphviz.Digraph:
     """The circuit as a ``graphviz.Digraph``: its nodes and edges only, at most ``max_edges``
-    edges (the strongest; ``None`` for all), the nodes those edges touch."""
+    edges (the strongest; ``None`` for all), the nodes those edges touch. A position-aware
+    circuit is drawn by :func:`positional_dot_source` (one column a position or span)."""
     import graphviz
 
+    if circuit.positions is not None:
+        return positional_dot_source(circuit, roles=roles, title=title, max_edges=max_edges)
     g = circuit.graph
     names = role_names(roles)
     role_objs = {k: v for k, v in (roles or {}).items() if isinstance(v, Role)}
@@ -322,6 +329,90 @@ def dot_source(
             f'<TR><TD COLSPAN="2"><B>{html.escape(title)}</B></TD></TR>',
         )
     dot.attr(label=legend, labelloc="b", labeljust="l", fontsize="10")
+    return dot
+
+
+def positional_dot_source(
+    circuit: Circuit,
+    *,
+    roles: dict[str, Role] | dict[str, str] | None = None,
+    title: str = "",
+    max_edges: int | None = MAX_EDGES,
+) -> graphviz.Digraph:
+    """A position-aware circuit in columns: one cluster per position or span (left to right in
+    the circuit's column order), a node per (node, column) that a kept edge touches, and each
+    row of a layer on one rank across the columns (``rank=same``). An edge ``s -> r @ c`` runs
+    inside column c: the term sender s writes at those tokens and receiver r reads there
+    (attention carries it to other positions inside the head)."""
+    import graphviz
+
+    g = circuit.graph
+    assert circuit.positions is not None
+    cols = circuit.positions
+    names = role_names(roles)
+    idx = circuit.in_graph.nonzero().tolist()
+    terms = [(s, r, c, float(circuit.score_matrix[s, r, c])) for s, r, c in idx]
+    left_out = 0
+    if max_edges is not None and len(terms) > max_edges:
+        terms.sort(key=lambda t: -1.0 if math.isnan(t[3]) else -abs(t[3]))
+        left_out = len(terms) - max_edges
+        terms = terms[:max_edges]
+    dot = graphviz.Digraph("circuit", engine="dot")
+    dot.attr(rankdir="BT", ranksep="0.55", nodesep="0.2", fontname="Helvetica", newrank="true")
+    dot.attr("node", shape="box", style="rounded,filled", fontname="Helvetica", fontsize="10")
+    dot.attr("edge", arrowsize="0.5")
+
+    def rank_of(name: str) -> str:
+        node = g.nodes[name]
+        if node.kind == "head":
+            return f"L{node.layer}"
+        if node.kind == "mlp":
+            return f"L{node.layer}" if g.cfg.parallel_attn_mlp else f"L{node.layer}m"
+        return name
+
+    used: dict[int, set[str]] = {}
+    for s, r, c, _ in terms:
+        used.setdefault(c, set()).update({g.senders[s].name, g.receivers[r].node})
+    order = ["input"] + [f"L{x}{m}" for x in range(g.cfg.n_layers) for m in ("", "m")] + ["logits"]
+    ranks: dict[str, list[str]] = {}
+    for c in sorted(used):
+        with dot.subgraph(name=f"cluster_col{c}") as sub:
+            sub.attr(label=str(cols[c]), style="rounded,dashed", color="#bbbbbb", fontsize="11")
+            for name in sorted(used[c], key=lambda n: g.topological_order().index(n)):
+                node = g.nodes[name]
+                fill = "#ffffff"
+                if node.kind == "head":
+                    fill = ROLE_COLOURS.get(
+                        names.get(name, "unlabelled"), ROLE_COLOURS["unlabelled"]
+                    )
+                elif node.kind == "mlp":
+                    fill = "#e0e0e0"
+                nid = f"{name}@{cols[c]}"
+                sub.node(nid, label=node.label, fillcolor=fill, tooltip=nid)
+                ranks.setdefault(rank_of(name), []).append(nid)
+    for rank in [r for r in order if r in ranks]:
+        with dot.subgraph() as same:
+            same.attr(rank="same")
+            for nid in ranks[rank]:
+                same.node(nid)
+    finite = [abs(t[3]) for t in terms if not math.isnan(t[3])]
+    biggest = max(finite) if finite and max(finite) > 0 else 1.0
+    for s, r, c, score in terms:
+        recv = g.receivers[r]
+        width = MIN_WIDTH
+        if not math.isnan(score):
+            width = MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * abs(score) / biggest
+        dot.edge(
+            f"{g.senders[s].name}@{cols[c]}",
+            f"{recv.node}@{cols[c]}",
+            color=EDGE_COLOURS[recv.qkv or ""],
+            penwidth=f"{width:.2f}",
+            tooltip=f"{g.edge_name(s, r)}@{cols[c]}: {_fmt(score)}",
+        )
+    label = title or "position-aware circuit"
+    if left_out:
+        label += f" ({left_out} weaker edges not drawn)"
+    dot.attr(label=label, labelloc="b", labeljust="l", fontsize="10")
     return dot
 
 

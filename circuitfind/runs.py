@@ -126,6 +126,7 @@ class PreparedRuns:
         self.batch_size = batch_size
         self.progress = progress
         self.checkpoint_dir: Path | None = None  # where long methods checkpoint (set by score)
+        self.layout: Any = None  # a PositionLayout: edges are (edge, column) (set by score)
         self._memo: dict[tuple[str | None, bytes], Tensor] = {}
         self.batches = [PreparedBatch(model, b) for b in batches(task, batch_size, model.device)]
         with torch.no_grad():
@@ -162,8 +163,11 @@ class PreparedRuns:
         """The metric of every prompt [n] with the edges outside ``mask`` [S, R] ablated,
         remembered: the pruning search, the curves and evaluation ask for the same circuits,
         and each is run once."""
-        keep = (mask > 0.5) & self.graph.valid
+        valid = self.graph.valid if mask.dim() == 2 else self.graph.valid[..., None]
+        keep = (mask > 0.5) & valid
         name = metric if isinstance(metric, str) or metric is None else metric.name
+        if mask.dim() > 2:  # (edge, column) masks: the layout is part of the key
+            name = f"{name}@{','.join(self.layout.names) if self.layout is not None else ''}"
         key = (name, bytes(np.packbits(keep.cpu().numpy()).tobytes()))
         if key not in self._memo:
             self._memo[key] = self.evaluator(metric).per_prompt(keep.float())
@@ -212,6 +216,16 @@ class MaskEvaluator:
         with torch.no_grad():
             for prep in self.runs:
                 prefix = None
+                columns = None
+                if mask.dim() > 2:
+                    if self.runs.layout is None:
+                        raise InputError(
+                            "a position-aware mask [S, R, P] needs prepared runs with a "
+                            "position layout (score(..., positions=...) sets one)"
+                        )
+                    columns = self.runs.layout.batch(
+                        prep.batch.idx, prep.batch.clean.shape[1], self.model.device
+                    )
                 if start_layer > 0:
                     prefix = list(prep.clean_diff[: 1 + start_layer * (H + 1)].unbind(0))
                 logits = masked_forward(
@@ -224,6 +238,7 @@ class MaskEvaluator:
                     readout=prep.batch.readout,
                     prefix=prefix,
                     start_layer=start_layer,
+                    columns=columns,
                 )
                 out.append(prep.metric(self.task, logits, self.metric))
         return torch.cat(out)

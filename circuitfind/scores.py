@@ -75,7 +75,14 @@ def node_totals(
     edges in ``keep`` when given — what a node adds through the circuit. ``how="max-abs"``: its
     largest |score| over incoming and outgoing edges — how strongly any edge of it was scored
     (used to rank nodes, e.g. for a node ROC AUC).
+
+    Position-aware scores [S, R, P] count an edge's columns together (nodes are not split by
+    position): its scores summed over the columns kept.
     """
+    if matrix.dim() == 3:
+        if keep is not None and keep.dim() == 3:
+            matrix, keep = matrix.nan_to_num(0.0) * keep, None
+        matrix = matrix.nan_to_num(0.0).sum(-1)
     values = matrix.nan_to_num(0.0) * graph.valid
     if keep is not None:
         values = values * keep

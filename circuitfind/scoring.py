@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from circuitfind.errors import InputError
 from circuitfind.methods.table import method_options, method_spec
 from circuitfind.model import Model
 from circuitfind.patching import ablation_kind
+from circuitfind.positions import layout_for
 from circuitfind.runs import PreparedRuns
 from circuitfind.tasks import Task
 
@@ -114,6 +116,7 @@ def score(
     seed: int | None = None,
     runs: PreparedRuns | None = None,
     max_memory: int | str | None = None,
+    positions: bool | str | Sequence[str] | None = None,
     **options: Any,
 ) -> Circuit:
     """Score every edge of ``model``'s graph on ``task`` with one method; keep none yet.
@@ -131,6 +134,9 @@ def score(
             and batch size).
         max_memory: the memory budget (bytes, or ``"4GiB"``); default: what the model's device
             has free. With an explicit ``batch_size`` it is checked, not chosen.
+        positions: True makes every edge one per position, a list of span names (``["S1",
+            "IO", "S2", "END"]``, from ``task.spans``) one per span (tokens outside them form
+            the span ``other``); see :mod:`circuitfind.positions`. For exact, EAP and EAP-IG.
         **options: the method's options (``steps`` for EAP-IG, ``tau`` for ACDC, ...; see its
             table row); ``None`` means the default.
 
@@ -160,7 +166,14 @@ def score(
     runs = prepare(model, task, ablation, batch_size=batch_size, progress=progress, runs=runs)
     t_prepared = time.perf_counter()
     runs.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    result = spec.function()(runs, **opts, **kwargs)
+    layout = layout_for(task, positions)
+    runs.layout = layout
+    fn = spec.function()
+    if layout is not None:
+        from circuitfind.methods.positional import positional_function
+
+        fn = positional_function(spec.name, fn)
+    result = fn(runs, **opts, **kwargs)
     t_scored = time.perf_counter()
     graph = runs.graph
     kept = result.kept if result.kept is not None else torch.zeros_like(graph.valid)
@@ -197,6 +210,15 @@ def score(
             "budget_source": plan.budget_source,
             **plan.method_kwargs,
         }
-    circuit = Circuit(graph, result.edges, kept, meta, result.nodes)
+    if layout is not None:
+        meta["positions"] = {**layout.to_meta(), "spec": layout.spec()}
+    circuit = Circuit(
+        graph,
+        result.edges,
+        kept if layout is None else kept[..., None].expand_as(result.edges),
+        meta,
+        result.nodes,
+        positions=None if layout is None else layout.names,
+    )
     circuit.runs = runs
     return circuit

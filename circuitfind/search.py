@@ -22,9 +22,10 @@ from circuitfind.errors import InputError
 from circuitfind.evaluation import _effect_check, baseline, curve_sizes, faithfulness
 from circuitfind.model import Model
 from circuitfind.pruning import greedy as greedy_top
-from circuitfind.pruning import node_selection, remove_dangling
-from circuitfind.pruning import threshold as threshold_mask
-from circuitfind.pruning import top_n as top_n_mask
+from circuitfind.pruning import node_selection
+from circuitfind.pruning_positions import remove_dangling
+from circuitfind.pruning_positions import threshold as threshold_mask
+from circuitfind.pruning_positions import top_n as top_n_mask
 from circuitfind.runs import PreparedRuns
 from circuitfind.tasks import Task
 
@@ -121,6 +122,8 @@ def prune(
         )
     graph = circuit.graph
     nodes = circuit.node_scores if circuit.meta.get("level") == "node" else None
+    if circuit.positions is not None and greedy:
+        raise InputError("greedy growth is for position-free circuits; use top_n with positions")
 
     def select(n: int) -> Tensor:
         if nodes is not None:
@@ -158,7 +161,11 @@ def prune(
             from circuitfind.scoring import prepare
 
             runs = prepare(model, task, circuit.meta.get("ablation", "resample"))
-        size = len(nodes) if nodes is not None else graph.n_edges
+        if circuit.positions is not None:
+            from circuitfind.positions import attach_layout
+
+            attach_layout(runs, circuit.positions, circuit.meta)
+        size = len(nodes) if nodes is not None else circuit.n_edges_total
         keep, info = search_target(select, runs, target, size, greedy=greedy or nodes is not None)
     out = circuit.with_edges(keep, pruning=info)
     return out

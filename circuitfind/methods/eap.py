@@ -279,6 +279,61 @@ def _contract(graph: Graph, diff: Tensor, grads: Tensor, first: int, out: Tensor
         start = stop
 
 
+def _column_groups(columns: Tensor, n_columns: int) -> list[tuple[int, Tensor]]:
+    """(column, flat [b * p] indices of its tokens) for the columns present in ``columns``."""
+    flat = columns.reshape(-1)
+    return [(c, (flat == c).nonzero()[:, 0]) for c in range(n_columns) if bool((flat == c).any())]
+
+
+def _contract_positional(
+    graph: Graph,
+    diff_cols: list[Tensor],
+    grads: Tensor,
+    first: int,
+    out: Tensor,
+    groups: list[tuple[int, Tensor]],
+) -> None:
+    """``_contract`` without the sum over positions: out[s, r, c] += <diff_s, grad_r> over
+    prompts, d_model and the tokens of column c only. ``diff_cols[k]`` is the senders'
+    differences at the tokens of ``groups[k]`` ([S, m_k * d]); the same FLOPs as ``_contract``,
+    split by column."""
+    n = grads.shape[0]
+    flat_g = grads.reshape(n, -1, grads.shape[-1])  # [n, b * p, d]
+    upstream = graph.n_upstream[first : first + n].tolist()
+    for (col, idx), flat_d in zip(groups, diff_cols):
+        g_c = flat_g[:, idx].reshape(n, -1)  # [n, m * d]
+        start = 0
+        while start < n:
+            stop = start
+            while stop < n and upstream[stop] == upstream[start]:
+                stop += 1
+            up = upstream[start]
+            block = flat_d[:up] @ g_c[start:stop].T
+            out[:up, first + start : first + stop, col] += block.double().cpu()
+            start = stop
+
+
+class _Contraction:
+    """Adds the scores of one block of receivers into ``out``: [S, R] (``_contract``) or, with
+    column ``groups``, [S, R, P] (``_contract_positional``, each diff's columns gathered once)."""
+
+    def __init__(
+        self, graph: Graph, out: Tensor, groups: list[tuple[int, Tensor]] | None = None
+    ) -> None:
+        self.graph, self.out, self.groups = graph, out, groups
+        self._gathered: tuple[Tensor, list[Tensor]] | None = None
+
+    def __call__(self, diff: Tensor, block: Tensor, first: int) -> None:
+        if self.groups is None:
+            _contract(self.graph, diff, block, first, self.out)
+            return
+        if self._gathered is None or self._gathered[0] is not diff:
+            flat = diff.reshape(diff.shape[0], -1, diff.shape[-1])  # [S, b * p, d]
+            cols = [flat[:, idx].reshape(diff.shape[0], -1) for _, idx in self.groups]
+            self._gathered = (diff, cols)
+        _contract_positional(self.graph, self._gathered[1], block, first, self.out, self.groups)
+
+
 def eap_scores(
     runs: PreparedRuns,
     *,
@@ -286,7 +341,9 @@ def eap_scores(
     steps: int = 5,
     metric: Any = None,
 ) -> Tensor:
-    """Attribution scores for every edge: [S, R] (NaN outside ``graph.valid``).
+    """Attribution scores for every edge: [S, R] (NaN outside ``graph.valid``), or, when the
+    prepared runs carry a position layout (``runs.layout``), for every (edge, column):
+    [S, R, P], whose sum over columns is the position-free score.
 
     Cost per batch: one probed forward + backward per step over the prepared runs' clean and
     ablated values; the clean node outputs are recorded from the clean pass itself (alpha = 1),
@@ -304,7 +361,9 @@ def eap_scores(
             raise InputError(f"integrated-gradient steps must be a positive integer; got {steps!r}")
         alphas = [k / steps for k in range(1, steps + 1)]
     S, R = graph.n_senders, graph.n_receivers
-    totals = torch.zeros(S, R, dtype=torch.float64)
+    layout = getattr(runs, "layout", None)
+    shape = (S, R) if layout is None else (S, R, layout.n_columns)
+    totals = torch.zeros(*shape, dtype=torch.float64)
     input_grads = _InputGrads(model)
     bar = tqdm(total=len(runs) * len(alphas), desc=mode, disable=not runs.progress, unit="pass")
     for prep in runs:
@@ -324,6 +383,12 @@ def eap_scores(
         if clean is not None:
             diff = (A_full - clean).float()
         grad_sum: Tensor | None = None  # [R, b, p, d], summed over the IG steps
+        groups = None
+        if layout is not None:
+            groups = _column_groups(layout.batch(batch.idx, p, model.device), layout.n_columns)
+
+        contract = _Contraction(graph, totals, groups)
+
         for alpha in alphas:
             embed = targets = None
             record = diff is None and alpha == 1.0  # the alpha = 1 pass is the clean run
@@ -357,7 +422,7 @@ def eap_scores(
                     n = block.shape[0]
                     if len(alphas) == 1 or post:  # contract each layer's block at once
                         assert step_diff is not None
-                        _contract(graph, step_diff, block, first, totals)
+                        contract(step_diff, block, first)
                     else:
                         if grad_sum is None:
                             grad_sum = block.new_zeros(R, *block.shape[1:])
@@ -368,10 +433,10 @@ def eap_scores(
         if grad_sum is not None:
             assert diff is not None
             with torch.no_grad():
-                _contract(graph, diff, grad_sum.div_(len(alphas)), 0, totals)
+                contract(diff, grad_sum.div_(len(alphas)), 0)
     bar.close()
     scores = (totals / len(task)).float()
-    scores[~graph.valid] = float("nan")
+    scores[~graph.valid] = float("nan")  # (with positions: every column of a non-edge)
     return scores
 
 

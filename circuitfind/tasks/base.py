@@ -8,6 +8,10 @@ Shapes (n prompts, T positions, k answers a prompt, V the vocabulary):
 - ``readout``: ``LongTensor[n]``, the position of each prompt's last real token.
 - ``answer``, ``wrong``: ``LongTensor[n]`` or ``[n, k]`` (answer sets; ``-1`` pads short rows);
   ``wrong`` may be ``None``.
+- ``spans`` (optional): named token positions of each prompt, for position-aware edges
+  (``score(..., positions=["S1", "IO", "S2", "END"])``): name -> ``LongTensor[n]`` (one
+  position a prompt) or ``[n, 2]`` (start, stop: a half-open range a prompt). Built-in tasks
+  fill them (IOI: S1, IO, S2, END; induction; greater-than); see :mod:`circuitfind.positions`.
 
 The discovery engine calls the metric as::
 
@@ -71,6 +75,7 @@ class Task:
     prompts: list[tuple[str, str]] | None = None  # (clean text, corrupted text) a pair
     clean_logits: Tensor | None = None  # [n, V] clean readout logits, for the KL metric
     meta: dict[str, Any] = field(default_factory=dict)
+    spans: dict[str, Tensor] | None = None  # name -> [n] positions or [n, 2] (start, stop)
 
     def __post_init__(self) -> None:
         n, t = self.clean.shape if self.clean.ndim == 2 else (-1, -1)
@@ -94,6 +99,14 @@ class Task:
             raise InputError(
                 f"attention_mask must be [{n}, {t}]; got {tuple(self.attention_mask.shape)}"
             )
+        for span, where in (self.spans or {}).items():
+            if where.shape not in ((n,), (n, 2)) or where.dtype.is_floating_point:
+                raise InputError(
+                    f"span {span!r} must be integer positions [n] or (start, stop) [n, 2] with "
+                    f"n={n}; got {tuple(where.shape)} {where.dtype}"
+                )
+            if bool((where < 0).any()) or bool((where > t).any()):
+                raise InputError(f"span {span!r} has positions outside [0, {t})")
         if self.metric.needs_wrong and self.wrong is None:
             raise InputError(
                 f"metric {self.metric.name!r} needs wrong answers and task {self.name!r} has "
@@ -289,7 +302,13 @@ class Task:
             attention_mask=None if self.attention_mask is None else self.attention_mask[i],
             prompts=prompts,
             clean_logits=None if self.clean_logits is None else self.clean_logits[i],
+            spans=None if self.spans is None else {k: v[i] for k, v in self.spans.items()},
         )
+
+    def with_spans(self, **spans: Tensor) -> Task:
+        """The task with these named spans added (each [n] positions or [n, 2] ranges)."""
+        given = {k: torch.as_tensor(v).long() for k, v in spans.items()}
+        return replace(self, spans={**(self.spans or {}), **given})
 
     def batches(self, batch_size: int) -> Iterator[Task]:
         """Consecutive sub-tasks of at most ``batch_size`` prompts."""

@@ -15,6 +15,7 @@ from typing import Any
 from circuitfind.errors import InputError
 from circuitfind.tasks.base import Task
 from circuitfind.tasks.metrics import Metric
+from circuitfind.tasks.spans import greater_than_spans
 from circuitfind.tasks.tokenize import encode, resolve_tokenizer, show
 from circuitfind.tasks.tokens import bos_prefix
 
@@ -112,9 +113,10 @@ def greater_than(
             "tokenizer groups digits otherwise)"
         )
     rng = random.Random(seed)
-    clean, corrupted, answer, wrong = [], [], [], []
+    clean, corrupted, answer, wrong, noun_ids = [], [], [], [], []
     for _ in range(n):
         template, noun, yy = rng.choice(templates), rng.choice(pool), rng.choice(valid)
+        noun_ids.append(encode(tok, " " + noun, special=False))
         c, x = text(template, noun, yy), text(template, noun, 1)
         clean.append(c)
         corrupted.append(x)
@@ -132,4 +134,5 @@ def greater_than(
         prefix=bos_prefix(source, tok, add_bos=add_bos),
         allow_unk=allow_unk,
     )
-    return task
+    spans = greater_than_spans(task.clean, task.corrupted, task.readout, noun_ids)
+    return task.with_spans(**spans)

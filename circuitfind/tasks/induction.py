@@ -24,6 +24,7 @@ from typing import Any
 from circuitfind.errors import InputError
 from circuitfind.tasks.base import Task
 from circuitfind.tasks.metrics import Metric
+from circuitfind.tasks.spans import induction_spans
 from circuitfind.tasks.tokenize import resolve_tokenizer
 from circuitfind.tasks.tokens import bos_prefix, ordinary_token_ids
 
@@ -70,6 +71,7 @@ def induction(
         description=f"repeated random tokens (segment length {length}); predict the repeat",
     )
     task.meta.update(bos=bool(prefix), vocabulary=len(candidates))
+    task = task.with_spans(**induction_spans(n, len(prefix), length))
     if tok is None:
         return task
     prompts = [(tok.decode(c), tok.decode(x)) for c, x in zip(clean, corrupted)]

@@ -16,6 +16,7 @@ from typing import Any
 from circuitfind.errors import InputError
 from circuitfind.tasks.base import Task
 from circuitfind.tasks.metrics import Metric
+from circuitfind.tasks.spans import ioi_spans
 from circuitfind.tasks.tokenize import encode, is_single_token, resolve_tokenizer, show
 from circuitfind.tasks.tokens import bos_prefix
 
@@ -157,4 +158,5 @@ def ioi(
         allow_unk=allow_unk,
     )
     task.meta.update(names=pool, dropped_names=dropped)
-    return task
+    assert task.wrong is not None
+    return task.with_spans(**ioi_spans(task.clean, task.answer, task.wrong, task.readout))
