@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitfind.circuit import Circuit
+from circuitfind.errors import InputError
 from circuitfind.evaluation import circuit_orientation, evaluate
 from circuitfind.model import Model
 from circuitfind.scoring import score
@@ -76,6 +77,11 @@ def discover(
     from circuitfind.stability import resolve_bootstrap
 
     resolve_bootstrap(bootstrap, method_name(method), 0)  # a bad value fails before the work
+    if options.get("positions") and (bootstrap not in (0, None, "auto") or ensemble):
+        raise InputError(
+            "--bootstrap and --ensemble do not handle position-aware edges yet; drop "
+            "--positions, or pass --bootstrap 0 and no --ensemble"
+        )
     t0 = time.perf_counter()
     scored = score(
         model,
@@ -161,6 +167,9 @@ def _stability(
 
     method = circuit.meta["method"]
     n_boot = resolve_bootstrap(bootstrap, method, circuit.graph.n_edges)
+    if circuit.positions is not None and n_boot:  # "auto" (discover refuses an explicit N)
+        n_boot = 0
+        circuit.meta["stability_skipped"] = "position-aware edges are not resampled yet"
     if n_boot:
         t = time.perf_counter()
         st = run_bootstrap(circuit, n_boot, seed=seed or 0, curve=curve, progress=progress)

@@ -274,3 +274,12 @@ def test_diagram_lays_out_a_column_per_span_and_discover_takes_positions(tmp_pat
     assert f'"{sender}@{col}"' in src or f"{sender}@{col}" in src
     out = render(circuit, tmp_path / "c.gv")
     assert out.exists()
+
+
+def test_bootstrap_is_refused_for_positions_before_the_work_and_auto_skips_it():
+    model = cf.load("zoo:induction-2l")
+    task = cf.get_task("induction", model, n=8, seed=0)
+    with pytest.raises(InputError, match="position-aware"):
+        cf.discover(model, task, method="eap", positions=True, top_n=20, bootstrap=5)
+    c = cf.discover(model, task, method="eap", positions=True, top_n=20, bootstrap="auto")
+    assert "stability" not in c.meta and "not resampled" in c.meta["stability_skipped"]

@@ -78,7 +78,8 @@ class SliderPoint:
 
 def slider_points(circuit: Circuit, evaluation: Any = None) -> list[SliderPoint]:
     """The slider's points (module docstring), smallest circuit first; the circuit's own point
-    is always there."""
+    is always there. A position-aware circuit is shown with its positions merged
+    (``Circuit.collapsed``) and its own point only: its curve counts (edge, position) terms."""
     from circuitfind.evaluation import curve_sizes
     from circuitfind.pruning import remove_dangling, top_n
 
@@ -87,6 +88,9 @@ def slider_points(circuit: Circuit, evaluation: Any = None) -> list[SliderPoint]
     points: list[SliderPoint] = []
     curve = _get(evaluation, "curve_abs") or []
     errors = list(_get(evaluation, "curve_abs_stderr") or [])
+    merged = bool(circuit.meta.get("collapsed_from_positions"))
+    if merged:  # the curve counts (edge, position) terms: its circuits are not these edges
+        curve = []
     if curve and circuit.has_scores:
         scores = circuit.score_matrix.nan_to_num(0.0)  # as the evaluation's curve ranks them
         sizes = curve_sizes(graph.n_edges)
@@ -102,7 +106,8 @@ def slider_points(circuit: Circuit, evaluation: Any = None) -> list[SliderPoint]
     own_se = _get(evaluation, "faithfulness_stderr", circuit.meta.get("faithfulness_stderr"))
     share = 100.0 * circuit.n_edges / max(1, graph.n_edges)
     own = circuit.in_graph.clone()
-    points.append(SliderPoint("this circuit", share, own, _num(own_f), _num(own_se), True))
+    label = "this circuit (its positions merged)" if merged else "this circuit"
+    points.append(SliderPoint(label, share, own, _num(own_f), _num(own_se), True))
     points.sort(key=lambda p: (p.n_edges, not p.own))
     return points
 

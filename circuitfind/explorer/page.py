@@ -84,6 +84,7 @@ def write_explorer(
     roles); ``model`` and ``task`` add the example prompts, attention patterns and DLA;
     ``frequencies`` ({edge name: bootstrap frequency}) the edges' opacity.
     """
+    circuit = circuit.collapsed()  # a position-aware circuit is drawn with positions merged
     payload = build_payload(
         circuit,
         evaluation=evaluation,
