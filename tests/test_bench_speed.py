@@ -170,3 +170,22 @@ def test_eapig_scores_compared_with_tolerance() -> None:
     assert r["max_rel_diff"] == pytest.approx(TOLERANCE / 2)
     far = compare_scores(ours, {"a": 1.1, "b": -2.0, "c": 0.5})
     assert not far["within"] and far["max_abs_diff"] == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_eapig_reference_agrees_when_its_venv_exists() -> None:
+    """The EAP-IG reference (its own venv) on a tiny random GPT-2: EAP equal, EAP-IG-inputs
+    equal to its left sum predicted from ours, both within the stated tolerance."""
+    from dataclasses import replace
+
+    from circuitfind.bench.speed.eapig import against_eapig, default_venv
+
+    if not (default_venv() / "bin" / "python").is_file():
+        pytest.skip("no EAP-IG venv (benchmarks/eapig/setup_venv.sh)")
+    cfg = replace(QUICK, eapig_shape=Shape(2, 4, 64), prompts=4, tokens=8, repeat=1, ig_steps=3)
+    r = against_eapig(cfg, 0)
+    assert r["available"], r.get("reason")
+    assert r["edges"] == r["their_edges"] == 110
+    for row in r["rows"]:
+        assert row["agreement"]["edges"] == 110 and row["agreement"]["within"], row
+        assert row["speedup"] > 0

@@ -69,6 +69,8 @@ def main() -> None:
     attr.torch = _CpuTorch()  # type: ignore[assignment]
     attr.tokenize_plus = _tokens
     model, parity = _tl_model(work / "model")
+    for p in model.parameters():  # as EAP-IG runs it: its EAP backward starts from the weights
+        p.requires_grad_(True)
     toks = load_file(str(work / "model" / "tokens.safetensors"))
     label = t.stack([toks["answer"], toks["wrong"]], 1)
     loader = [(toks["clean"], toks["corrupted"], label)]

@@ -18,8 +18,10 @@ fi
 CONSTRAINTS="$(mktemp)"
 trap 'rm -f "$CONSTRAINTS"' EXIT
 printf 'numpy<2\npyarrow<22\ntorch==2.13.0\n' > "$CONSTRAINTS"
-# torch first (the CPU wheel this machine carries), then TransformerLens against it.
+# torch first (the CPU wheel this machine carries), then TransformerLens against it: 2.18 with
+# the transformers it was released with (TransformerLens 4 removed HookedTransformer, and an
+# open range makes pip backtrack for many minutes).
 "$DIR/bin/pip" install --quiet "torch==2.13.0"
-"$DIR/bin/pip" install --quiet -c "$CONSTRAINTS" "transformer-lens>=2.15,<3" einops tqdm matplotlib safetensors
+"$DIR/bin/pip" install --quiet -c "$CONSTRAINTS" "transformer-lens==2.18.0" "transformers==4.57.6" einops tqdm matplotlib safetensors
 "$DIR/bin/pip" install --quiet --no-deps "$SRC"
 "$DIR/bin/python" -c "import eap.attribute, transformer_lens; print('EAP-IG venv ready:', '$DIR')"
