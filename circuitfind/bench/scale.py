@@ -207,7 +207,7 @@ class ScaleConfig:
     exact_senders: int = 4  # exact: senders per sampled receiver, all in one batched pass
 
 
-FULL = ScaleConfig()
+FULL = ScaleConfig(repeat=2, size_prompts=2)
 QUICK = ScaleConfig(
     big=BigShape(layers=4, heads=8, kv_heads=2, d_model=64, head_dim=4, d_mlp=128, vocab=256),
     big_prompts=4,
@@ -308,26 +308,44 @@ def big_graph(cfg: ScaleConfig, seed: int) -> dict[str, Any]:
     return out
 
 
-def _method_memory(case: Case, name: str, rules: dict[str, Any], timed: dict[str, Any]) -> float:
+def _one_exact_pass(case: Case, senders: int) -> None:
+    """One batched exact-patching pass (``senders`` edges into a layer-0 head's query: the
+    longest pass) from the clean cache, as ``score_exact`` makes it."""
+    from circuitfind.methods.exact import _patched_logits
+    from circuitfind.patching import edge_deltas
+
+    model, graph = case.model, case.graph
+    prep = prepared_runs(case).batches[0]
+    batch = prep.batch
+    b, p = batch.clean.shape
+    r = next(rec.index for rec in graph.receivers if rec.layer == 0 and rec.qkv == "q")
+    idx = torch.arange(min(senders, int(graph.n_upstream[r])))
+    with torch.no_grad():
+        ctx = model.context(batch.clean, batch.attention_mask)
+        delta = edge_deltas(model, prep.cache, prep.clean_diff, idx).reshape(len(idx) * b, p, -1)
+        _patched_logits(model, graph, prep.cache, ctx, batch.readout, r, delta)
+
+
+def _method_memory(
+    case: Case, name: str, rules: dict[str, Any], timed: dict[str, Any], senders: int
+) -> float:
     """Peak bytes of one run of ``name`` (measured methods), or of one sampled batched pass
     (exact patching; ACDC and node ablation: one masked run), plus their score matrices."""
     if timed[name]["how"].startswith("measured"):
         rule = rules[name]
         return peak_rss(lambda: rule.run(case, rule.options))[0]
-    from circuitfind.bench.speed.measure import exact_sample_rate
-
     if name == "exact":
-        sample = replace(
-            SpeedConfig(), exact_receivers_per_layer=1, exact_sample_senders=1, max_full_s=0.0
-        )
-        return peak_rss(lambda: exact_sample_rate(case, sample, 0))[0]
+        return peak_rss(lambda: _one_exact_pass(case, senders))[0]
     ev = prepared_runs(case).evaluator("kl")
     mask = case.graph.valid.clone().to(torch.float32)
     return peak_rss(lambda: ev(mask, start_layer=0))[0]
 
 
-def sizes(cfg: ScaleConfig, seed: int) -> list[dict[str, Any]]:
-    """Every method at each size: time (measured or extrapolated) and peak memory."""
+def sizes(
+    cfg: ScaleConfig, seed: int, done: Callable[[list[dict[str, Any]]], Any] | None = None
+) -> list[dict[str, Any]]:
+    """Every method at each size: time (measured or extrapolated) and peak memory; ``done``
+    is called with the rows so far after each size."""
     speed_cfg = replace(
         SpeedConfig(),
         repeat=cfg.repeat,
@@ -352,7 +370,9 @@ def sizes(cfg: ScaleConfig, seed: int) -> list[dict[str, Any]]:
         timed = time_methods(case, speed_cfg, seed)
         timed.pop("_masked_pass_s_by_start_layer", None)
         for method in list(timed):
-            timed[method]["peak_bytes"] = _method_memory(case, method, rules, timed)
+            timed[method]["peak_bytes"] = _method_memory(
+                case, method, rules, timed, cfg.exact_senders
+            )
         after = hf_baseline(case, cfg.repeat)
         F = statistics.median(before["F"].runs + after["F"].runs)
         FB = statistics.median(before["F+B"].runs + after["F+B"].runs)
@@ -376,6 +396,8 @@ def sizes(cfg: ScaleConfig, seed: int) -> list[dict[str, Any]]:
         )
         del case, hf
         _trim()
+        if done is not None:
+            done(rows)
     return rows
 
 
@@ -476,9 +498,21 @@ def run(
         "suite": "scale",
         "config": asdict(cfg),
         "big": big_graph(cfg, seed),
-        "sizes": sizes(cfg, seed),
+        "sizes": [],
     }
-    report.add(*render(result, report.stamp["command"]))
-    report.data = result
-    files = report.write(Path(out_dir))
+
+    def write(rows: list[dict[str, Any]], final: bool) -> dict[str, Any]:
+        """Write the report so far (a long run keeps what it has measured)."""
+        result["sizes"] = rows
+        left = [s for s in cfg.sizes if s not in {r["size"] for r in rows}]
+        report.lines = render(result, report.stamp["command"])
+        if left and not final:
+            report.add(f"Not yet measured (the run was still going): {', '.join(left)}.", "")
+        report.data = result
+        report.stamp.pop("wall_s", None)
+        return report.write(Path(out_dir))
+
+    write([], False)
+    rows = sizes(cfg, seed, lambda rows: write(rows, False))
+    files = write(rows, True)
     return {"stamp": report.stamp, **result, "files": files}
