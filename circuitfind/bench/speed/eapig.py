@@ -239,3 +239,29 @@ def render(r: dict[str, Any]) -> list[str]:
             f"{'-' if rho is None else f'{rho:.4f}'} |"
         )
     return [*lines, ""]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m circuitfind.bench.speed.eapig [--quick] [--out reports]``: this comparison
+    alone (the speed suite runs it too), written to ``speed_eapig.md`` / ``.json``."""
+    import argparse
+
+    from circuitfind.bench.common import Report, stamp
+    from circuitfind.bench.speed.cases import FULL, QUICK
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("reports"))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    result = against_eapig(QUICK if args.quick else FULL, args.seed)
+    report = Report(
+        "speed_eapig", "Speed: against the EAP-IG reference code", stamp(args.seed, args.quick)
+    )
+    report.add(*render(result))
+    report.data = result
+    report.write(args.out)
+
+
+if __name__ == "__main__":
+    main()
