@@ -36,6 +36,7 @@ def _tiny(tmp_path: Path) -> SpeedConfig:
         autocircuit_venv=tmp_path / "no-such-venv",
         autocircuit_shape=TINY,
         autocircuit_small_shape=TINY,
+        eapig_venv=tmp_path / "no-such-eapig-venv",
     )
 
 
@@ -67,6 +68,9 @@ def test_tiny_suite_writes_report(tmp_path: Path) -> None:
     md = (out / "speed.md").read_text()
     assert "Command: `" in md and "Seed: 0" in md and "torch" in md
     assert "auto-circuit unavailable" in md and "median" in md
+    eg = r["eapig"]
+    assert eg["available"] is False and "no EAP-IG environment" in eg["reason"]
+    assert "EAP-IG reference" in md and "arithmetic bound" in md
 
 
 def test_extrapolation_is_labelled(tmp_path: Path) -> None:
@@ -122,3 +126,66 @@ def test_pass_rules_give_each_method_its_floor() -> None:
     assert methods["acdc"]["per_edge_s"] == pytest.approx(0.12) and "ratio" not in methods["acdc"]
     assert methods["node"]["per_node_s"] == pytest.approx(1.2)
     assert all(m["x_F"] == pytest.approx(6.0) for m in methods.values())
+
+
+@pytest.mark.slow
+def test_exact_bound_counts_the_patched_passes_flops() -> None:
+    """The bound's multiply-adds against torch's FLOP counter over real patched passes (one
+    sender per receiver, weighted by its edges) and a real forward."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from circuitfind.bench.speed.bounds import exact_bound
+    from circuitfind.bench.speed.cases import random_case
+    from circuitfind.methods.exact import _patched_logits
+
+    case = random_case(Shape(2, 2, 32), 2, 8, 0)
+    model, graph, task = case.model, case.graph, case.task
+    b, p = task.clean.shape
+    with torch.no_grad():
+        _, cache = model.run_with_cache(task.clean, task.attention_mask)
+        ctx = model.context(task.clean, task.attention_mask)
+        with FlopCounterMode(display=False) as fwd:
+            model(task.clean, task.attention_mask)
+        edge_flops, edges = 0.0, 0
+        for r in range(graph.n_receivers):
+            delta = torch.randn(b, p, model.cfg.d_model)
+            with FlopCounterMode(display=False) as fc:
+                _patched_logits(model, graph, cache, ctx, task.readout, r, delta)
+            n = int(graph.n_upstream[r])
+            edge_flops += fc.get_total_flops() * n
+            edges += n
+    bound = exact_bound(model.cfg, graph, p)
+    measured = fwd.get_total_flops() / (edge_flops / edges)
+    assert bound["speedup"] == pytest.approx(measured, rel=0.05)
+
+
+def test_eapig_scores_compared_with_tolerance() -> None:
+    from circuitfind.bench.speed.eapig import TOLERANCE, compare_scores
+
+    ours = {"a": 1.0, "b": -2.0, "c": 0.5}
+    close = {"a": 1.0 + TOLERANCE, "b": -2.0, "c": 0.5, "d": 9.0}
+    r = compare_scores(ours, close)
+    assert r["edges"] == 3 and r["theirs_only"] == 1 and r["within"]
+    assert r["max_rel_diff"] == pytest.approx(TOLERANCE / 2)
+    far = compare_scores(ours, {"a": 1.1, "b": -2.0, "c": 0.5})
+    assert not far["within"] and far["max_abs_diff"] == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_eapig_reference_agrees_when_its_venv_exists() -> None:
+    """The EAP-IG reference (its own venv) on a tiny random GPT-2: EAP equal, EAP-IG-inputs
+    equal to its left sum predicted from ours, both within the stated tolerance."""
+    from dataclasses import replace
+
+    from circuitfind.bench.speed.eapig import against_eapig, default_venv
+
+    if not (default_venv() / "bin" / "python").is_file():
+        pytest.skip("no EAP-IG venv (benchmarks/eapig/setup_venv.sh)")
+    cfg = replace(QUICK, eapig_shape=Shape(2, 4, 64), prompts=4, tokens=8, repeat=1, ig_steps=3)
+    r = against_eapig(cfg, 0)
+    assert r["available"], r.get("reason")
+    assert r["edges"] == r["their_edges"] == 110
+    for row in r["rows"]:
+        assert row["agreement"]["edges"] == 110 and row["agreement"]["within"], row
+        assert row["speedup"] > 0

@@ -144,6 +144,12 @@ _BUILTIN: tuple[Suite, ...] = (
         full=_frozen({"repeat": 3}),
         default=False,
     ),
+    Suite(
+        "scale",
+        "EAP / EAP-IG on an 8B-shape graph; time and peak memory of every method at real widths",
+        "circuitfind.bench.scale:run",
+        default=False,
+    ),
 )
 
 SUITES: dict[str, Suite] = {}

@@ -71,6 +71,7 @@ def run(
     config: SpeedConfig | None = None,
     autocircuit: bool | None = None,
     build_venv: bool | None = None,
+    eapig: bool | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Run the speed suite and write ``speed.md``, ``speed.json`` and ``speed_*.png`` under
@@ -81,6 +82,8 @@ def run(
         cfg = replace(cfg, autocircuit=bool(autocircuit))
     if build_venv is not None:
         cfg = replace(cfg, build_venv=bool(build_venv))
+    if eapig is not None:
+        cfg = replace(cfg, eapig=bool(eapig))
     out_dir = Path(out_dir)
     report = Report("speed", TITLE, stamp(seed, quick, command))
     result: dict[str, Any] = {
@@ -111,6 +114,16 @@ def run(
             result["autocircuit"] = {"available": False, "reason": f"{type(e).__name__}: {e}"}
     else:
         result["autocircuit"] = {"available": False, "reason": "disabled (autocircuit=false)"}
+    if cfg.eapig:
+        from circuitfind.bench.speed.eapig import against_eapig
+
+        try:
+            result["eapig"] = against_eapig(cfg, seed)
+        except Exception as e:  # never fail the suite for the peer's sake
+            logger.exception("EAP-IG comparison failed")
+            result["eapig"] = {"available": False, "reason": f"{type(e).__name__}: {e}"}
+    else:
+        result["eapig"] = {"available": False, "reason": "disabled (eapig=false)"}
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(result, out_dir)
     report.files.extend(plots.values())

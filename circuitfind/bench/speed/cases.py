@@ -81,6 +81,9 @@ class SpeedConfig:
     autocircuit_exact_edges: int = 6  # sampled edges for auto-circuit's per-edge exact time
     autocircuit_acdc_tau: float = 1e-3
     autocircuit_timeout_s: float = 3600.0
+    eapig: bool = True  # the EAP-IG reference peer (benchmarks/eapig/), when its venv exists
+    eapig_venv: Path | None = None  # default: $CIRCUITFIND_EAPIG_VENV or .venv-eapig
+    eapig_shape: Shape = GPT2_SMALL
 
 
 FULL = SpeedConfig()
@@ -96,6 +99,7 @@ QUICK = SpeedConfig(
     build_venv=False,
     autocircuit_shape=Shape(4, 4, 256),
     autocircuit_exact_edges=3,
+    eapig_shape=Shape(4, 4, 256),
 )
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.bench.common import Timing, time_it
+from circuitfind.bench.speed.bounds import exact_bound
 from circuitfind.bench.speed.cases import (
     Case,
     SpeedConfig,
@@ -268,6 +269,7 @@ def measure_case(case: Case, cfg: SpeedConfig, seed: int) -> dict[str, Any]:
         "ours_F_s": ours_F.seconds,
         "masked_pass_s_by_start_layer": per_start,
         "methods": methods,
+        "exact_bound": exact_bound(case.model.cfg, case.graph, T),
     }
 
 

@@ -51,6 +51,16 @@ def _case_table(c: dict[str, Any]) -> list[str]:
             f"| {name} | {_fmt(m['seconds'])} | {m['x_F']:.1f} | {ratio} | "
             f"{m.get('target_text', '')} | {met} | {m['how']} |"
         )
+    bound = c.get("exact_bound")
+    ex = c["methods"].get("exact", {})
+    if bound and "speedup" in ex:
+        lines += [
+            "",
+            f"Exact patching's arithmetic bound here (`bench.speed.bounds`: multiply-adds of a "
+            f"forward over those of the average edge's patched pass): "
+            f"{bound['speedup']:.2f} x; measured {ex['speedup']:.2f} x, "
+            f"{ex['speedup'] / bound['speedup']:.0%} of it.",
+        ]
     return [*lines, ""]
 
 
@@ -141,6 +151,10 @@ def render_markdown(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
                 f"{_fmt(rho.get('signed'))} | {_fmt(rho.get('abs'))} | {row['note']} |"
             )
         lines.append("")
+    if "eapig" in r:
+        from circuitfind.bench.speed.eapig import render as render_eapig
+
+        lines += ["", *render_eapig(r["eapig"])]
     return lines
 
 
