@@ -8,25 +8,14 @@ import torch
 from scipy.stats import spearmanr
 
 import circuitfind
-from circuitfind.bench.planted import ground_truth, planted_model, planted_task
+from circuitfind.bench.planted import ground_truth
 from circuitfind.certify import certify, frontier_agreement, mask_method
 from circuitfind.errors import InputError
 from circuitfind.methods.eap import score_eap
 from circuitfind.methods.table import METHODS, MethodSpec, register, unregister
 from circuitfind.scoring import prepare
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return circuitfind.load(planted_model(0)), planted_task(n=8, seed=0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_certified_faithfulness_is_evaluates_on_fresh_runs(planted) -> None:

@@ -23,14 +23,7 @@ METHODS = ("edge-pruning", "ugs")
 STEPS = 40  # enough for both on the planted model (about 1-2 s each)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_seed_and_threads):
-    """Mask training is many small ops: on the shared 2-core machine two threads spend their
-    time waiting for each other (about 15x slower under load), so these tests use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

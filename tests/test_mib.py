@@ -14,13 +14,7 @@ from circuitfind.circuit import Circuit, graph_from_shape
 from circuitfind.errors import InputError
 from circuitfind.mib import IMPORTANCES, MIB_PERCENTS, folder_name
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import circuitfind
-from circuitfind.bench.planted import ground_truth, planted_model, planted_task
+from circuitfind.bench.planted import ground_truth
 from circuitfind.errors import InputError
 from circuitfind.methods.eap import score_eap_ig_inputs
 from circuitfind.methods.table import METHODS, MethodSpec, register, unregister
@@ -21,19 +21,7 @@ from circuitfind.stability import (
     resolve_bootstrap,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest (and the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return circuitfind.load(planted_model(0)), planted_task(n=8, seed=0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_resampled_eap_ig_equals_rescoring_the_resampled_set(planted) -> None:
