@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import circuitfind
@@ -32,3 +33,20 @@ def test_one_method_curves_and_stability() -> None:
     assert stab["inclusion_frequency"]["a1.h0->logits"] == 1.0
     assert set(stab["faithfulness_spread"]) == {str(p) for p in compare.SPREAD_PCTS}
     assert torch.isfinite(torch.tensor(stab["faithfulness_spread"]["10.0"]["mean"]))
+
+
+def test_certified_against_the_best_single_method_is_paired_by_prompt_set():
+    from circuitfind.bench.compare import CERTIFIED, _certified_lines, _certified_vs_best
+
+    per_method = {
+        "eap": [{"cpr": 0.5}, {"cpr": 0.7}],
+        "exact": [{"cpr": 0.8}, {"cpr": 0.6}],  # best on average (0.7 vs 0.6)
+        CERTIFIED: [{"cpr": 0.9}, {"cpr": 0.6}],
+    }
+    c = _certified_vs_best(per_method)
+    assert c is not None and c["best_single"] == "exact"
+    assert c["certified_cpr"] == pytest.approx(0.75) and c["best_cpr"] == pytest.approx(0.7)
+    assert c["difference_mean"] == pytest.approx(0.05)  # (0.1 + 0.0) / 2
+    assert c["difference_std"] == pytest.approx(0.05)
+    assert c["at_least_best"] and "at least the best" in _certified_lines(c)[0]
+    assert _certified_vs_best({"eap": [{"cpr": 0.5}]}) is None

@@ -37,7 +37,7 @@ TASKS: tuple[tuple[str, str], ...] = (
     ("induction", "zoo:induction-2l"),
     ("greater-than", "zoo:greater-than"),
 )
-FULL_METHODS = (
+FULL_METHODS: tuple[str, ...] = (
     "exact",
     "acdc",
     "eap",
@@ -47,7 +47,12 @@ FULL_METHODS = (
     "edge-pruning",
     "ugs",
 )
-QUICK_METHODS = ("exact", "eap", "eap-ig-inputs", "node", "edge-pruning", "ugs")
+QUICK_METHODS: tuple[str, ...] = ("exact", "eap", "eap-ig-inputs", "node", "edge-pruning", "ugs")
+CERTIFIED = "certified"
+"""Not a method but the certified pipeline (:func:`circuitfind.certify`): EAP-IG-inputs scores,
+then the edge-pruning mask warm-started from them; its row ranks edges by the mask's scores."""
+FULL_METHODS += (CERTIFIED,)
+QUICK_METHODS += (CERTIFIED,)
 TOP_PCT = 10.0  # stability: the top 10% of edges by |score|
 SPREAD_PCTS = (2.0, 5.0, 10.0, 20.0)
 
@@ -72,9 +77,14 @@ def _one(model: Any, task: Any, method: str) -> dict[str, Any]:
     """Score, then measure both curves of one method on one prompt set."""
     import circuitfind
 
-    circuit = circuitfind.discover(
-        model, task, method=method, ablation="resample", top_n=1, progress=False, seed=0
-    )
+    if method == CERTIFIED:
+        circuit = circuitfind.certify(
+            model, task, ablation="resample", top_n=1, frontier=0, progress=False, seed=0
+        )
+    else:
+        circuit = circuitfind.discover(
+            model, task, method=method, ablation="resample", top_n=1, progress=False, seed=0
+        )
     # the curves rank by the engine's own orientation rule, over the same prepared runs
     ev = circuitfind.evaluate(model, task, circuit, curve=True, runs=circuit.runs)
     return {
@@ -119,6 +129,40 @@ def _stability(graph: Any, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "inclusion_frequency": freq,
         "faithfulness_spread": spread,
     }
+
+
+def _certified_vs_best(per_method: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """The certified pipeline's CPR against the best single method's, per prompt set paired
+    (same prompts): mean ± std of each and of their difference."""
+    cert = per_method.get(CERTIFIED) or []
+    singles = {m: r for m, r in per_method.items() if m != CERTIFIED and r}
+    if not cert or not singles:
+        return None
+    best = max(singles, key=lambda m: float(np.mean([r["cpr"] for r in singles[m]])))
+    pairs = list(zip([r["cpr"] for r in cert], [r["cpr"] for r in singles[best]]))
+    diff = [a - b for a, b in pairs]
+    return {
+        "best_single": best,
+        "certified_cpr": float(np.mean([a for a, _ in pairs])),
+        "best_cpr": float(np.mean([b for _, b in pairs])),
+        "difference_mean": float(np.mean(diff)),
+        "difference_std": float(np.std(diff)),
+        "n_prompt_sets": len(pairs),
+        "at_least_best": bool(np.mean(diff) >= 0),
+    }
+
+
+def _certified_lines(c: dict[str, Any] | None) -> list[str]:
+    if c is None:
+        return []
+    verdict = "at least" if c["at_least_best"] else "below"
+    return [
+        f"Certified pipeline: CPR {c['certified_cpr']:.3f} against the best single method "
+        f"({c['best_single']}) {c['best_cpr']:.3f}, difference {c['difference_mean']:+.3f} ± "
+        f"{c['difference_std']:.3f} (std over {c['n_prompt_sets']} paired prompt sets): "
+        f"{verdict} the best single method.",
+        "",
+    ]
 
 
 def _plot(path: Path, title: str, per_method: dict[str, list[dict[str, Any]]]) -> None:
@@ -183,7 +227,7 @@ def run(
     chosen = QUICK_METHODS if quick else FULL_METHODS
     methods = (
         tuple(
-            method_name(m)
+            m if m == CERTIFIED else method_name(m)
             for m in (methods.split(",") if isinstance(methods, str) else methods or ())
         )
         or chosen
@@ -297,6 +341,7 @@ def run(
                 ],
                 "stability": stab,
             }
+        task_data["certified_vs_best"] = _certified_vs_best(per_method)
         data[task_name] = task_data
         summary[task_name] = {r[0]: {"cpr": r[1], "cmd": r[2]} for r in rows}
         report.add(
@@ -306,6 +351,7 @@ def run(
             f"![{task_name}]({png.name})",
             "",
             *md_table(["method", "CPR ↑", "CMD ↓", "f @ 5%", "f @ 10%", "time s", "status"], rows),
+            *_certified_lines(task_data["certified_vs_best"]),
             f"Stability over {n_resamples} prompt sets:",
             "",
             *md_table(
