@@ -502,34 +502,28 @@ def make_plan(
         opts["max_tokens_per_pass"] = tokens_per_pass(model.device)
     kwargs: dict[str, Any] = {}
     if batch_size == "auto":
-        b = auto_batch_size(
-            shape,
-            spec.name,
-            n=n,
-            positions=positions,
-            budget=budget,
-            ablation=kind,
-            options=opts,
-            max_batch=max_batch,
-        )
-        if b == 0 and spec.name == "exact":  # fewer edges a pass before refusing
-            for tokens in (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1):
-                if tokens < positions:
-                    break
-                o = {**opts, "max_tokens_per_pass": tokens}
-                b = auto_batch_size(
-                    shape,
-                    spec.name,
-                    n=n,
-                    positions=positions,
-                    budget=budget,
-                    ablation=kind,
-                    options=o,
-                    max_batch=max_batch,
-                )
-                if b:
-                    opts, kwargs = o, {"max_tokens_per_pass": tokens}
-                    break
+        candidates: list[tuple[dict[str, Any], dict[str, Any]]] = [(opts, {})]
+        if spec.name == "exact":  # fewer edges a pass before refusing
+            candidates += [
+                ({**opts, "max_tokens_per_pass": t}, {"max_tokens_per_pass": t})
+                for t in (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
+                if t >= positions
+            ]
+        b = 0
+        for o, kw in candidates:
+            b = auto_batch_size(
+                shape,
+                spec.name,
+                n=n,
+                positions=positions,
+                budget=budget,
+                ablation=kind,
+                options=o,
+                max_batch=max_batch,
+            )
+            if b:
+                opts, kwargs = o, kw
+                break
         if b == 0:
             one = estimate(
                 shape,

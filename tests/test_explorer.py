@@ -215,8 +215,9 @@ def test_size_of_a_gpt2_small_explorer_with_the_model(tmp_path):
     task = _random_task(n=8, T=32)
     circuit = cf.discover(model, task, method="eap", top_n=2000, progress=False)
     assert circuit.graph.n_edges > 32_000
-    # the slider's masks are what the size depends on; the curve's values are placeholders here
-    # (measuring 20 masked runs of GPT-2 small takes minutes on two cores)
+    # A size test: the file's size depends on which edges each slider point keeps (its
+    # masks), not on the faithfulness numbers, so a constant curve stands in for the measured
+    # one (20 masked runs of GPT-2 small take minutes on two cores; other tests measure it).
     pcts = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
     circuit.meta["evaluation"] = {
         **circuit.meta["evaluation"],
