@@ -48,6 +48,9 @@ __all__ = [
     "edge_opacity",
     "helpfulness_sign",
     "render",
+    "row_key",
+    "row_label",
+    "row_order",
 ]
 
 logger = logging.getLogger(__name__)
@@ -198,7 +201,26 @@ def _opacity_row(circuit: Circuit) -> str:
     )
 
 
-def _row_label(rank: str) -> str:
+def row_key(graph: Any, name: str) -> str:
+    """The diagram row of node ``name``: ``input``, ``L3`` (layer 3's heads, and its MLP when
+    attention and MLP run in parallel), ``L3m`` (layer 3's MLP), ``logits``."""
+    node = graph.nodes[name]
+    if node.kind == "head":
+        return f"L{node.layer}"
+    if node.kind == "mlp":
+        return f"L{node.layer}" if graph.cfg.parallel_attn_mlp else f"L{node.layer}m"
+    return name
+
+
+def row_order(graph: Any) -> list[str]:
+    """Every row key, bottom (``input``) to top (``logits``)."""
+    rows = [f"L{x}{m}" for x in range(graph.cfg.n_layers) for m in ("", "m")]
+    if graph.cfg.parallel_attn_mlp:
+        rows = [r for r in rows if not r.endswith("m")]
+    return ["input", *rows, "logits"]
+
+
+def row_label(rank: str) -> str:
     """The label of a row of the diagram: ``tokens``, ``layer 3``, ``layer 3 MLP``, ``output``."""
     if rank == "input":
         return "tokens"
@@ -261,26 +283,24 @@ def dot_source(
                     tooltip.append(obj.note)
                 if obj is not None and obj.by_pattern_only:
                     styles.add("by-pattern")
-            rank = f"L{node.layer}"
         elif node.kind == "mlp":
             attrs["fillcolor"] = "#e0e0e0"
             attrs["shape"] = "box"
-            rank = f"L{node.layer}" if g.cfg.parallel_attn_mlp else f"L{node.layer}m"
         else:
             attrs["fillcolor"] = "#ffffff"
             attrs["penwidth"] = "1.5"
-            rank = name
+        rank = row_key(g, name)
         if name in node_scores:
             tooltip.append(f"score {_fmt(node_scores[name])}")
         attrs["tooltip"] = ", ".join(tooltip)
         dot.node(name, **attrs)
         ranks.setdefault(rank, []).append(name)
     # A column of row labels, chained by invisible edges, pins the ranks in layer order.
-    order = ["input"] + [f"L{x}{m}" for x in range(g.cfg.n_layers) for m in ("", "m")] + ["logits"]
+    order = row_order(g)
     previous = None
     for rank in [r for r in order if r in ranks]:
         anchor = f"rank_{rank}"
-        dot.node(anchor, label=_row_label(rank), shape="plaintext", style="", fontcolor="#888888")
+        dot.node(anchor, label=row_label(rank), shape="plaintext", style="", fontcolor="#888888")
         if previous is not None:
             dot.edge(previous, anchor, style="invis")
         previous = anchor
@@ -362,18 +382,10 @@ def positional_dot_source(
     dot.attr("node", shape="box", style="rounded,filled", fontname="Helvetica", fontsize="10")
     dot.attr("edge", arrowsize="0.5")
 
-    def rank_of(name: str) -> str:
-        node = g.nodes[name]
-        if node.kind == "head":
-            return f"L{node.layer}"
-        if node.kind == "mlp":
-            return f"L{node.layer}" if g.cfg.parallel_attn_mlp else f"L{node.layer}m"
-        return name
-
     used: dict[int, set[str]] = {}
     for s, r, c, _ in terms:
         used.setdefault(c, set()).update({g.senders[s].name, g.receivers[r].node})
-    order = ["input"] + [f"L{x}{m}" for x in range(g.cfg.n_layers) for m in ("", "m")] + ["logits"]
+    order = row_order(g)
     ranks: dict[str, list[str]] = {}
     for c in sorted(used):
         with dot.subgraph(name=f"cluster_col{c}") as sub:
@@ -389,7 +401,7 @@ def positional_dot_source(
                     fill = "#e0e0e0"
                 nid = f"{name}@{cols[c]}"
                 sub.node(nid, label=node.label, fillcolor=fill, tooltip=nid)
-                ranks.setdefault(rank_of(name), []).append(nid)
+                ranks.setdefault(row_key(g, name), []).append(nid)
     for rank in [r for r in order if r in ranks]:
         with dot.subgraph() as same:
             same.attr(rank="same")

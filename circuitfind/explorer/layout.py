@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from circuitfind.graph import Graph
+from circuitfind.render import row_key, row_label, row_order
 
 __all__ = ["COLUMN", "ROW", "Row", "layered_layout"]
 
@@ -29,37 +30,12 @@ class Row:
     y: float
 
 
-def _row_key(graph: Graph, name: str) -> str:
-    node = graph.nodes[name]
-    if node.kind == "head":
-        return f"L{node.layer}"
-    if node.kind == "mlp":
-        return f"L{node.layer}" if graph.cfg.parallel_attn_mlp else f"L{node.layer}m"
-    return name
-
-
-def _row_label(key: str) -> str:
-    if key == "input":
-        return "tokens"
-    if key == "logits":
-        return "output"
-    if key.endswith("m"):
-        return f"layer {key[1:-1]} MLP"
-    return f"layer {key[1:]}"
-
-
 def layered_layout(
     graph: Graph, names: list[str]
 ) -> tuple[dict[str, tuple[float, float]], list[Row]]:
     """``({node: (x, y)}, rows)`` for the nodes ``names`` (rows without a node are left out)."""
-    order = ["input"]
-    for layer in range(graph.cfg.n_layers):
-        order.append(f"L{layer}")
-        if not graph.cfg.parallel_attn_mlp:
-            order.append(f"L{layer}m")
-    order.append("logits")
-    present = {_row_key(graph, n) for n in names} | {"input", "logits"}
-    keys = [k for k in order if k in present]
+    present = {row_key(graph, n) for n in names} | {"input", "logits"}
+    keys = [k for k in row_order(graph) if k in present]
     n_rows = len(keys)
     y_of = {k: MARGIN + (n_rows - 1 - i) * ROW for i, k in enumerate(keys)}
     n_cols = graph.cfg.n_heads + (1 if graph.cfg.parallel_attn_mlp else 0)
@@ -67,7 +43,7 @@ def layered_layout(
     pos: dict[str, tuple[float, float]] = {}
     for name in names:
         node = graph.nodes[name]
-        y = y_of[_row_key(graph, name)]
+        y = y_of[row_key(graph, name)]
         if node.kind == "head":
             x = MARGIN + float(node.head or 0) * COLUMN
         elif node.kind == "mlp" and graph.cfg.parallel_attn_mlp:
@@ -75,5 +51,5 @@ def layered_layout(
         else:
             x = middle
         pos[name] = (round(x, 1), round(y, 1))
-    rows = [Row(k, _row_label(k), y_of[k]) for k in keys]
+    rows = [Row(k, row_label(k), y_of[k]) for k in keys]
     return pos, rows
