@@ -146,6 +146,7 @@ def certify(
     checkpoint_dir: Any = None,
     seed: int | None = None,
     bootstrap: int | str | None = 0,
+    ensemble: Any = None,
     **options: Any,
 ) -> Circuit:
     """The certified pipeline (module docstring): a circuit whose faithfulness was measured by
@@ -156,6 +157,8 @@ def certify(
         method: the fast attribution method (a row of the method table).
         mask: the mask step's method (``"auto"``: ``edge-pruning`` when registered; None: none).
         frontier: how many edges around the cut are patched one by one to check attribution.
+        ensemble: other methods run over the same prepared runs (``discover``'s); the fast
+            scores' method options only go to the fast method and the mask.
         Other arguments are :func:`circuitfind.discover`'s.
     """
     if isinstance(frontier, bool) or not isinstance(frontier, int) or frontier < 0:
@@ -175,6 +178,7 @@ def certify(
         "checkpoint_dir": checkpoint_dir,
         "seed": seed,
         "bootstrap": bootstrap,
+        "ensemble": ensemble,
     }
     if masker is None:
         circuit = discover(model, task, method=fast_name, **common, **options)

@@ -130,3 +130,19 @@ def test_cli_certify_bootstrap_ensemble_summary_and_report(planted, tmp_path, ca
     assert exc.value.code == 2 and "--bootstrap" in capsys.readouterr().err
     with pytest.raises(InputError, match="bootstrap"):
         circuitfind.discover(*planted, top_n=5, bootstrap=1)
+
+
+def test_certify_with_a_mask_takes_an_ensemble(planted) -> None:
+    """The ensemble goes to discover, not to the fast method's options (it was refused as an
+    option of eap-ig-inputs when a mask step ran)."""
+    model, task = planted
+
+    def toy_mask(runs, *, init=None):  # type: ignore[no-untyped-def]
+        return score_eap(runs)
+
+    register(MethodSpec(name="toy-mask", summary="a mask", fn=toy_mask, options={"init": None}))
+    try:
+        c = certify(model, task, mask="toy-mask", top_n=5, frontier=0, ensemble="eap")
+    finally:
+        unregister("toy-mask")
+    assert set(c.meta["ensemble"]["methods"]) >= {"toy-mask", "eap"}
