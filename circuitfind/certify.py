@@ -6,11 +6,20 @@ where it mattered (the edges near the cut).
 2. Mask (optional, pluggable by method name): a method that learns an edge mask
    (``edge-pruning`` when the method table has it; ``mask=None`` skips the step) runs over the
    same prepared runs, warm-started from the fast scores when its row takes ``init``.
-3. The circuit is chosen by the pruning rule (top-n, threshold, or the smallest circuit reaching
-   a faithfulness target, 0.9 by default).
-4. Its faithfulness is measured by :func:`circuitfind.evaluate`: masked runs with every edge
+3. Selection by patching: every candidate ranking of the edges (``candidates="auto"``: the fast
+   scores, the mask warm-started from them, the mask from a cold start, and exact patching when
+   one forward per edge costs no more than the mask's training, see :func:`plan_candidates`) gets
+   its faithfulness curve measured by masked runs at :data:`circuitfind.evaluation.CURVE_PERCENTS`
+   of the edges, and the one with the largest CPR (area under that curve, MIB's circuit
+   performance ratio) is kept; ties go to the earlier, cheaper candidate. The same prompts choose
+   and measure, as they do for every single method's CPR, so the chosen CPR is optimistic by the
+   choice among a few candidates: ``meta["certify"]["candidates"]`` keeps each one's CPR with its
+   bootstrap error so the margin can be read against the noise.
+4. The circuit is chosen from that ranking by the pruning rule (top-n, threshold, or the
+   smallest circuit reaching a faithfulness target, 0.9 by default).
+5. Its faithfulness is measured by :func:`circuitfind.evaluate`: masked runs with every edge
    outside it ablated (never a linear estimate), with its bootstrap error and reliability flag.
-5. The frontier: the ``frontier`` edges whose attribution rank is nearest the cut (half kept,
+6. The frontier: the ``frontier`` edges whose attribution rank is nearest the cut (half kept,
    half not, by |score|) are each patched alone (metric with only that edge ablated minus the
    clean metric: exact patching's score, from the same masked runs). The report gives the
    Spearman rank correlation of attribution with exact patching there (scipy; with its p-value
@@ -25,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,15 +42,23 @@ import torch
 from scipy.stats import spearmanr
 
 from circuitfind.circuit import Circuit
-from circuitfind.discovery import discover
+from circuitfind.discovery import finish
 from circuitfind.errors import InputError
+from circuitfind.evaluation import evaluate
 from circuitfind.methods.table import METHODS, method_name, method_spec
 from circuitfind.model import Model
 from circuitfind.runs import PreparedRuns
 from circuitfind.scoring import score
 from circuitfind.tasks import Task
 
-__all__ = ["DEFAULT_MASK", "certify", "frontier_agreement", "mask_method"]
+__all__ = [
+    "DEFAULT_MASK",
+    "Candidate",
+    "certify",
+    "frontier_agreement",
+    "mask_method",
+    "plan_candidates",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +76,117 @@ def mask_method(mask: str | None) -> str | None:
     return method_name(mask)
 
 
-def _finite(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
+@dataclass(frozen=True)
+class Candidate:
+    """One ranking the selection step measures: a method of the table with its options."""
+
+    label: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _floor(method: str, options: dict[str, Any]) -> float | None:
+    """The method's floor in bare forwards (B = 2F), per run or per edge (its table unit)."""
+    spec = method_spec(method)
+    return None if spec.floor is None else float(spec.floor(1.0, 2.0, options))
+
+
+def plan_candidates(
+    fast: str,
+    masker: str | None,
+    n_terms: int,
+    candidates: str | list[str] | tuple[str, ...] | None = "auto",
+    options: dict[str, Any] | None = None,
+) -> list[Candidate]:
+    """The rankings the selection step compares (module docstring, step 3).
+
+    ``"auto"``: the fast method; with a mask step, the mask warm-started from the fast scores
+    (when the mask takes ``init``) and the mask from a cold start; and ``exact`` when one
+    forward per scored term (``n_terms``: edges, or (edge, column) terms with positions) costs
+    no more than the mask's training (its table floor: ``train_steps`` x (F + B), B = 2F), so
+    the selection at most doubles the mask's cost. ``None`` / ``"none"``: the one ranking the
+    pipeline makes (the mask's, or the fast method's without a mask), nothing compared. A list
+    (or ``"eap-ig-inputs,ugs,exact"``) names the methods to compare, each over the same prepared
+    runs; the mask's name there means its warm start, and ``<mask>:cold`` its cold start.
+    """
+    from circuitfind.methods.table import method_options
+
+    opts = dict(options or {})
+    takes_init = masker is not None and "init" in method_spec(masker).options
+    warm = (
+        Candidate(f"{masker} (warm start from {fast})", masker, {"init": fast})
+        if (masker is not None and takes_init)
+        else None
+    )
+    cold = (
+        Candidate(masker, masker, {"init": "none"} if takes_init else {})
+        if masker is not None
+        else None
+    )
+    if candidates is None or (isinstance(candidates, str) and candidates.lower() == "none"):
+        if masker is None:
+            return [Candidate(fast, fast)]
+        return [warm or cold]  # type: ignore[list-item]
+    if isinstance(candidates, str) and candidates.lower() == "auto":
+        out = [Candidate(fast, fast)]
+        out += [c for c in (warm, cold) if c is not None]
+        if masker is not None and "exact" in METHODS and fast != "exact":
+            mask_cost = _floor(masker, method_options(method_spec(masker), opts))
+            per_edge = _floor("exact", method_options(method_spec("exact"), opts))
+            if mask_cost is not None and per_edge is not None and n_terms * per_edge <= mask_cost:
+                out.append(Candidate("exact", "exact"))
+        return out
+    names = candidates.split(",") if isinstance(candidates, str) else list(candidates)
+    out = []
+    for raw in (n.strip() for n in names):
+        if not raw:
+            continue
+        base, _, how = raw.partition(":")
+        name = method_name(base)
+        if how not in ("", "cold", "warm"):
+            raise InputError(
+                f"certify candidate {raw!r}: after the method name only ':cold' or ':warm' "
+                "(a learned mask's start) may follow"
+            )
+        if how and "init" not in method_spec(name).options:
+            raise InputError(f"certify candidate {raw!r}: {name} takes no warm start")
+        if name == masker and how != "cold" and warm is not None:
+            out.append(warm)
+        elif how == "warm":
+            out.append(Candidate(f"{name} (warm start from {fast})", name, {"init": fast}))
+        elif how == "cold":
+            out.append(Candidate(name, name, {"init": "none"}))
+        else:
+            out.append(Candidate(name, name))
+    if not out:
+        raise InputError("certify: candidates names no method; pass 'auto' or method names")
+    labels = [c.label for c in out]
+    if len(set(labels)) < len(labels):
+        raise InputError(f"certify: a candidate is named twice in {', '.join(labels)}")
+    return out
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _best(rows: list[dict[str, Any]]) -> int:
+    """The candidate with the largest CPR (the first on ties; one without a CPR loses)."""
+    cprs = [r.get("cpr") for r in rows]
+    if len(rows) == 1 or all(c is None for c in cprs):
+        return 0
+    return max(range(len(rows)), key=lambda i: (cprs[i] is not None, cprs[i] or 0.0, -i))
+
+
+def _candidate_dir(checkpoint_dir: Any, cand: Candidate, *, first: bool) -> Any:
+    """The mask step's own candidate checkpoints where it always did; each other candidate
+    in a subdirectory of its own, so two runs of one method never share a checkpoint file."""
+    if checkpoint_dir is None or first:
+        return checkpoint_dir
+    from pathlib import Path
+
+    slug = "".join(ch if ch.isalnum() else "-" for ch in cand.label.lower()).strip("-")
+    return Path(checkpoint_dir) / f"certify-{slug}"
 
 
 def frontier_agreement(
@@ -147,6 +274,7 @@ def certify(
     seed: int | None = None,
     bootstrap: int | str | None = 0,
     ensemble: Any = None,
+    candidates: str | list[str] | tuple[str, ...] | None = "auto",
     **options: Any,
 ) -> Circuit:
     """The certified pipeline (module docstring): a circuit whose faithfulness was measured by
@@ -157,6 +285,8 @@ def certify(
         method: the fast attribution method (a row of the method table).
         mask: the mask step's method (``"auto"``: ``edge-pruning`` when registered; None: none).
         frontier: how many edges around the cut are patched one by one to check attribution.
+        candidates: the rankings compared by patched CPR before the circuit is chosen
+            (:func:`plan_candidates`: ``"auto"``, ``None`` for none, or method names).
         ensemble: other methods run over the same prepared runs (``discover``'s); the fast
             scores' method options only go to the fast method and the mask.
         Other arguments are :func:`circuitfind.discover`'s.
@@ -180,24 +310,57 @@ def certify(
         "bootstrap": bootstrap,
         "ensemble": ensemble,
     }
-    if masker is None:
-        circuit = discover(model, task, method=fast_name, **common, **options)
-        fast = circuit
-    else:
-        fast = score(
-            model,
-            task,
-            method=fast_name,
-            ablation=ablation,
-            batch_size=batch_size,
-            progress=progress,
-            seed=seed,
-            **options,
-        )
-        extra = dict(options)
-        if "init" in method_spec(masker).options:
-            extra["init"] = fast_name  # warm start from the fast scores' method
-        circuit = discover(model, task, method=masker, runs=fast.runs, **common, **extra)
+    fast = score(
+        model,
+        task,
+        method=fast_name,
+        ablation=ablation,
+        batch_size=batch_size,
+        progress=progress,
+        checkpoint_dir=checkpoint_dir if masker is None else None,
+        seed=seed,
+        **options,
+    )
+    n_terms = int((~torch.isnan(fast.score_matrix)).sum())
+    plan = plan_candidates(fast_name, masker, n_terms, candidates, dict(options))
+    home = next((i for i, c in enumerate(plan) if c.method == masker), None)
+    scored: list[Circuit] = []
+    rows: list[dict[str, Any]] = []
+    for k, cand in enumerate(plan):
+        t = time.perf_counter()
+        if cand.method == fast_name and not cand.options:
+            c = fast
+        else:
+            c = score(
+                model,
+                task,
+                method=cand.method,
+                ablation=ablation,
+                batch_size=batch_size,
+                progress=progress,
+                checkpoint_dir=_candidate_dir(checkpoint_dir, cand, first=k == home),
+                seed=seed,
+                runs=fast.runs,
+                **{**options, **cand.options},
+            )
+        row: dict[str, Any] = {
+            "label": cand.label,
+            "method": cand.method,
+            "options": dict(cand.options),
+            "score_s": round(time.perf_counter() - t, 4),
+        }
+        if len(plan) > 1:
+            ev = evaluate(model, task, c, curve=True, runs=fast.runs, seed=seed or 0)
+            row.update(cpr=_finite(ev.cpr), cpr_stderr=_finite(ev.cpr_stderr), cmd=_finite(ev.cmd))
+        scored.append(c)
+        rows.append(row)
+    best = _best(rows)
+    circuit = finish(
+        scored[best],
+        **{k: v for k, v in common.items() if k not in ("ablation", "checkpoint_dir")},
+        started=t0,
+        **{**options, **plan[best].options},
+    )
     runs = circuit.runs
     assert runs is not None
     t1 = time.perf_counter()
@@ -219,6 +382,15 @@ def certify(
         "attribution_method": fast_name,
         "mask_method": masker,
         "mask_requested": mask,
+        "candidates": rows,
+        "chosen": plan[best].label,
+        "chosen_method": plan[best].method,
+        "selection": (
+            "largest CPR, measured by masked runs on these prompts (the same prompts choose and "
+            "measure: optimistic by the choice)"
+            if len(rows) > 1
+            else "one candidate: nothing compared"
+        ),
         "n_edges": circuit.n_edges,
         "verified": verified,
         "frontier": agreement,

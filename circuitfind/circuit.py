@@ -137,7 +137,7 @@ class Circuit:
             return valid
         return valid[..., None].expand(*valid.shape, len(self.positions))
 
-    def _name(self, index: tuple[int, ...]) -> str:
+    def name_at(self, index: tuple[int, ...] | list[int]) -> str:
         """The name of the (edge) or (edge, column) at ``index`` of the score matrix."""
         name = self.graph.edge_name(index[0], index[1])
         if self.positions is None:
@@ -161,7 +161,7 @@ class Circuit:
     @property
     def edge_names(self) -> list[str]:
         """Names of the edges in the circuit."""
-        return [self._name(tuple(ix)) for ix in self.in_graph.nonzero().tolist()]
+        return [self.name_at(tuple(ix)) for ix in self.in_graph.nonzero().tolist()]
 
     @property
     def n_edges(self) -> int:
@@ -191,7 +191,7 @@ class Circuit:
             idx = valid.nonzero()
             values = self.score_matrix[valid].tolist()
             self._scores = EdgeScores(
-                self.graph, {self._name(tuple(ix)): v for ix, v in zip(idx.tolist(), values)}
+                self.graph, {self.name_at(tuple(ix)): v for ix, v in zip(idx.tolist(), values)}
             )
         return self._scores
 
@@ -220,7 +220,7 @@ class Circuit:
         out = []
         for i in idx.tolist():
             ix = tuple(int(x) for x in torch.unravel_index(torch.tensor(i), shape))
-            out.append((self._name(ix), float(self.score_matrix.flatten()[i])))
+            out.append((self.name_at(ix), float(self.score_matrix.flatten()[i])))
         return out
 
     def top_scored(self, n: int = 10) -> list[tuple[str, float]]:
@@ -242,7 +242,7 @@ class Circuit:
                     self.graph.senders[ix[0]].name,
                     recv.node,
                     key=f"{recv.qkv or ''}@{col}",
-                    name=self._name(tuple(ix)),
+                    name=self.name_at(tuple(ix)),
                     qkv=recv.qkv,
                     column=col,
                     score=float(self.score_matrix[tuple(ix)]),
@@ -294,7 +294,7 @@ class Circuit:
         scores = self.score_matrix[valid].tolist()
         flags = self.in_graph[valid].tolist()
         for ix, score, flag in zip(idx, scores, flags):
-            edges[self._name(tuple(ix))] = {
+            edges[self.name_at(tuple(ix))] = {
                 "score": None if math.isnan(score) else score,
                 "in_graph": bool(flag),
             }

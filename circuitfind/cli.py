@@ -243,6 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
         "else none; none skips it)",
     )
     d.add_argument(
+        "--candidates",
+        default="auto",
+        metavar="M1,M2",
+        help="with --certify: the edge rankings compared by their patched CPR before the "
+        "circuit is chosen (auto: the fast scores, the mask warm and cold, and exact when it "
+        "costs no more than the mask; none: compare nothing; or method names, NAME:cold for a "
+        "mask's cold start)",
+    )
+    d.add_argument(
         "--frontier",
         type=_positive_int,
         default=64,

@@ -374,6 +374,7 @@ def _discover_into(
     if certify:
         options["mask"] = args.mask_method
         options["frontier"] = args.frontier
+        options["candidates"] = args.candidates
     t = time.perf_counter()
     circuit = discover(
         model,

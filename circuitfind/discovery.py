@@ -16,7 +16,7 @@ from circuitfind.scoring import score
 from circuitfind.search import prune
 from circuitfind.tasks import Task
 
-__all__ = ["discover"]
+__all__ = ["discover", "finish"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +77,6 @@ def discover(
     from circuitfind.stability import resolve_bootstrap
 
     resolve_bootstrap(bootstrap, method_name(method), 0)  # a bad value fails before the work
-    if options.get("positions") and (bootstrap not in (0, None, "auto") or ensemble):
-        raise InputError(
-            "--bootstrap and --ensemble do not handle position-aware edges yet; drop "
-            "--positions, or pass --bootstrap 0 and no --ensemble"
-        )
     t0 = time.perf_counter()
     scored = score(
         model,
@@ -96,6 +91,47 @@ def discover(
         runs=runs,
         **options,
     )
+    return finish(
+        scored,
+        top_n=top_n,
+        threshold=threshold,
+        target_faithfulness=target_faithfulness,
+        greedy_growth=greedy_growth,
+        curve=curve,
+        batch_size=batch_size,
+        progress=progress,
+        seed=seed,
+        bootstrap=bootstrap,
+        ensemble=ensemble,
+        started=t0,
+        **options,
+    )
+
+
+def finish(
+    scored: Circuit,
+    *,
+    top_n: int | None = None,
+    threshold: float | None = None,
+    target_faithfulness: float | None = None,
+    greedy_growth: bool = False,
+    curve: bool = False,
+    batch_size: int | str = "auto",
+    progress: bool = True,
+    seed: int | None = None,
+    bootstrap: int | str | None = 0,
+    ensemble: Sequence[str] | str | None = None,
+    started: float | None = None,
+    **options: Any,
+) -> Circuit:
+    """The rest of :func:`discover` for a circuit :func:`circuitfind.score` made (over its own
+    prepared runs): prune, evaluate, record, and the bootstrap / ensemble. ``options`` are the
+    method options the scores were made with (the ensemble's other methods get them too)."""
+    runs = scored.runs
+    if runs is None:
+        raise InputError("finish needs a circuit made by circuitfind.score (with its runs)")
+    model, task, ablation = runs.model, runs.task, runs.kind
+    t0 = time.perf_counter() if started is None else started
     t1 = time.perf_counter()
     circuit = prune(
         scored,
@@ -166,10 +202,7 @@ def _stability(
     from circuitfind.stability import bootstrap as run_bootstrap
 
     method = circuit.meta["method"]
-    n_boot = resolve_bootstrap(bootstrap, method, circuit.graph.n_edges)
-    if circuit.positions is not None and n_boot:  # "auto" (discover refuses an explicit N)
-        n_boot = 0
-        circuit.meta["stability_skipped"] = "position-aware edges are not resampled yet"
+    n_boot = resolve_bootstrap(bootstrap, method, circuit.n_edges_total)  # (edge, column) terms
     if n_boot:
         t = time.perf_counter()
         st = run_bootstrap(circuit, n_boot, seed=seed or 0, curve=curve, progress=progress)

@@ -117,6 +117,26 @@ patched alone. Spearman(attribution, exact) = <b>{_f(fr.get("spearman"), 2)}</b>
 on the same side of the cut.</p>
 <table id="frontier"><tr><th>edge (largest rank disagreement)</th><th>attribution</th>
 <th>exact</th><th>rank (attribution)</th><th>rank (exact)</th><th>in circuit</th></tr>{rows}</table>
+{_selection(cert)}"""
+
+
+def _selection(cert: dict[str, Any]) -> str:
+    """The candidate rankings the certified pipeline compared, each with its patched CPR."""
+    cands = cert.get("candidates") or []
+    if len(cands) < 2:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(c['label'])}{' (chosen)' if c['label'] == cert['chosen'] else ''}"
+        f"</td><td class='num'>{_f(c.get('cpr'))} ± {_f(c.get('cpr_stderr'))}</td>"
+        f"<td class='num'>{_f(c.get('cmd'))}</td>"
+        f"<td class='num'>{_f(c.get('score_s'), 2)}</td></tr>"
+        for c in cands
+    )
+    return f"""<p class="summary" id="selection-summary">Selection: the ranking with the
+largest CPR (area under the faithfulness curve, each point measured by masked runs) was kept:
+<b>{html.escape(cert["chosen"])}</b>. {html.escape(cert.get("selection", ""))}.</p>
+<table id="selection"><tr><th>candidate ranking</th><th>CPR ± bootstrap error</th><th>CMD</th>
+<th>scoring s</th></tr>{rows}</table>
 """
 
 

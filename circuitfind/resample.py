@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -45,6 +45,7 @@ __all__ = [
     "PromptRuns",
     "per_prompt_scores",
     "prompt_additive",
+    "scoring_function",
 ]
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,8 @@ class PromptRuns(PreparedRuns):
         self.batch_size = parent.batch_size
         self.progress = False
         self.checkpoint_dir = None
+        layout = getattr(parent, "layout", None)  # position-aware edges: the view's columns
+        self.layout = None if layout is None else replace(layout, columns=layout.columns[idx])
         self._memo: dict[tuple[str | None, bytes], Tensor] = {}
         self._batches: list[PreparedBatch] | None = None
 
@@ -155,7 +158,8 @@ class PromptRuns(PreparedRuns):
 
 @dataclass
 class PerPromptScores:
-    """One score matrix per prompt: ``edges`` [n, S, R] (NaN outside ``graph.valid``) and,
+    """One score matrix per prompt: ``edges`` [n, S, R] ([n, S, R, P] with positions; NaN
+    outside ``graph.valid``) and,
     for node-level methods, ``nodes`` [n, len(node_names)] (their edges then follow from the
     mean node scores, :func:`circuitfind.scores.edges_from_nodes`, which is not linear)."""
 
@@ -177,6 +181,17 @@ class PerPromptScores:
         return edges, nodes
 
 
+def scoring_function(spec: MethodSpec, runs: PreparedRuns) -> Any:
+    """The function that scores ``runs`` with ``spec``'s method: its position-aware form when
+    the runs carry a position layout (:data:`circuitfind.methods.positional.POSITIONAL_FORMS`)."""
+    fn = spec.function()
+    if getattr(runs, "layout", None) is None:
+        return fn
+    from circuitfind.methods.positional import positional_function
+
+    return positional_function(spec.name, fn)
+
+
 def per_prompt_scores(
     runs: PreparedRuns, method: str | MethodSpec, options: dict[str, Any] | None = None
 ) -> PerPromptScores:
@@ -190,7 +205,7 @@ def per_prompt_scores(
             "instead (circuitfind.stability does this for it)"
         )
     opts = method_options(spec, options)
-    fn = spec.function()
+    fn = scoring_function(spec, runs)
     edges, nodes, names = [], [], None
     for i in tqdm(range(runs.n_prompts), desc="per-prompt scores", disable=not runs.progress):
         result = fn(PromptRuns(runs, [i]), **opts)

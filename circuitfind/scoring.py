@@ -168,12 +168,9 @@ def score(
     runs.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     layout = layout_for(task, positions)
     runs.layout = layout
-    fn = spec.function()
-    if layout is not None:
-        from circuitfind.methods.positional import positional_function
+    from circuitfind.resample import scoring_function
 
-        fn = positional_function(spec.name, fn)
-    result = fn(runs, **opts, **kwargs)
+    result = scoring_function(spec, runs)(runs, **opts, **kwargs)
     t_scored = time.perf_counter()
     graph = runs.graph
     kept = result.kept if result.kept is not None else torch.zeros_like(graph.valid)

@@ -52,10 +52,13 @@ from circuitfind.errors import InputError
 from circuitfind.evaluation import _effect_check, baseline, evaluate, faithfulness
 from circuitfind.graph import Graph
 from circuitfind.methods.table import method_options, method_spec
+from circuitfind.positions import attach_layout, position_edge_name, split_position_edge
 from circuitfind.pruning import greedy as greedy_top
 from circuitfind.pruning import node_selection, remove_dangling
 from circuitfind.pruning import top_n as top_n_mask
-from circuitfind.resample import PromptRuns, per_prompt_scores, prompt_additive
+from circuitfind.pruning_positions import remove_dangling as positional_dangling
+from circuitfind.pruning_positions import top_n as positional_top
+from circuitfind.resample import PromptRuns, per_prompt_scores, prompt_additive, scoring_function
 from circuitfind.runs import PreparedRuns
 from circuitfind.search import prune
 
@@ -88,6 +91,7 @@ _CARRIED = (
     "score_kind",
     "score_orientation",
     "ablation",
+    "positions",
 )
 
 
@@ -183,16 +187,27 @@ class Stability:
     time_s: float = 0.0
     sizes: list[int] = field(default_factory=list)
     replicates: dict[str, list[float | None]] = field(default_factory=dict)
+    positions: tuple[str, ...] | None = None  # position-aware: frequency is [S, R, P]
+
+    def _named(self, where: Tensor) -> list[tuple[str, float]]:
+        """(name, frequency) of the valid edges (or (edge, column) terms) where ``where``,
+        most frequent first (ties in index order)."""
+        valid = self.graph.valid
+        if self.positions is not None:
+            valid = valid[..., None].expand_as(self.frequency)
+        named = []
+        for ix in (valid & where).nonzero().tolist():
+            name = self.graph.edge_name(ix[0], ix[1])
+            if self.positions is not None:
+                name = position_edge_name(name, self.positions[ix[2]])
+            named.append((name, float(self.frequency[tuple(ix)])))
+        return sorted(named, key=lambda kv: -kv[1])
 
     def edges_with(self, low: float, high: float = 1.0) -> list[str]:
-        """Edge names with frequency in [low, high], most frequent first."""
-        valid = self.graph.valid & (self.frequency >= low - 1e-12) & (self.frequency <= high)
-        s, r = valid.nonzero(as_tuple=True)
-        named = [
-            (self.graph.edge_name(int(i), int(j)), float(self.frequency[i, j]))
-            for i, j in zip(s, r)
-        ]
-        return [name for name, _ in sorted(named, key=lambda kv: -kv[1])]
+        """Edge names (``edge@column`` with positions) with frequency in [low, high], most
+        frequent first."""
+        where = (self.frequency >= low - 1e-12) & (self.frequency <= high)
+        return [name for name, _ in self._named(where)]
 
     @property
     def core(self) -> list[str]:
@@ -200,18 +215,12 @@ class Stability:
 
     @property
     def contingent(self) -> list[str]:
-        valid = self.graph.valid & (self.frequency > 0) & (self.frequency < CORE - 1e-12)
-        s, r = valid.nonzero(as_tuple=True)
-        pairs = sorted(zip(s.tolist(), r.tolist()), key=lambda p: -float(self.frequency[p]))
-        return [self.graph.edge_name(i, j) for i, j in pairs]
+        where = (self.frequency > 0) & (self.frequency < CORE - 1e-12)
+        return [name for name, _ in self._named(where)]
 
     def to_meta(self, circuit: Circuit | None = None) -> dict[str, Any]:
         """Plain JSON for ``circuit.meta["stability"]`` (frequencies of edges ever kept)."""
-        s, r = (self.graph.valid & (self.frequency > 0)).nonzero(as_tuple=True)
-        freq = {
-            self.graph.edge_name(int(i), int(j)): round(float(self.frequency[i, j]), 6)
-            for i, j in zip(s, r)
-        }
+        freq = {name: round(f, 6) for name, f in self._named(self.frequency > 0)}
         core = set(self.core)
         out: dict[str, Any] = {
             "n_boot": self.n_boot,
@@ -234,15 +243,31 @@ class Stability:
 
 
 def frequency_matrix(circuit: Circuit) -> Tensor | None:
-    """[S, R] inclusion frequencies from ``circuit.meta["stability"]`` (0 for edges never
-    kept), or None when the circuit has none."""
+    """Inclusion frequencies from ``circuit.meta["stability"]`` (0 for edges never kept), or
+    None when the circuit has none: [S, R], or [S, R, P] for a position-aware circuit. A
+    position-free view of position-aware frequencies (``Circuit.collapsed``) gets, per edge,
+    its most often kept column's frequency (a lower bound on how often any column was)."""
     freq = (circuit.meta.get("stability") or {}).get("frequency")
     if not isinstance(freq, dict):
         return None
-    out = torch.zeros(circuit.graph.n_senders, circuit.graph.n_receivers)
+    g = circuit.graph
+    cols = circuit.positions
+    shape = (g.n_senders, g.n_receivers) + (() if cols is None else (len(cols),))
+    out = torch.zeros(shape)
+    column_of = {c: k for k, c in enumerate(cols or ())}
     for name, value in freq.items():
-        e = circuit.graph.edge(name)
-        out[e.sender_index, e.receiver_index] = float(value)
+        edge_name, col = split_position_edge(name)
+        e = g.edge(edge_name)
+        if cols is None:
+            ix: tuple[int, ...] = (e.sender_index, e.receiver_index)
+            out[ix] = max(float(out[ix]), float(value))
+        elif col in column_of:
+            out[e.sender_index, e.receiver_index, column_of[col]] = float(value)
+        else:
+            raise InputError(
+                f"stability frequency of {name!r}: its column is not one of the circuit's "
+                f"positions {list(cols)}"
+            )
     return out
 
 
@@ -255,6 +280,8 @@ def _selector(rep: Circuit, greedy: bool) -> Callable[[int], Tensor]:
     def select(n: int) -> Tensor:
         if nodes is not None:
             return remove_dangling(graph, node_selection(graph, nodes, n))
+        if rep.positions is not None:
+            return positional_dangling(graph, positional_top(graph, rep.score_matrix, n))
         pick = greedy_top if greedy else top_n_mask
         return remove_dangling(graph, pick(graph, rep.score_matrix, n))
 
@@ -312,7 +339,7 @@ def _prune_like(rep: Circuit, rule: dict[str, Any], runs: PreparedRuns) -> Circu
         if not rule.get("met") or "n" not in rule:  # the original search kept every edge
             return prune(rep, target_faithfulness=float(rule["target"]), runs=runs)
         level_node = rep.meta.get("level") == "node"
-        size = len(rep.node_scores or {}) if level_node else rep.graph.n_edges
+        size = len(rep.node_scores or {}) if level_node else rep.n_edges_total
         keep, info = search_near(
             _selector(rep, greedy=False), runs, float(rule["target"]), size, int(rule["n"])
         )
@@ -369,6 +396,8 @@ def bootstrap(
     rule = dict(circuit.meta.get("pruning") or {"rule": "target-faithfulness", "target": 0.9})
     if curve is None:
         curve = _point(circuit, "cpr") is not None
+    if circuit.positions is not None:  # the runs score (edge, column) terms
+        attach_layout(runs, circuit.positions, circuit.meta)
     graph, n = runs.graph, runs.n_prompts
     idx = torch.from_numpy(np.random.default_rng(seed).integers(0, n, size=(n_boot, n)))
     additive = prompt_additive(spec)
@@ -383,12 +412,16 @@ def bootstrap(
         view = PromptRuns(runs, idx[r])
         if per_prompt is not None:
             edges, nodes = per_prompt.mean(idx[r])
-            chosen = torch.zeros_like(graph.valid)
+            chosen = torch.zeros(edges.shape, dtype=torch.bool)
         else:
-            result = spec.function()(view, **opts)
+            result = scoring_function(spec, view)(view, **opts)
             edges, nodes = result.edges, result.nodes
             chosen = result.kept if result.kept is not None else torch.zeros_like(graph.valid)
-        rep = Circuit(graph, edges, chosen, dict(carried), nodes, runs=view)
+            if circuit.positions is not None and chosen.dim() == 2:
+                chosen = chosen[..., None].expand(edges.shape)
+        rep = Circuit(
+            graph, edges, chosen, dict(carried), nodes, runs=view, positions=circuit.positions
+        )
         pruned = _prune_like(rep, rule, view)
         kept.append(pruned.in_graph)
         values["n_edges"].append(float(pruned.n_edges))
@@ -435,6 +468,7 @@ def bootstrap(
         time_s=time.perf_counter() - t0,
         sizes=[int(x or 0) for x in values["n_edges"]],
         replicates=values,
+        positions=circuit.positions,
     )
 
 
@@ -445,11 +479,18 @@ def agreement(circuits: dict[str, Circuit]) -> dict[str, Any]:
     if not circuits:
         raise InputError("agreement needs at least one circuit")
     names = list(circuits)
+    first = next(iter(circuits.values()))
+    if any(c.positions != first.positions for c in circuits.values()):
+        raise InputError(
+            "agreement compares circuits over the same edges: all position-free, or all with "
+            "the same position columns"
+        )
     masks = torch.stack([circuits[m].in_graph for m in names]).float()
     share = masks.mean(0)
-    graph = next(iter(circuits.values())).graph
-    s, r = (graph.valid & (share > 0)).nonzero(as_tuple=True)
-    freq = {graph.edge_name(int(i), int(j)): round(float(share[i, j]), 6) for i, j in zip(s, r)}
+    freq = {
+        first.name_at(ix): round(float(share[tuple(ix)]), 6)
+        for ix in ((share > 0) & first.valid).nonzero().tolist()
+    }
     jaccard = {}
     for a in range(len(names)):
         for b in range(a + 1, len(names)):

@@ -34,6 +34,11 @@ def stability_summary(meta: dict[str, Any]) -> dict[str, Any]:
         out["certify"] = {
             "attribution_method": cert["attribution_method"],
             "mask_method": cert["mask_method"],
+            "candidates": [
+                {k: c.get(k) for k in ("label", "method", "cpr", "cpr_stderr")}
+                for c in cert.get("candidates") or []
+            ],
+            "chosen": cert.get("chosen"),
             "verified": cert["verified"],
             "frontier": {
                 k: f.get(k)
@@ -94,6 +99,16 @@ def stability_lines(summary: dict[str, Any]) -> list[str]:
             f"patching ({v['n_prompts']} prompts), {verdict}{target}; mask step: "
             f"{cert['mask_method'] or 'none'}"
         )
+        cands = cert.get("candidates") or []
+        if len(cands) > 1:
+            lines.append(
+                "selection by patched CPR: "
+                + ", ".join(
+                    f"{c['label']} {_num(c.get('cpr'))} ± {_num(c.get('cpr_stderr'))}"
+                    for c in cands
+                )
+                + f"; kept {cert['chosen']}"
+            )
         lines.append(
             f"frontier ({fr['n']} edges near the cut): Spearman(attribution, exact) "
             f"{_num(fr['spearman'], '.2f')} (p = {_num(fr['spearman_p'], '.2g')}), by magnitude "

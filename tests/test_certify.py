@@ -77,19 +77,30 @@ def test_certify_verifies_the_planted_circuit_and_meets_its_target(planted) -> N
 
 def test_the_mask_step_is_pluggable_by_name(planted) -> None:
     model, task = planted
-    seen: dict[str, object] = {}
+    seen: list[object] = []
 
     def toy_mask(runs, *, init=None):  # type: ignore[no-untyped-def]
-        seen["init"] = init
+        seen.append(init)
         return score_eap(runs)
 
     register(MethodSpec(name="toy-mask", summary="a mask", fn=toy_mask, options={"init": None}))
     try:
-        c = certify(model, task, mask="toy-mask", top_n=5, frontier=6)
+        c = certify(model, task, mask="toy-mask", top_n=5, frontier=6, candidates=None)
+        auto = certify(model, task, mask="toy-mask", top_n=5, frontier=0)
     finally:
         unregister("toy-mask")
-    assert seen["init"] == "eap-ig-inputs"  # warm-started from the fast method
+    assert seen[0] == "eap-ig-inputs"  # warm-started from the fast method
     assert c.meta["certify"]["mask_method"] == "toy-mask" and c.meta["method"] == "toy-mask"
+    assert [r["label"] for r in c.meta["certify"]["candidates"]] == [
+        "toy-mask (warm start from eap-ig-inputs)"
+    ]
+    # auto: the fast scores, the warm and the cold mask (no floor in its row: exact not added)
+    assert seen[1:] == ["eap-ig-inputs", "none"]
+    rows = auto.meta["certify"]["candidates"]
+    assert [r["method"] for r in rows] == ["eap-ig-inputs", "toy-mask", "toy-mask"]
+    best = max(range(3), key=lambda i: (rows[i]["cpr"], -i))
+    assert auto.meta["certify"]["chosen"] == rows[best]["label"]
+    assert auto.meta["method"] == rows[best]["method"]
     assert c.meta["certify"]["verified"]["faithfulness"] == pytest.approx(1.0, abs=1e-5)
     assert mask_method("auto") == ("edge-pruning" if "edge-pruning" in METHODS else None)
     assert mask_method(None) is None
@@ -145,4 +156,100 @@ def test_certify_with_a_mask_takes_an_ensemble(planted) -> None:
         c = certify(model, task, mask="toy-mask", top_n=5, frontier=0, ensemble="eap")
     finally:
         unregister("toy-mask")
-    assert set(c.meta["ensemble"]["methods"]) >= {"toy-mask", "eap"}
+    assert set(c.meta["ensemble"]["methods"]) >= {c.meta["method"], "eap"}
+
+
+def test_candidates_auto_adds_exact_only_when_it_costs_no_more_than_the_mask() -> None:
+    from circuitfind.certify import plan_candidates
+
+    small = plan_candidates("eap-ig-inputs", "edge-pruning", 600, "auto")
+    assert [(c.label, c.method, c.options) for c in small] == [
+        ("eap-ig-inputs", "eap-ig-inputs", {}),
+        ("edge-pruning (warm start from eap-ig-inputs)", "edge-pruning", {"init": "eap-ig-inputs"}),
+        ("edge-pruning", "edge-pruning", {"init": "none"}),
+        ("exact", "exact", {}),
+    ]
+    # 200 steps x (F + B) with B = 2F is 600 forwards: one more edge and exact costs more
+    assert [c.method for c in plan_candidates("eap", "edge-pruning", 601, "auto")] == [
+        "eap",
+        "edge-pruning",
+        "edge-pruning",
+    ]
+    more = plan_candidates("eap", "ugs", 1_000, "auto", {"train_steps": 400})
+    assert more[-1].method == "exact"  # a longer training pays for more edges
+    assert [c.method for c in plan_candidates("eap", None, 10, "auto")] == ["eap"]
+    named = plan_candidates("eap", "edge-pruning", 10, "eap,edge-pruning,edge-pruning:cold,ugs")
+    assert [c.label for c in named] == [
+        "eap",
+        "edge-pruning (warm start from eap)",
+        "edge-pruning",
+        "ugs",
+    ]
+    assert [c.label for c in plan_candidates("eap", "edge-pruning", 10, None)] == [
+        "edge-pruning (warm start from eap)"
+    ]
+    with pytest.raises(InputError, match="named twice"):
+        plan_candidates("eap", "edge-pruning", 10, "eap,eap")
+    with pytest.raises(InputError, match=":cold"):
+        plan_candidates("eap", "edge-pruning", 10, "ugs:hot")
+    with pytest.raises(InputError, match="no warm start"):
+        plan_candidates("eap", "edge-pruning", 10, "exact:cold")
+    with pytest.raises(InputError, match=r"unknown method|no method"):
+        plan_candidates("eap", "edge-pruning", 10, "nonsense")
+
+
+def test_selection_keeps_the_largest_patched_cpr_each_measured_independently(
+    planted, tmp_path
+) -> None:
+    """Every candidate's CPR is evaluate's curve of that method scored alone on fresh runs,
+    and the certified circuit is the best one's, pruned by the rule."""
+    model, task = planted
+    c = certify(
+        model,
+        task,
+        mask="edge-pruning",
+        top_n=5,
+        frontier=0,
+        train_steps=30,
+        candidates="eap,edge-pruning,exact",
+        checkpoint_dir=tmp_path / "ckpt",
+    )
+    rows = c.meta["certify"]["candidates"]
+    assert [r["method"] for r in rows] == ["eap", "edge-pruning", "exact"]
+    for row in rows:
+        alone = circuitfind.score(
+            model, task, method=row["method"], progress=False, train_steps=30, **row["options"]
+        )
+        ev = circuitfind.evaluate(model, task, alone, curve=True)
+        assert row["cpr"] == pytest.approx(ev.cpr, abs=1e-5)
+        assert row["cpr_stderr"] > 0
+    best = max(range(len(rows)), key=lambda i: (rows[i]["cpr"], -i))
+    assert c.meta["certify"]["chosen"] == rows[best]["label"]
+    assert c.meta["certify"]["chosen_method"] == rows[best]["method"] == c.meta["method"]
+    assert c.n_edges == 5
+    again = circuitfind.evaluate(model, task, c, curve=True)
+    assert again.cpr == pytest.approx(rows[best]["cpr"], abs=1e-5)
+    # the warm mask checkpoints where it always did, each other candidate in its own folder
+    # (a finished run removes its checkpoint file: the folders are what is left)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["certify-exact"]
+
+
+def test_cli_certify_reports_the_selection(planted, tmp_path, capsys, monkeypatch) -> None:
+    import json
+
+    from circuitfind import commands
+    from circuitfind.cli import main
+
+    monkeypatch.setattr(commands, "_load_model_and_task", lambda args: planted)
+    out = tmp_path / "run"
+    argv = ["-q", "discover", "--model", "m", "--task", "t", "--top-n", "5", "--out", str(out)]
+    extra = ["--certify", "--mask-method", "none", "--frontier", "4", "--bootstrap", "0"]
+    assert main([*argv, *extra, "--candidates", "eap,exact", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["certify"]
+    assert [c["label"] for c in summary["candidates"]] == ["eap", "exact"]
+    best = max(summary["candidates"], key=lambda c: c["cpr"])
+    assert summary["chosen"] == best["label"]
+    report = (out / "report.html").read_text()
+    assert 'id="selection"' in report and f"{best['label']} (chosen)" in report
+    assert main([*argv, *extra, "--candidates", "eap,exact"]) == 0
+    assert "selection by patched CPR: eap " in capsys.readouterr().out

@@ -276,10 +276,14 @@ def test_diagram_lays_out_a_column_per_span_and_discover_takes_positions(tmp_pat
     assert out.exists()
 
 
-def test_bootstrap_is_refused_for_positions_before_the_work_and_auto_skips_it():
+def test_bootstrap_auto_counts_edge_column_terms():
+    """--bootstrap auto's size limits count (edge, column) terms: 110 edges x 19 positions =
+    2,090 terms is under the attribution limit (10,000) and over the patching one (1,000)."""
     model = cf.load("zoo:induction-2l")
     task = cf.get_task("induction", model, n=8, seed=0)
-    with pytest.raises(InputError, match="position-aware"):
-        cf.discover(model, task, method="eap", positions=True, top_n=20, bootstrap=5)
     c = cf.discover(model, task, method="eap", positions=True, top_n=20, bootstrap="auto")
-    assert "stability" not in c.meta and "not resampled" in c.meta["stability_skipped"]
+    assert c.n_edges_total == 2090 and c.meta["stability"]["n_boot"] == 20
+    assert set(c.meta["stability"]["core"]) <= set(c.meta["stability"]["frequency"])
+    from circuitfind.stability import resolve_bootstrap
+
+    assert resolve_bootstrap("auto", "exact", c.n_edges_total) == 0

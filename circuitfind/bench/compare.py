@@ -50,7 +50,9 @@ FULL_METHODS: tuple[str, ...] = (
 QUICK_METHODS: tuple[str, ...] = ("exact", "eap", "eap-ig-inputs", "node", "edge-pruning", "ugs")
 CERTIFIED = "certified"
 """Not a method but the certified pipeline (:func:`circuitfind.certify`): EAP-IG-inputs scores,
-then the edge-pruning mask warm-started from them; its row ranks edges by the mask's scores."""
+the edge-pruning mask warm-started from them and from a cold start, and exact patching when it
+costs no more than the mask; its row ranks edges by whichever of those rankings had the largest
+patched CPR on the prompt set (the same prompts choose and measure, as for every row)."""
 FULL_METHODS += (CERTIFIED,)
 QUICK_METHODS += (CERTIFIED,)
 TOP_PCT = 10.0  # stability: the top 10% of edges by |score|
@@ -96,6 +98,7 @@ def _one(model: Any, task: Any, method: str) -> dict[str, Any]:
         "metric_full": ev.metric_full,
         "metric_empty": ev.metric_empty,
         "scoring_time_s": circuit.meta.get("scoring_time_s"),
+        "chosen": (circuit.meta.get("certify") or {}).get("chosen"),
     }
 
 
@@ -149,6 +152,7 @@ def _certified_vs_best(per_method: dict[str, list[dict[str, Any]]]) -> dict[str,
         "difference_std": float(np.std(diff)),
         "n_prompt_sets": len(pairs),
         "at_least_best": bool(np.mean(diff) >= 0),
+        "chosen": [r.get("chosen") for r in cert],
     }
 
 
@@ -160,7 +164,8 @@ def _certified_lines(c: dict[str, Any] | None) -> list[str]:
         f"Certified pipeline: CPR {c['certified_cpr']:.3f} against the best single method "
         f"({c['best_single']}) {c['best_cpr']:.3f}, difference {c['difference_mean']:+.3f} ± "
         f"{c['difference_std']:.3f} (std over {c['n_prompt_sets']} paired prompt sets): "
-        f"{verdict} the best single method.",
+        f"{verdict} the best single method. Ranking the selection kept, per prompt set: "
+        f"{'; '.join(str(x) for x in c.get('chosen') or [])}.",
         "",
     ]
 
