@@ -5,7 +5,6 @@ slow tier runs them all (scripts/test.sh --slow)."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -16,44 +15,19 @@ import torch
 from circuitfind.circuit import Circuit, graph_from_shape
 from circuitfind.explorer.page import write_explorer
 from circuitfind.render import MIN_OPACITY
+from tests.browser import REASON, start
+from tests.browser import errors as _errors
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 
-
-def _reason() -> str | None:
-    if CHROMIUM is None or DRIVER is None:
-        return "no chromium / chromedriver (apt-get install -y chromium chromium-driver)"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "no selenium (pip install selenium; it is in the dev extras)"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_reason() is not None, reason=_reason() or "")
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000"):  # fmt: skip
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver = start()
     yield driver
     driver.quit()
-
-
-def _errors(driver) -> list[str]:
-    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
 def _toy_circuit() -> Circuit:

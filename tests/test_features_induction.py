@@ -101,3 +101,28 @@ def test_intervention_correlation(setup):
     assert r["n"] == 75 and r["r"] >= 0.9
     assert sorted(per_prompt)[2] >= 0.9
     assert pearson(torch.tensor(first), torch.tensor(live))["r"] > 0.6
+
+
+def test_feature_explorer_of_the_induction_graph(setup, tmp_path):
+    """The explorer of the README's prompt with these transcoders (the `features train`
+    defaults): the top path's nodes are on its first view, the induction feature has its top
+    examples, and the page stays small (its size printed)."""
+    from circuitfind.features import write_feature_explorer
+    from tests.test_explorer import payload_of
+
+    model, tcs, _, _ = setup
+    prompt = torch.tensor([17, 95, 3, 60, 44, 12, 81, 100, 7, 29, 17, 95, 3, 60, 44])
+    g = attribution_graph(model, tcs, prompt)
+    path = write_feature_explorer(g, tmp_path / "feature_explorer.html", model=model,
+                                  transcoders=tcs)  # fmt: skip
+    data = payload_of(path.read_text())
+    own = data["points"][data["initial_point"]]
+    shown = {data["nodes"][i]["id"]: data["nodes"][i] for i in own["nodes"]}
+    path_ids = [g.nodes[i].id for i in g.top_path()]
+    assert set(path_ids) <= set(shown)
+    feature = shown[path_ids[1]]
+    assert feature["kind"] == "feature" and len(data["examples"][feature["key"]]) == 5
+    size = path.stat().st_size
+    print(f"induction feature explorer: {size / 1e3:.1f} kB, {len(data['nodes'])} nodes, "
+          f"{len(data['edges'])} edges, {len(data['points'])} thresholds")  # fmt: skip
+    assert size < 60_000

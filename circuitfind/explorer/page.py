@@ -16,7 +16,7 @@ from circuitfind.explorer.data import build_payload
 if TYPE_CHECKING:
     from circuitfind.circuit import Circuit
 
-__all__ = ["explorer_html", "write_explorer"]
+__all__ = ["ZOOM_BUTTONS", "explorer_html", "page_html", "write_explorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,34 +31,64 @@ def _script_json(payload: dict[str, Any]) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def explorer_html(payload: dict[str, Any], title: str = "") -> str:
-    """The page for ``payload``."""
-    head = f"circuitfind explorer{': ' + title if title else ''}"
+ZOOM_BUTTONS = """<span><button id="zoom-in" title="zoom in">+</button>
+<button id="zoom-out" title="zoom out">−</button>
+<button id="zoom-fit" title="fit the diagram">fit</button></span>"""
+
+
+def page_html(
+    payload: dict[str, Any],
+    *,
+    title: str,
+    heading: str,
+    toolbar: str,
+    after: str = "",
+    styles: tuple[str, ...],
+    scripts: tuple[str, ...],
+) -> str:
+    """One explorer page: header, ``toolbar`` (HTML; include :data:`ZOOM_BUTTONS`), legend,
+    the diagram (``svg#diagram``) beside ``div#panel``, ``after`` (HTML), the tooltip, the
+    payload as JSON in ``#cf-data``, and the assets ``common.css`` / ``common.js`` then
+    ``styles`` / ``scripts`` (file names in ``assets/``) inline."""
+    css = "\n".join(_asset(n) for n in ("common.css", *styles))
+    js = "".join(f"<script>{_asset(n)}</script>\n" for n in ("common.js", *scripts))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(head)}</title>
-<style>{_asset("explorer.css")}</style></head>
+<title>{html.escape(title)}</title>
+<style>{css}</style></head>
 <body>
-<header><h1>{html.escape(title or "Circuit")}</h1><div class="summary" id="summary"></div></header>
+<header><h1>{html.escape(heading)}</h1><div class="summary" id="summary"></div></header>
 <div id="toolbar">
-<label>circuit size <input type="range" id="size" min="0" max="0" step="1" value="0"></label>
-<span id="size-label"></span>
-<svg id="curve" width="220" height="70" aria-label="faithfulness by circuit size"></svg>
-<label><input type="checkbox" id="group"> group heads by role</label>
-<span><button id="zoom-in" title="zoom in">+</button>
-<button id="zoom-out" title="zoom out">−</button>
-<button id="zoom-fit" title="fit the diagram">fit</button></span>
+{toolbar}
 </div>
 <div id="legend"></div>
 <div id="main"><svg id="diagram" xmlns="http://www.w3.org/2000/svg"></svg>
 <div id="panel"></div></div>
-<div id="tokens"></div>
+{after}
 <div id="tip"></div>
 <script type="application/json" id="cf-data">{_script_json(payload)}</script>
-<script>{_asset("explorer.js")}</script>
-</body></html>
+{js}</body></html>
 """
+
+
+def explorer_html(payload: dict[str, Any], title: str = "") -> str:
+    """The page for ``payload``."""
+    toolbar = f"""<label>circuit size
+<input type="range" id="size" min="0" max="0" step="1" value="0"></label>
+<span id="size-label"></span>
+<svg id="curve" width="220" height="70" aria-label="faithfulness by circuit size"></svg>
+<label><input type="checkbox" id="group"> group heads by role</label>
+{ZOOM_BUTTONS}"""
+    return page_html(
+        payload,
+        title=f"circuitfind explorer{': ' + title if title else ''}",
+        heading=title or "Circuit",
+        toolbar=toolbar,
+        after='<div id="tokens"></div>',
+        styles=("explorer.css",),
+        scripts=("explorer.js",),
+    )
 
 
 def _title(circuit: Circuit) -> str:

@@ -5,7 +5,8 @@
 (frozen.py), pruned as circuit-tracer prunes (prune.py); ``attention_drivers`` (qk.py) splits a
 head's attention score over pairs of graph nodes; ``intervention_check`` (intervene.py) compares
 the graph's predicted effects with measured ones; ``feature_circuit`` (dataset.py) is Marks et
-al.'s dataset-level circuit; ``to_neuronpedia`` (export.py) writes Neuronpedia's graph JSON.
+al.'s dataset-level circuit; ``to_neuronpedia`` (export.py) writes Neuronpedia's graph JSON;
+``write_feature_explorer`` (explorer.py) draws a graph as one offline HTML page.
 Names load lazily, so ``import circuitfind.features`` is cheap.
 """
 
@@ -30,6 +31,9 @@ _NAMES = {
     "to_neuronpedia": "export",
     "write_neuronpedia": "export",
     "top_examples": "examples",
+    "build_feature_payload": "explorer",
+    "feature_explorer_html": "explorer",
+    "write_feature_explorer": "explorer",
 }
 
 __all__ = sorted(_NAMES)

@@ -14,7 +14,8 @@ __all__ = ["register"]
 _EXAMPLES = (
     "  circuitfind features train --model zoo:induction-2l --out tc/ --steps 1000\n"
     "  circuitfind features graph --model zoo:induction-2l --transcoders tc/ \\\n"
-    "      --tokens 5,9,3,7,1,5,9,3 --out graph.json --neuronpedia np.json\n"
+    "      --tokens 5,9,3,7,1,5,9,3 --out out/graph.json --neuronpedia out/np.json\n"
+    "      (also writes out/feature_explorer.html, the interactive graph)\n"
     "  circuitfind features circuit --model zoo:induction-2l --transcoders tc/ --task induction"
 )
 
@@ -27,8 +28,8 @@ def register(sub: Any) -> None:
         help="transcoders, attribution graphs and feature circuits",
         description="Train per-layer transcoders, build a prompt's attribution graph over "
         "their features (exact: contributions sum to the target logit), check it by "
-        "intervention, export it to Neuronpedia's JSON, or find a task's feature circuit.\n\n"
-        + _EXAMPLES,
+        "intervention, export it to Neuronpedia's JSON, draw it as one offline interactive page "
+        "(feature_explorer.html), or find a task's feature circuit.\n\n" + _EXAMPLES,
         formatter_class=fmt,
     )
     fs = p.add_subparsers(dest="features_command", metavar="ACTION")
@@ -68,12 +69,29 @@ def register(sub: Any) -> None:
     g.add_argument(
         "--examples",
         type=int,
-        default=0,
+        default=None,
         metavar="K",
-        help="add each kept feature's K top-activating examples from the model's data",
+        help="each feature's K top-activating examples from the transcoders' training data, in "
+        "the JSON and the explorer (default: 5 where that data is known: a zoo model's "
+        "generator, or --task; otherwise 0)",
     )
-    g.add_argument("--out", default=None, help="write the graph (explorer JSON) here")
+    g.add_argument(
+        "--task",
+        default=None,
+        help="the examples' data: this task's clean prompts (as `features train --task`)",
+    )
+    g.add_argument("--n", type=int, default=256, help="the examples' sequences (as train's --n)")
+    g.add_argument("--seed", type=int, default=0, help="the examples' seed (as train's --seed)")
+    g.add_argument("--out", default=None, help="write the graph as JSON here")
     g.add_argument("--neuronpedia", default=None, help="write Neuronpedia's graph JSON here")
+    g.add_argument(
+        "--explorer",
+        default=None,
+        metavar="HTML",
+        help="write the interactive graph (one offline HTML file) here (default: "
+        "feature_explorer.html beside --out, else beside --neuronpedia)",
+    )
+    g.add_argument("--no-explorer", action="store_true", help="write no explorer page")
     g.set_defaults(func=_graph)
 
     c = fs.add_parser("circuit", help="a task's feature circuit (Marks et al.)")
@@ -173,10 +191,20 @@ def _graph(args: argparse.Namespace) -> int:
     if args.check:
         out["intervention"] = intervention_check(model, graph, top=args.check)
     out["attention"] = _explain_attention(model, graph)
-    if args.examples:
+    data, k = _examples_data(model, args)
+    if k:
         from circuitfind.features.examples import graph_examples
 
-        out["examples"] = graph_examples(model, tcs, graph, k=args.examples)
+        out["examples"] = graph_examples(model, tcs, graph, data=data, k=k)
+    page = _explorer_path(args)
+    if page is not None:
+        from circuitfind.features.explorer import write_feature_explorer
+
+        extra: dict[str, Any] = (
+            {"model": model, "transcoders": tcs, "data": data, "k": k} if k else {}
+        )
+        write_feature_explorer(graph, page, **extra)
+        out["explorer"] = str(page)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))
@@ -218,7 +246,32 @@ def _graph(args: argparse.Namespace) -> int:
             ci_text = f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
             value = "n/a" if r["r"] is None else f"{r['r']:.3f}"
             print(f"intervention vs graph ({label}): r = {value}, n = {r['n']}{ci_text}")
+    if page is not None:
+        what = f"{k} top examples a feature" if k else "no examples: give --task TASK, the data"
+        what = what if k or args.examples == 0 else what + " the transcoders were trained on"
+        print(f"explorer: {page} ({page.stat().st_size / 1e3:.0f} kB; {what})")
     return 0
+
+
+def _examples_data(model: Any, args: argparse.Namespace) -> tuple[Any, int]:
+    """(the examples' data, K): a task's clean prompts, or a zoo model's generator (both as
+    ``features train`` draws them); K defaults to 5 where the data is known."""
+    from circuitfind.inspect.sae import evaluation_data
+
+    known = args.task is not None or str(model.cfg.name).startswith("zoo:")
+    k = args.examples if args.examples is not None else (5 if known else 0)
+    if not k:
+        return None, 0
+    return evaluation_data(model, task=args.task, n=args.n, seed=args.seed), k
+
+
+def _explorer_path(args: argparse.Namespace) -> Path | None:
+    if args.no_explorer:
+        return None
+    if args.explorer:
+        return Path(args.explorer)
+    beside = args.out or args.neuronpedia
+    return Path(beside).parent / "feature_explorer.html" if beside else None
 
 
 def _circuit(args: argparse.Namespace) -> int:

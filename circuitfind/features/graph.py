@@ -100,13 +100,15 @@ class AttributionGraph:
         total = self.adjacency[idx].sum(1) + self.bias[idx]
         return (total - self.value[idx]).abs()
 
-    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
-        """circuit-tracer's pruning by influence on the target (stored in ``pruning``)."""
+    def pruned(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
+        """circuit-tracer's pruning by influence on the target, leaving ``pruning`` as it is."""
         n_tokens = sum(n.kind == "token" for n in self.nodes)
         n_features = sum(n.kind == "feature" for n in self.nodes)
-        self.pruning = prune_graph(
-            self.adjacency, n_features, n_tokens, 1, node_threshold, edge_threshold
-        )
+        return prune_graph(self.adjacency, n_features, n_tokens, 1, node_threshold, edge_threshold)
+
+    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
+        """circuit-tracer's pruning by influence on the target (stored in ``pruning``)."""
+        self.pruning = self.pruned(node_threshold, edge_threshold)
         self.meta.update(node_threshold=node_threshold, edge_threshold=edge_threshold)
         return self.pruning
 

@@ -1,14 +1,14 @@
 // circuitfind explorer: plain JavaScript, no libraries. Reads the JSON payload in #cf-data
-// (circuitfind/explorer/data.py documents it) and draws the circuit as SVG.
+// (circuitfind/explorer/data.py documents it) and draws the circuit as SVG; common.js (loaded
+// first) gives the helpers and pan / zoom it shares with the feature-graph explorer.
 "use strict";
 (function () {
-  const D = JSON.parse(document.getElementById("cf-data").textContent);
-  const SVGNS = "http://www.w3.org/2000/svg";
+  const { el, fmt } = window.cfCommon;
+  const D = window.cfCommon.data();
   const MIN_OPACITY = 0.15; // render.MIN_OPACITY
   const NODE_W = 72, NODE_H = 30, PORT = { q: -20, k: 0, v: 20, "": 0 };
   const state = { point: D.initial_point, node: null, edge: null, group: false,
                   offNodes: new Set(), offEdges: new Set() };
-  const view = { x: 0, y: 0, k: 1 };
   const nodes = D.nodes;
   const byId = {};
   nodes.forEach((n, i) => { n.index = i; byId[n.id] = n; });
@@ -21,21 +21,6 @@
   edges.forEach((e) => { edgeByName[e.name] = e; });
 
   // ------------------------------------------------------------------ helpers
-  function el(tag, attrs, kids) {
-    const svg = ["svg", "g", "path", "rect", "text", "line", "circle", "title", "polyline"]
-      .includes(tag);
-    const x = svg ? document.createElementNS(SVGNS, tag) : document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (v === null || v === undefined) continue;
-      if (k === "text") x.textContent = v; else x.setAttribute(k, v);
-    }
-    (kids || []).forEach((c) => x.appendChild(typeof c === "string" ? document.createTextNode(c) : c));
-    return x;
-  }
-  function fmt(x, d) {
-    if (x === null || x === undefined || Number.isNaN(x)) return "–";
-    return Number(x).toPrecision(d || 3).replace(/\.?0+(e|$)/, "$1");
-  }
   // attention patterns are sent as their causal triangle, row by row (probe.py)
   function tri(q, k) { return (q * (q + 1)) / 2 + k; }
   function pm(v) { return v ? fmt(v[0]) + " ± " + fmt(v[1], 2) : "–"; }
@@ -184,48 +169,16 @@
   }
 
   // ------------------------------------------------------------------ pan and zoom
-  function applyView() { vp.setAttribute("transform", `translate(${view.x},${view.y}) scale(${view.k})`); }
-  function fit() {
+  // the diagram's extent: its nodes, with room for the row labels on the left
+  function bounds() {
     const xs = nodes.map((n) => n.x), ys = nodes.map((n) => n.y);
-    const box = svg.getBoundingClientRect();
-    const w = Math.max(...xs) - Math.min(...xs) + 200, h = Math.max(...ys) - Math.min(...ys) + 80;
-    view.k = Math.min(1.6, Math.max(0.05, Math.min(box.width / w, box.height / h)));
-    view.x = (box.width - (Math.max(...xs) + Math.min(...xs) - 60) * view.k) / 2;
-    view.y = (box.height - (Math.max(...ys) + Math.min(...ys)) * view.k) / 2;
-    applyView();
+    return { x0: Math.min(...xs) - 130, x1: Math.max(...xs) + 70, y0: Math.min(...ys) - 40, y1: Math.max(...ys) + 40 };
   }
-  let drag = null, moved = false;
-  svg.addEventListener("mousedown", (ev) => { drag = { x: ev.clientX - view.x, y: ev.clientY - view.y, x0: ev.clientX, y0: ev.clientY }; moved = false; svg.classList.add("dragging"); });
-  window.addEventListener("mousemove", (ev) => {
-    if (!drag) return;
-    if (Math.abs(ev.clientX - drag.x0) + Math.abs(ev.clientY - drag.y0) > 3) moved = true;
-    view.x = ev.clientX - drag.x; view.y = ev.clientY - drag.y; applyView();
-  });
-  window.addEventListener("mouseup", () => { drag = null; svg.classList.remove("dragging"); });
-  svg.addEventListener("wheel", (ev) => {
-    ev.preventDefault();
-    const box = svg.getBoundingClientRect();
-    const px = ev.clientX - box.left, py = ev.clientY - box.top;
-    const f = Math.exp(-ev.deltaY * 0.0015);
-    const k = Math.min(8, Math.max(0.03, view.k * f));
-    view.x = px - (px - view.x) * (k / view.k); view.y = py - (py - view.y) * (k / view.k); view.k = k;
-    applyView();
-  }, { passive: false });
-  svg.addEventListener("click", () => { if (!moved) { state.node = null; state.edge = null; panel(); draw(); } });
-  function zoomBy(f) { const b = svg.getBoundingClientRect(); svg.dispatchEvent(new WheelEvent("wheel", { deltaY: -Math.log(f) / 0.0015, clientX: b.left + b.width / 2, clientY: b.top + b.height / 2 })); }
-  document.getElementById("zoom-in").addEventListener("click", () => zoomBy(1.25));
-  document.getElementById("zoom-out").addEventListener("click", () => zoomBy(0.8));
-  document.getElementById("zoom-fit").addEventListener("click", fit);
+  const { fit } = window.cfCommon.panZoom(svg, vp, bounds, () => { state.node = null; state.edge = null; panel(); draw(); });
 
   // ------------------------------------------------------------------ tooltips
-  const tip = document.getElementById("tip");
-  function showTip(ev, content) {
-    tip.textContent = ""; tip.appendChild(content); tip.style.display = "block";
-    const x = Math.min(ev.clientX + 14, window.innerWidth - tip.offsetWidth - 8);
-    const y = Math.min(ev.clientY + 14, window.innerHeight - tip.offsetHeight - 8);
-    tip.style.left = x + "px"; tip.style.top = y + "px";
-  }
-  function hideTip() { tip.style.display = "none"; }
+  const tip = window.cfCommon.tooltip(document.getElementById("tip"));
+  const showTip = tip.show, hideTip = tip.hide;
   function edgeLine(e) { return e.name + ": " + fmt(e.score) + " (" + effectWord(e.score) + ")"; }
   function topEdges(ids, incoming) {
     const list = current.edges.filter((e) => ids.includes(incoming ? e.r.id : e.s.id));
