@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--positions",
         metavar="all|SPANS",
         help="position-aware edges: 'all' (one edge per position) or span names, e.g. "
-        "S1,IO,S2,END for ioi (exact, eap, eap-ig)",
+        "S1,IO,S2,END for ioi (exact, eap, eap-ig, edge-pruning, ugs)",
     )
     d.add_argument(
         "--out", metavar="DIR", help="output directory (when not given: circuits/MODEL_TASK_METHOD)"

@@ -68,7 +68,9 @@ def masked_forward_positional(
     rows = tokens.repeat(V, 1)
     am = None if attention_mask is None else attention_mask.repeat(V, 1)
     ctx = model.context(rows, am)
-    A = ablated.expand(ablated.shape[0], b, p, cfg.d_model).repeat(1, V, 1, 1)  # [S, B, p, d]
+    A = ablated.expand(ablated.shape[0], b, p, cfg.d_model)  # [S, B, p, d] (a view for V = 1)
+    if V > 1:
+        A = A.repeat(1, V, 1, 1)
     if prefix is None:
         D: list[Tensor] = [model.embed(rows, ctx) - A[0]]
     else:

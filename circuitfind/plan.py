@@ -200,6 +200,8 @@ _ROTARY_D = 2.0  # more of them where queries and keys are rotated
 _BLOCK_EXTRA = 8  # d_model-wide fp32 temporaries of one receiver-gradient block
 _PASS_D = 3  # d_model-wide tensors of a patched pass (deltas, shifted input, its norm)
 _MASK_STATE = 6  # [S, R] fp32 tensors of a learned mask's training (logits, grad, Adam, ...)
+_MASK_STATE_POSITIONS = 8  # [S, R, P] fp32 tensors of a position-aware mask's training
+_POSITIONAL_STACKS = 0.5  # of every receiver group's stacked differences, alive at the peak
 
 
 def _mlp_live(act: str, gated: bool) -> float:
@@ -212,7 +214,8 @@ def _mlp_live(act: str, gated: bool) -> float:
 
 @dataclass(frozen=True)
 class _Dims:
-    """The sizes a term function reads: shape, prompts, batch, ablation, options."""
+    """The sizes a term function reads: shape, prompts, batch, ablation, options, and the
+    position columns of a position-aware run (0: position-free)."""
 
     shape: Shape
     n: int
@@ -220,6 +223,7 @@ class _Dims:
     b: int
     ablation: str
     options: Mapping[str, Any]
+    columns: int = 0
 
     def stream(self, tokens: int, nbytes: int | None = None) -> int:
         """Bytes of ``tokens`` d_model-wide vectors (model dtype unless ``nbytes``)."""
@@ -244,6 +248,9 @@ def _ablated(d: _Dims) -> Term:
 
 def _scores(d: _Dims) -> Term:
     s = d.shape
+    if d.columns:
+        size = s.n_senders * s.n_receivers * d.columns * 8 * 2
+        return Term("score sums", size, "fixed", "[S, R, P] float64")
     return Term("score sums", s.n_senders * s.n_receivers * 8 * 2, "fixed", "[S, R] float64")
 
 
@@ -314,7 +321,8 @@ def eap_ig_activations_terms(d: _Dims) -> list[Term]:
 
 
 def _with(d: _Dims, **options: Any) -> _Dims:
-    return _Dims(d.shape, d.n, d.p, d.b, d.ablation, {"steps": 5, **d.options, **options})
+    opts = {"steps": 5, **d.options, **options}
+    return _Dims(d.shape, d.n, d.p, d.b, d.ablation, opts, d.columns)
 
 
 def exact_variants(d: _Dims, upstream: int | None = None) -> int:
@@ -352,19 +360,52 @@ def masked_terms(d: _Dims) -> list[Term]:
     return terms
 
 
+def _upstreams(s: Shape, heads: int) -> int:
+    """Senders upstream of each receiver, summed over ``heads`` receivers per q, k and v (1: a
+    receiver group, stacked together; n_heads: the edges), every MLP and the logits (an MLP
+    counted as reading its layer's heads; a parallel one does not, an upper bound there)."""
+    total = s.n_senders
+    for layer in range(s.n_layers):
+        before = 1 + layer * (s.n_heads + 1)
+        total += 3 * heads * before + before + s.n_heads
+    return total
+
+
 def mask_terms(d: _Dims) -> list[Term]:
     """Learned masks (edge-pruning, UGS): a masked run's terms, the mask's training state, and
     what a masked forward keeps for its backward (every receiver's input, each layer's
-    activations and attention maps)."""
+    activations and attention maps).
+
+    A position-aware mask ([S, R, P], ``d.columns`` = P) has P times the state, and its masked
+    run (:func:`circuitfind.patching_positions.masked_forward_positional`) keeps for backward
+    each receiver group's stacked sender differences and per-token weights (the position-free
+    run stacks only the senders whose weight is not 1). Coefficients counted with
+    :class:`circuitfind.memory.PeakMeter` on GPT-2 and Llama shapes (two to eight layers)."""
     s, t = d.shape, d.b * d.p
     terms = masked_terms(d)
-    state = s.n_senders * s.n_receivers * 4 * _MASK_STATE
-    terms.append(Term("mask state", state, "fixed", "[S, R] fp32: logits, grads, Adam, samples"))
+    if d.columns:
+        state = s.n_senders * s.n_receivers * d.columns * 4 * _MASK_STATE_POSITIONS
+        note = "[S, R, P] fp32: logits, grads, Adam, samples"
+    else:
+        state = s.n_senders * s.n_receivers * 4 * _MASK_STATE
+        note = "[S, R] fp32: logits, grads, Adam, samples"
+    terms.append(Term("mask state", state, "fixed", note))
     maps = int(_ATTN_MAPS * d.b * s.n_heads * d.p * d.p * s.dtype_bytes)
     saved = d.stream(s.n_receivers * t) + s.n_layers * (
         d.stream(int(_LAYER_D * t)) + maps + d.mlp(t)
     )
     terms.append(Term("saved for backward", saved, "batch", "receiver inputs + activations"))
+    if d.columns:
+        stacks = d.stream(int(_POSITIONAL_STACKS * _upstreams(s, 1) * t))
+        weights = _upstreams(s, s.n_heads) * t * s.dtype_bytes
+        terms.append(
+            Term(
+                "positional stacks",
+                stacks + weights,
+                "batch",
+                "stacked differences [s, b, p, d] + weights [s, c, b, p] per receiver group",
+            )
+        )
     return terms
 
 
@@ -378,8 +419,10 @@ def estimate(
     batch_size: int,
     ablation: str = "resample",
     options: Mapping[str, Any] | None = None,
+    columns: int = 0,
 ) -> list[Term]:
-    """Every term of ``method``'s peak at this batch size (parameters first)."""
+    """Every term of ``method``'s peak at this batch size (parameters first); ``columns``: the
+    position columns of a position-aware run (0: position-free)."""
     from circuitfind.methods.table import method_spec
 
     spec = method_spec(method)
@@ -388,7 +431,7 @@ def estimate(
             f"method {spec.name!r} declares no memory terms (its table row's 'memory')"
         )
     fn = _term_function(spec.memory)
-    dims = _Dims(shape, n, positions, min(batch_size, n), ablation, dict(options or {}))
+    dims = _Dims(shape, n, positions, min(batch_size, n), ablation, dict(options or {}), columns)
     terms = [Term("parameters", shape.param_bytes, "fixed", "the model's weights")]
     return terms + list(fn(dims))
 
@@ -422,6 +465,7 @@ def auto_batch_size(
     ablation: str = "resample",
     options: Mapping[str, Any] | None = None,
     max_batch: int = MAX_AUTO_BATCH,
+    columns: int = 0,
 ) -> int:
     """The largest batch (at most ``max_batch`` and ``n``) whose plan fits ``budget``; 0 when
     even one prompt does not."""
@@ -436,6 +480,7 @@ def auto_batch_size(
             batch_size=mid,
             ablation=ablation,
             options=options,
+            columns=columns,
         )
         if _total(terms) <= budget:
             best, lo = mid, mid + 1
@@ -454,6 +499,7 @@ def make_plan(
     max_memory: int | str | None = None,
     options: Mapping[str, Any] | None = None,
     max_batch: int = MAX_AUTO_BATCH,
+    columns: int = 0,
 ) -> MemoryPlan:
     """The memory plan of ``method`` on (model, task): terms, total and batch size.
 
@@ -461,6 +507,8 @@ def make_plan(
         batch_size: a positive integer (planned as given) or ``"auto"``: the largest batch up to
             ``max_batch`` that fits the budget.
         max_memory: the budget (bytes or ``"4GiB"``); default: what the model's device has free.
+        columns: the position columns of a position-aware run (``PositionLayout.n_columns``;
+            0: position-free): the [S, R, P] score sums and a positional mask's terms.
 
     Raises:
         InputError: ``batch_size="auto"`` and even one prompt a batch does not fit the budget
@@ -520,6 +568,7 @@ def make_plan(
                 ablation=kind,
                 options=o,
                 max_batch=max_batch,
+                columns=columns,
             )
             if b:
                 opts, kwargs = o, kw
@@ -533,6 +582,7 @@ def make_plan(
                 batch_size=1,
                 ablation=kind,
                 options=opts,
+                columns=columns,
             )
             worst = max(one[1:], key=lambda t: t.bytes)
             raise InputError(
@@ -547,7 +597,14 @@ def make_plan(
     else:
         raise InputError(f"batch size must be a positive integer or 'auto'; got {batch_size!r}")
     terms = estimate(
-        shape, spec.name, n=n, positions=positions, batch_size=b, ablation=kind, options=opts
+        shape,
+        spec.name,
+        n=n,
+        positions=positions,
+        batch_size=b,
+        ablation=kind,
+        options=opts,
+        columns=columns,
     )
     return MemoryPlan(
         method=spec.name,

@@ -33,7 +33,8 @@ class Scores:
             method did not score.
         nodes: node name -> score, for node-level methods (``edges`` is then derived from it
             with :func:`edges_from_nodes`).
-        kept: [sender, receiver] bool, for methods that choose their circuit themselves (ACDC).
+        kept: [sender, receiver] bool ([S, R, P] for position-aware scores), for methods that
+            choose their circuit themselves (ACDC, the learned masks).
         orientation: how these scores point, when it differs from the method's table row
             (ACDC on the task metric measures ablated-minus-clean changes).
     """

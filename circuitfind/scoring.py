@@ -79,8 +79,10 @@ def _memory_plan(
     batch_size: int | str,
     max_memory: int | str | None,
     opts: dict[str, Any],
+    columns: int = 0,
 ) -> Any:
-    """The memory plan of the run; an explicit batch size over the budget is refused."""
+    """The memory plan of the run (``columns``: a position layout's, 0 for none); an explicit
+    batch size over the budget is refused."""
     from circuitfind.memory import format_bytes
     from circuitfind.plan import make_plan
 
@@ -93,6 +95,7 @@ def _memory_plan(
         batch_size=batch_size,
         max_memory=max_memory,
         options=opts,
+        columns=columns,
     )
     if not plan.fits:
         raise InputError(
@@ -136,7 +139,8 @@ def score(
             has free. With an explicit ``batch_size`` it is checked, not chosen.
         positions: True makes every edge one per position, a list of span names (``["S1",
             "IO", "S2", "END"]``, from ``task.spans``) one per span (tokens outside them form
-            the span ``other``); see :mod:`circuitfind.positions`. For exact, EAP and EAP-IG.
+            the span ``other``); see :mod:`circuitfind.positions`. For exact, EAP, EAP-IG
+            and the learned masks (edge-pruning, ugs).
         **options: the method's options (``steps`` for EAP-IG, ``tau`` for ACDC, ...; see its
             table row); ``None`` means the default.
 
@@ -152,6 +156,14 @@ def score(
     if seed is not None:
         torch.manual_seed(seed)
     t0 = time.perf_counter()
+    _check_is_task(task)
+    layout = layout_for(task, positions)  # a bad span fails before any work
+    if layout is not None:
+        from circuitfind.methods.positional import positional_function
+
+        fn = positional_function(spec.name, spec.function())
+    else:
+        fn = spec.function()
     plan, kwargs = None, {}
     if (
         batch_size == "auto"
@@ -160,17 +172,15 @@ def score(
     ):
         batch_size = runs.batch_size
     elif batch_size == "auto" or max_memory is not None:
-        plan = _memory_plan(model, task, spec.name, ablation, batch_size, max_memory, opts)
+        columns = 0 if layout is None else layout.n_columns
+        plan = _memory_plan(model, task, spec.name, ablation, batch_size, max_memory, opts, columns)
         batch_size, kwargs = plan.batch_size, dict(plan.method_kwargs)
     assert isinstance(batch_size, int)
     runs = prepare(model, task, ablation, batch_size=batch_size, progress=progress, runs=runs)
     t_prepared = time.perf_counter()
     runs.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    layout = layout_for(task, positions)
     runs.layout = layout
-    from circuitfind.resample import scoring_function
-
-    result = scoring_function(spec, runs)(runs, **opts, **kwargs)
+    result = fn(runs, **opts, **kwargs)
     t_scored = time.perf_counter()
     graph = runs.graph
     kept = result.kept if result.kept is not None else torch.zeros_like(graph.valid)
@@ -212,7 +222,7 @@ def score(
     circuit = Circuit(
         graph,
         result.edges,
-        kept if layout is None else kept[..., None].expand_as(result.edges),
+        kept if kept.dim() == result.edges.dim() else kept[..., None].expand_as(result.edges),
         meta,
         result.nodes,
         positions=None if layout is None else layout.names,

@@ -34,6 +34,17 @@ spanning -init_logit .. +init_logit, half the edges off from the first step, gav
 warm-started from EAP-IG on zoo:ioi a circuit of faithfulness 0.70; this one gives 0.88.)
 Without it every logit starts at ``init_logit``.
 
+Position-aware masks: when the prepared runs carry a position layout (``score(...,
+positions=True)`` or span names; :mod:`circuitfind.positions`), both methods learn one logit per
+(edge, column), [S, R, P], through the positional masked run
+(:func:`circuitfind.patching_positions.masked_forward_positional`, differentiable in the mask):
+the same estimators, objective, sparsity schedule, Lagrangian and seeds, with the density (and
+so the sparsity target) taken over the valid (edge, column) terms. Scores and ``kept`` are then
+[S, R, P]. A warm start from a method with a position-aware form (exact, EAP, EAP-IG, the
+masks themselves) ranks its (edge, column) scores; one from a method without one (node
+ablation, ACDC) ranks its position-free edges and gives every column of an edge that edge's
+starting logit (the position-free warm start, broadcast over the columns).
+
 Every random draw comes from a generator seeded with ``mask_seed``, so one seed gives the same
 scores. With ``runs.checkpoint_dir`` the logits, multipliers, optimiser states and the
 generator's state are saved (``edge-pruning_checkpoint.pt`` / ``ugs_checkpoint.pt``) every
@@ -43,6 +54,8 @@ later call of the same run resumes to the same result as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
 import math
 from collections.abc import Callable
@@ -57,6 +70,7 @@ from circuitfind.checkpoint import Checkpointer, run_fingerprint
 from circuitfind.errors import InputError
 from circuitfind.patching import masked_forward
 from circuitfind.progress import bar as progress_bar
+from circuitfind.pruning_positions import valid_like
 from circuitfind.runs import PreparedBatch, PreparedRuns
 from circuitfind.scores import Scores, helpfulness, orientation
 
@@ -132,25 +146,49 @@ _UGS = _Estimator("ugs", ugs_sample, torch.sigmoid, lambda th: torch.sigmoid(th)
 def warm_start_logits(
     runs: PreparedRuns, method: str, init_logit: float, options: dict[str, Any] | None = None
 ) -> Tensor:
-    """Starting logits [S, R] from ``method``'s scores (any method of the table, its default
-    options unless ``options``), oriented by :func:`circuitfind.scores.orientation`: the rank
-    quantile q of each valid edge's helpfulness maps to ``2 init_logit q``."""
+    """Starting logits from ``method``'s scores (any method of the table, its default options
+    unless ``options``), oriented by :func:`circuitfind.scores.orientation`: the rank quantile
+    q of each valid edge's helpfulness maps to ``2 init_logit q``.
+
+    Returns [S, R], or [S, R, P] when ``runs`` carry a position layout: then the quantiles are
+    over the valid (edge, column) terms of the method's position-aware scores, or, for a method
+    without a position-aware form, the position-free logits repeated over the columns.
+    """
+    from circuitfind.methods.positional import POSITIONAL_FORMS, positional_function
     from circuitfind.methods.table import method_options, method_spec
 
     graph = runs.graph
     spec = method_spec(method)
-    result = spec.function()(runs, **method_options(spec, options))
+    layout = runs.layout
+    fn = spec.function()
+    source = runs
+    if layout is not None:
+        if spec.name in POSITIONAL_FORMS:
+            fn = positional_function(spec.name, fn)
+        else:  # no position-aware form: its position-free scores, broadcast over the columns
+            logger.info(
+                "warm start from %s, which has no position-aware form: every column of an edge "
+                "starts from that edge's position-free rank",
+                spec.name,
+            )
+            source = copy.copy(runs)
+            source.layout = None
+    result = fn(source, **method_options(spec, options))
     kind = result.orientation or spec.orientation
     sign = 1.0
     if kind != "helps-positive":
         m_full = float(runs.metric_of(graph.valid.float()).mean())
         m_empty = float(runs.metric_of(torch.zeros_like(graph.valid, dtype=torch.float32)).mean())
         sign = orientation(kind, m_full, m_empty)
-    helps = helpfulness(result.edges.float(), sign)[graph.valid]
+    edges = result.edges.float()
+    valid = valid_like(graph, edges)
+    helps = helpfulness(edges, sign)[valid]
     ranks = torch.from_numpy(rankdata(helps.double().numpy(), method="average"))
     q = (ranks - 1) / max(1, len(ranks) - 1)
-    out = torch.zeros(graph.n_senders, graph.n_receivers)
-    out[graph.valid] = (2 * init_logit * q).float()
+    out = torch.zeros(valid.shape)
+    out[valid] = (2 * init_logit * q).float()
+    if layout is not None and out.dim() == 2:
+        out = out[..., None].expand(-1, -1, layout.n_columns).clone()
     return out
 
 
@@ -191,6 +229,9 @@ def _check(
 def _fit_loss(runs: PreparedRuns, prep: PreparedBatch, mask: Tensor, objective: str) -> Tensor:
     """The masked run's distance from the clean run on one batch (mean over its prompts)."""
     batch = prep.batch
+    columns = None
+    if mask.dim() > 2:  # [S, R, P]: each token's column of the runs' layout
+        columns = runs.layout.batch(batch.idx, batch.clean.shape[1], runs.model.device)
     logits = masked_forward(
         runs.model,
         runs.graph,
@@ -199,6 +240,7 @@ def _fit_loss(runs: PreparedRuns, prep: PreparedBatch, mask: Tensor, objective: 
         prep.ablated,
         mask,
         readout=batch.readout,
+        columns=columns,
     )
     if objective == "kl":
         return prep.metric(runs.task, logits, "kl").mean()
@@ -222,14 +264,21 @@ def _train(
     checkpoint_every: int,
     checkpoint_every_s: float,
 ) -> Scores:
-    """Train the edge logits; ``penalty(density, step, multipliers)`` is the sparsity term
-    (``density``: the expected fraction of valid edges kept), ``multipliers`` the
+    """Train the edge logits, [S, R] or, when ``runs`` carry a position layout, [S, R, P];
+    ``penalty(density, step, multipliers)`` is the sparsity term (``density``: the expected
+    fraction of valid edges, or valid (edge, column) terms, kept), ``multipliers`` the
     ``n_multipliers`` Lagrange multipliers it may use (they ascend)."""
     graph, model = runs.graph, runs.model
-    valid = graph.valid
+    layout = runs.layout
+    shape: tuple[int, ...] = (graph.n_senders, graph.n_receivers)
+    if layout is not None:
+        shape = (*shape, layout.n_columns)
+        columns = hashlib.sha256(layout.columns.cpu().numpy().tobytes()).hexdigest()[:16]
+        options = {**options, "positions": [*layout.names, columns]}  # the checkpoint's run
+    logits = torch.full(shape, float(init_logit))
+    valid = valid_like(graph, logits)  # [S, R] or [S, R, P]
     n_valid = int(valid.sum())
     device = model.device
-    logits = torch.full((graph.n_senders, graph.n_receivers), float(init_logit))
     mult = torch.zeros(max(n_multipliers, 1))
     gen = torch.Generator().manual_seed(mask_seed)
     ckpt = Checkpointer(
@@ -253,6 +302,7 @@ def _train(
         start = 0
         if state is None and init is not None:
             logits = warm_start_logits(runs, init, float(init_logit))
+            assert tuple(logits.shape) == shape
         theta = logits.to(device).requires_grad_(True)
         lam = mult.to(device).requires_grad_(True)
         opt = torch.optim.Adam([theta], lr=lr)
@@ -331,7 +381,8 @@ def score_edge_pruning(
     model's outputs close to the full model's at a target sparsity (see the module's docstring).
 
     Returns scores [S, R] = each edge's keep probability P(z > 0) (NaN outside ``graph.valid``)
-    and ``kept`` = the deterministic mask > 0.5.
+    and ``kept`` = the deterministic mask > 0.5; [S, R, P], one per (edge, column), when the
+    runs carry a position layout.
     """
     init_method = _check(
         train_steps=train_steps,
@@ -402,7 +453,8 @@ def score_ugs(
     fraction of edges kept as the penalty (see the module's docstring).
 
     Returns scores [S, R] = each edge's keep probability p (NaN outside ``graph.valid``) and
-    ``kept`` = p > 0.5.
+    ``kept`` = p > 0.5; [S, R, P], one per (edge, column), when the runs carry a position
+    layout.
     """
     init_method = _check(
         train_steps=train_steps,

@@ -38,12 +38,14 @@ POSITIONAL_FORMS: dict[str, str | None] = {
     "eap": None,  # None: the method's own function reads ``runs.layout``
     "eap-ig-inputs": None,
     "eap-ig-activations": None,
+    "edge-pruning": None,
+    "ugs": None,
 }
 """Methods with a position-aware form: method name -> the ``"module:function"`` that scores
 (edge, column) terms, or None when the method's own function does (it reads ``runs.layout``
-and returns [S, R, P] scores). A method outside this table refuses ``positions=``. A learned
-mask goes positional by training a [S, R, P] mask through ``masked_forward(..., columns=)``
-and registering here."""
+and returns [S, R, P] scores). A method outside this table refuses ``positions=``. The learned
+masks (edge-pruning, ugs) go positional by training a [S, R, P] mask through
+``masked_forward(..., columns=)`` (:mod:`circuitfind.methods.masks`)."""
 
 
 def positional_function(name: str, default: Any) -> Any:
