@@ -47,6 +47,7 @@ from circuitfind.errors import InputError
 from circuitfind.evaluation import evaluate
 from circuitfind.methods.table import METHODS, method_name, method_spec
 from circuitfind.model import Model
+from circuitfind.positions import position_edge_name
 from circuitfind.runs import PreparedRuns
 from circuitfind.scoring import score
 from circuitfind.tasks import Task
@@ -111,7 +112,7 @@ def plan_candidates(
     """
     from circuitfind.methods.table import method_options
 
-    opts = dict(options or {})
+    opts = {k: v for k, v in (options or {}).items() if k != "positions"}  # score's, not a method's
     takes_init = masker is not None and "init" in method_spec(masker).options
     warm = (
         Candidate(f"{masker} (warm start from {fast})", masker, {"init": fast})
@@ -192,26 +193,35 @@ def _candidate_dir(checkpoint_dir: Any, cand: Candidate, *, first: bool) -> Any:
 def frontier_agreement(
     runs: PreparedRuns, attribution: torch.Tensor, n_kept: int, frontier: int = 64
 ) -> dict[str, Any]:
-    """Attribution scores [S, R] against exact patching on the ``frontier`` edges nearest the
-    cut at ``n_kept`` (module docstring, step 5)."""
+    """Attribution scores [S, R] (or [S, R, P] (edge, column) terms over the runs' position
+    layout) against exact patching on the ``frontier`` edges nearest the cut at ``n_kept``
+    (module docstring, step 6)."""
     graph = runs.graph
-    ok = graph.valid & ~torch.isnan(attribution)
-    s_idx, r_idx = ok.nonzero(as_tuple=True)
-    mags = attribution[s_idx, r_idx].abs()
+    valid = graph.valid
+    columns: tuple[str, ...] | None = None
+    if attribution.dim() == 3:  # (edge, column) terms of the runs' position layout
+        if runs.layout is None or runs.layout.n_columns != attribution.shape[2]:
+            raise InputError("position-aware scores need the runs' position layout")
+        columns = runs.layout.names
+        valid = valid[..., None].expand_as(attribution)
+    ok = valid & ~torch.isnan(attribution)
+    where = ok.nonzero()  # [terms, 2 or 3]
+    mags = attribution[tuple(where.T)].abs()
     order = torch.argsort(mags, descending=True, stable=True)
     half = max(1, frontier // 2)
     lo, hi = max(0, n_kept - half), min(order.numel(), n_kept + half)
     picked = order[lo:hi]
-    full = runs.metric_of(graph.valid.float())
+    full = runs.metric_of(valid.float())
     clean = float(full.mean())
     names, attr, exact, kept = [], [], [], []
     for rank_pos, p in zip(range(lo, hi), picked.tolist()):
-        i, j = int(s_idx[p]), int(r_idx[p])
-        mask = graph.valid.clone()
-        mask[i, j] = False
+        ix = tuple(int(x) for x in where[p])
+        mask = valid.clone()
+        mask[ix] = False
         exact.append(float(runs.metric_of(mask.float()).mean()) - clean)
-        attr.append(float(attribution[i, j]))
-        names.append(graph.edge_name(i, j))
+        attr.append(float(attribution[ix]))
+        name = graph.edge_name(ix[0], ix[1])
+        names.append(name if columns is None else position_edge_name(name, columns[ix[2]]))
         kept.append(rank_pos < n_kept)
     out: dict[str, Any] = {
         "n": len(names),

@@ -253,3 +253,18 @@ def test_cli_certify_reports_the_selection(planted, tmp_path, capsys, monkeypatc
     assert 'id="selection"' in report and f"{best['label']} (chosen)" in report
     assert main([*argv, *extra, "--candidates", "eap,exact"]) == 0
     assert "selection by patched CPR: eap " in capsys.readouterr().out
+
+
+def test_certify_with_positions_keeps_the_planted_terms_and_patches_them_exactly(planted) -> None:
+    from tests.test_stability_positions import planted_terms
+
+    model, task = planted
+    c = certify(model, task, positions=True, top_n=5, frontier=10, train_steps=40, progress=False)
+    assert set(c.edge_names) == planted_terms() and c.positions is not None
+    rows = c.meta["certify"]["candidates"]
+    assert [r["method"] for r in rows][:3] == ["eap-ig-inputs", "edge-pruning", "edge-pruning"]
+    exact = circuitfind.score(model, task, method="exact", positions=True, progress=False)
+    fr = c.meta["certify"]["frontier"]
+    assert fr["n"] == 10 and all("@" in r["edge"] for r in fr["edges"])
+    for r in fr["edges"]:
+        assert r["exact"] == pytest.approx(exact.scores[r["edge"]], abs=1e-4)
