@@ -219,13 +219,12 @@ def estimate_cost(
     ACDC the same for every edge tried (all, at worst) over every batch; node ablation one pass
     a node and batch; the learned masks (edge-pruning, UGS) a masked forward and backward a
     training step and batch (``train_steps``); the pruning search and the faithfulness curve
-    about 30 masked passes a batch. Memory: the weights, the clean and ablated node outputs of
-    every batch (the masked runs keep them) and one batch's full cache.
+    about 30 masked passes a batch. Memory: :func:`circuitfind.plan.make_plan`'s peak at
+    ``batch_size`` (weights, caches, probes, score sums, masks).
     """
     import torch
 
     from circuitfind.graph import Graph
-    from circuitfind.model import cache_bytes
 
     cfg = model.cfg
     n = len(task)
@@ -258,11 +257,16 @@ def estimate_cost(
             t0 = time.perf_counter()
             model(tokens, attention_mask=mask)
             seconds_per_forward = time.perf_counter() - t0
-    elem = torch.finfo(model.dtype).bits // 8
-    weights = sum(p.numel() * p.element_size() for p in model.hf_model.parameters())
-    node_out = graph.n_senders * n * seq * cfg.d_model * elem  # one set for all prompts
-    peak = weights + 2 * node_out + cache_bytes(cfg, batch_size, seq, dtype_bytes=elem)
-    return CostEstimate(forwards * seconds_per_forward, int(peak), forwards, method)
+    from circuitfind.plan import make_plan
+
+    plan = make_plan(  # the memory figure is the memory plan's, term by term
+        model,
+        task,
+        method,
+        batch_size=batch_size,
+        options={"steps": steps, "train_steps": train_steps},
+    )
+    return CostEstimate(forwards * seconds_per_forward, plan.total, forwards, method)
 
 
 def confirm_cost(

@@ -278,6 +278,10 @@ def test_estimate_cost_scales_with_the_work_and_asks_before_a_big_run():
     assert b.seconds == pytest.approx(100 * a.seconds) and b.bytes > a.bytes
     eap = estimate_cost(model, small, "eap", batch_size=8, seconds_per_forward=0.01)
     assert eap.seconds < a.seconds
+    from circuitfind.plan import make_plan
+
+    for method, cost in (("exact", a), ("eap", eap)):  # one memory figure: the plan's
+        assert cost.bytes == make_plan(model, small, method, batch_size=8).total
     timed = estimate_cost(model, small, "eap", batch_size=8)
     assert timed.seconds > 0 and timed.bytes > sum(
         p.numel() * 4 for p in model.hf_model.parameters()
