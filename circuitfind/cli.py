@@ -198,12 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--greedy", action="store_true", help="with --top-n: grow from the logits (EAP-IG greedy)"
     )
-    d.add_argument(
-        "--positions",
-        metavar="all|SPANS",
-        help="position-aware edges: 'all' (one edge per position) or span names, e.g. "
-        "S1,IO,S2,END for ioi (exact, eap, eap-ig, edge-pruning, ugs)",
-    )
+    _add_positions(d)
     d.add_argument(
         "--out", metavar="DIR", help="output directory (when not given: circuits/MODEL_TASK_METHOD)"
     )
@@ -289,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_method_options(pl)
     _add_max_memory(pl)
+    _add_positions(pl)
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=_plan)
 
@@ -357,6 +353,15 @@ def build_parser() -> argparse.ArgumentParser:
             ):
                 action.help = "(default: %(default)s)"
     return parser
+
+
+def _add_positions(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--positions",
+        metavar="all|SPANS",
+        help="position-aware edges: 'all' (one edge per position) or span names, e.g. "
+        "S1,IO,S2,END for ioi (exact, eap, eap-ig, edge-pruning, ugs)",
+    )
 
 
 def _add_max_memory(p: argparse.ArgumentParser) -> None:

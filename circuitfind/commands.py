@@ -598,6 +598,14 @@ def _plan(args: argparse.Namespace) -> int:
     model, task = _load_model_and_task(args)
     spec = _ENGINE_METHODS[method]
     given = {name: getattr(args, name, None) for name in spec.options}
+    columns = 0
+    if getattr(args, "positions", None):
+        from circuitfind.methods.positional import positional_function
+        from circuitfind.positions import layout_for
+
+        positional_function(method, None)  # a method without a positional form: refused
+        layout = layout_for(task, args.positions)
+        columns = 0 if layout is None else layout.n_columns
     plan = make_plan(
         model,
         task,
@@ -606,6 +614,7 @@ def _plan(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or "auto",
         max_memory=args.max_memory,
         options=method_options(spec, given),
+        columns=columns,
     )
     if args.json:
         from circuitfind.strict_json import dumps

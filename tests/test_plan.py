@@ -242,3 +242,22 @@ def test_the_estimate_holds_at_gpt2_small_size(method: str) -> None:
     measured = measured_peak(model, task, method, 4)
     plan = make_plan(model, task, method, batch_size=4, max_memory="64GiB")
     assert 0.75 <= plan.working / measured <= 1.25, (plan.working, measured)
+
+
+def test_the_cli_plans_position_aware_runs(capsys: Any) -> None:
+    import circuitfind as cf
+    from circuitfind.cli import main
+
+    argv = ["plan", "--model", "zoo:induction-2l", "--task", "induction", "--n", "8",
+            "--method", "edge-pruning", "--batch-size", "8", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    flat = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--positions", "all"]) == 0
+    positional = json.loads(capsys.readouterr().out)
+    model = cf.load("zoo:induction-2l")
+    task = cf.get_task("induction", model, n=8)
+    want = make_plan(model, task, "edge-pruning", batch_size=8, columns=task.clean.shape[1])
+    assert positional["total_bytes"] == want.total > flat["total_bytes"]
+    node = [a if a != "edge-pruning" else "node" for a in argv]
+    assert main([*node, "--positions", "all"]) != 0  # no positional form
+    assert "position-aware form" in capsys.readouterr().err
