@@ -433,3 +433,11 @@ def test_cli_features_train_and_circuit(tmp_path, capsys):
     assert rc == 0
     fc = json.loads(capsys.readouterr().out)
     assert fc["n_nodes"] == 5 and fc["faithfulness"]["value"] is not None
+    assert fc["edges"] and {"from", "to", "ie"} == set(fc["edges"][0])
+    names = {n["node"] for n in fc["nodes"]} | {"embed", "metric"}
+    assert all(e["from"] in names and e["to"] in names for e in fc["edges"])
+    rc = main(
+        ["features", "circuit", "--model", "zoo:induction-2l", "--transcoders", str(out),
+         "--task", "induction", "--n", "4", "--top-n", "5", "--no-edges"]
+    )  # fmt: skip
+    assert rc == 0 and "edges" not in capsys.readouterr().out

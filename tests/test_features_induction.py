@@ -126,3 +126,24 @@ def test_feature_explorer_of_the_induction_graph(setup, tmp_path):
     print(f"induction feature explorer: {size / 1e3:.1f} kB, {len(data['nodes'])} nodes, "
           f"{len(data['edges'])} edges, {len(data['points'])} thresholds")  # fmt: skip
     assert size < 60_000
+
+
+def test_dataset_circuit_edges_route_layer0_through_layer1(setup):
+    """The dataset-level (Marks et al.) circuit of the induction task over 128 prompts, 100
+    nodes: the layer-0 (previous-token) features reach the metric only through layer-1
+    features (their direct edges to the metric are < 1% of their edges into layer 1), the
+    metric's incoming edges come from layer 1, and the circuit is faithful (> 0.7)."""
+    from circuitfind.features.dataset import feature_circuit
+
+    model, tcs, _, _ = setup
+    task = cf.get_task("induction", model, n=128, seed=0)
+    fc = feature_circuit(model, tcs, task, top_n=100, n_boot=200)
+    assert fc.faithfulness.value > 0.7
+    total: dict[tuple[str, str], float] = {}
+    for u, v, w in fc.edges:
+        key = (u.split(".")[0], v.split(".")[0])
+        total[key] = total.get(key, 0.0) + abs(w)
+    a0_a1, a0_metric = total.get(("a0", "a1"), 0.0), total.get(("a0", "metric"), 0.0)
+    assert a0_a1 > 0 and a0_metric < 0.01 * a0_a1
+    into_metric = sum(v for (u, d), v in total.items() if d == "metric")
+    assert total[("a1", "metric")] > 0.5 * into_metric

@@ -102,6 +102,15 @@ def register(sub: Any) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--top-n", type=int, default=20)
     c.add_argument("--ablation", default="corrupted", choices=("corrupted", "zero", "mean"))
+    c.add_argument(
+        "--edge-threshold",
+        type=float,
+        default=0.0,
+        help="keep the edges between kept nodes with |IE| above this (default: every non-zero)",
+    )
+    c.add_argument(
+        "--no-edges", action="store_true", help="nodes only (skips one backward per kept node)"
+    )
     c.add_argument("--out", default=None)
     c.set_defaults(func=_circuit)
 
@@ -287,6 +296,8 @@ def _circuit(args: argparse.Namespace) -> int:
         task,
         top_n=args.top_n,
         ablation=args.ablation,
+        edges=not args.no_edges,
+        edge_threshold=args.edge_threshold,
     )
     out = fc.to_dict()
     if args.out:
@@ -297,6 +308,10 @@ def _circuit(args: argparse.Namespace) -> int:
     print(f"{fc.n_nodes} nodes; faithfulness {fc.faithfulness} over {len(task)} prompts")
     for name, ie in fc.top(10):
         print(f"  {name}: IE {ie:+.4f}")
+    if fc.edges is not None:
+        print(f"{len(fc.edges)} edges; the strongest:")
+        for u, v, w in fc.top_edges(10):
+            print(f"  {u} -> {v}: IE {w:+.4f}")
     return 0
 
 

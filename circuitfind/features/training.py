@@ -169,11 +169,14 @@ def spliced_hooks(
     *,
     errors: dict[str, Tensor] | None = None,
     edit: Any = None,
+    record: dict[str, tuple[Tensor, Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Hooks for ``model.forward`` that replace each site's output by its transcoder's.
 
     ``errors[site]`` [batch, pos, d] is added to the site's output (the real run's error keeps
-    the output exact); ``edit(site, acts) -> acts`` may change the feature activations.
+    the output exact); ``edit(site, acts) -> acts`` may change the feature activations;
+    ``record[site]`` receives the site's transcoder input and the real output it replaces
+    ``(x, y)``, both as computed in the run (in its autograd graph).
     """
     hooks: dict[str, Any] = {}
     reads: dict[int, Tensor] = {}
@@ -187,6 +190,8 @@ def spliced_hooks(
             else:
                 lw = model.w.layers[layer]
                 x = model.norm(reads[layer], lw.ln2_w, lw.ln2_b, lw.ln2_eps)
+            if record is not None:
+                record[site] = (x, y)
             acts = tc.encode(x)
             if edit is not None:
                 acts = edit(site, acts)
