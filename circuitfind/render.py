@@ -51,6 +51,7 @@ __all__ = [
     "row_key",
     "row_label",
     "row_order",
+    "write_dot",
 ]
 
 logger = logging.getLogger(__name__)
@@ -488,6 +489,26 @@ def render(
             circuit.n_edges - left_out,
             circuit.n_edges,
             left_out,
+        )
+    return write_dot(dot, path)
+
+
+def write_dot(dot: graphviz.Digraph, path: str | os.PathLike[str]) -> Path:
+    """Write ``dot`` to ``path`` (its suffix one of ``FORMATS``): the DOT source always (beside
+    the image, ``.gv``), the image through ``dot`` (PNGs capped, with a warning when scaled).
+
+    Raises:
+        GraphvizNotFoundError: ``dot`` is missing (the ``.gv`` file is written first).
+        InputError: an unknown file suffix.
+    """
+    from circuitfind.errors import InputError
+
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise InputError(
+            f"cannot draw to {path.name!r}: use a file ending in "
+            + ", ".join(f".{f}" for f in FORMATS)
         )
     if fmt == "png":
         dot.attr(size=f"{MAX_PNG_INCHES},{MAX_PNG_INCHES}", dpi=str(PNG_DPI))

@@ -233,3 +233,28 @@ def test_edge_threshold_and_no_edges(induction_model, one_thread):
 @pytest.fixture(scope="module")
 def induction_model():
     return cf.load("zoo:induction-2l")
+
+
+def test_draw_feature_circuit(tmp_path, induction_model, one_thread):
+    import shutil
+
+    from circuitfind.errors import InputError
+    from circuitfind.features.draw import draw_feature_circuit, feature_circuit_dot
+
+    tcs = _tcs(induction_model, ["a0", "a1"], d_sae=24, k=4)
+    task = cf.get_task("induction", induction_model, n=4, seed=1)
+    fc = feature_circuit(induction_model, tcs, task, top_n=8, n_boot=20)
+    src = feature_circuit_dot(fc, max_edges=None).source
+    for u, v, _ in fc.edges:
+        assert f'"{u}" -> "{v}"' in src or f"{u} -> {v}" in src
+    few = feature_circuit_dot(fc, max_edges=3).source
+    assert few.count("tooltip") == 3 and few.count("->") == 6  # each edge and its tooltip
+    assert f"{len(fc.edges) - 3} left out" in few
+    gv = draw_feature_circuit(fc, tmp_path / "fc.gv")
+    assert gv.read_text() == feature_circuit_dot(fc).source
+    if shutil.which("dot"):
+        svg = draw_feature_circuit(fc, tmp_path / "fc.svg")
+        assert svg.read_text().lstrip().startswith(("<?xml", "<svg"))
+    nodes_only = feature_circuit(induction_model, tcs, task, top_n=8, n_boot=20, edges=False)
+    with pytest.raises(InputError, match="edges=True"):
+        feature_circuit_dot(nodes_only)

@@ -5,7 +5,8 @@
 (frozen.py), pruned as circuit-tracer prunes (prune.py); ``attention_drivers`` (qk.py) splits a
 head's attention score over pairs of graph nodes; ``intervention_check`` (intervene.py) compares
 the graph's predicted effects with measured ones; ``feature_circuit`` (dataset.py) is Marks et
-al.'s dataset-level circuit; ``to_neuronpedia`` (export.py) writes Neuronpedia's graph JSON;
+al.'s dataset-level circuit, with edges, drawn by ``draw_feature_circuit`` (draw.py);
+``to_neuronpedia`` (export.py) writes Neuronpedia's graph JSON;
 ``write_feature_explorer`` (explorer.py) draws a graph as one offline HTML page.
 Names load lazily, so ``import circuitfind.features`` is cheap.
 """
@@ -28,6 +29,8 @@ _NAMES = {
     "intervention_check": "intervene",
     "feature_circuit": "dataset",
     "FeatureCircuit": "dataset",
+    "draw_feature_circuit": "draw",
+    "feature_circuit_dot": "draw",
     "to_neuronpedia": "export",
     "write_neuronpedia": "export",
     "top_examples": "examples",

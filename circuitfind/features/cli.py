@@ -111,7 +111,13 @@ def register(sub: Any) -> None:
     c.add_argument(
         "--no-edges", action="store_true", help="nodes only (skips one backward per kept node)"
     )
-    c.add_argument("--out", default=None)
+    c.add_argument("--out", default=None, help="write the circuit (nodes, edges) as JSON here")
+    c.add_argument(
+        "--draw",
+        default=None,
+        metavar="PATH",
+        help="draw the circuit (.svg, .png, .pdf, or .gv for DOT only; the strongest 80 edges)",
+    )
     c.set_defaults(func=_circuit)
 
 
@@ -288,6 +294,10 @@ def _circuit(args: argparse.Namespace) -> int:
     from circuitfind.features.transcoder import TranscoderSet
     from circuitfind.tasks import get_task
 
+    if args.draw and args.no_edges:
+        from circuitfind.errors import InputError
+
+        raise InputError("--draw needs the circuit's edges: drop --no-edges")
     model = _load(args)
     task = get_task(args.task, model, n=args.n, seed=args.seed)
     fc = feature_circuit(
@@ -302,6 +312,12 @@ def _circuit(args: argparse.Namespace) -> int:
     out = fc.to_dict()
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
+    if args.draw:
+        from circuitfind.features.draw import draw_feature_circuit
+
+        drawn = draw_feature_circuit(fc, args.draw)
+        if not args.json:
+            print(f"drew {drawn}")
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
