@@ -145,3 +145,39 @@ def test_every_method_runs_on_cuda_like_on_cpu(method: str) -> None:
     torch.testing.assert_close(
         gpu.score_matrix.cpu(), cpu.score_matrix, rtol=1e-3, atol=1e-5, equal_nan=True
     )
+
+
+def test_feature_engine_makes_no_activation_sized_tensors_off_the_model_device() -> None:
+    """The same spy over the feature engine: transcoder training and its metrics, an
+    attribution graph with its intervention check and QK split, top examples, and a dataset
+    circuit with edges. Tensors made without a device and copies to the host stay below half a
+    batch's activations (transcoders are initialised on the host, then moved: parameter-sized);
+    the attribution graph's adjacency and its total effects, results kept on the host, are
+    allowed [nodes x nodes] and nothing larger."""
+    from circuitfind.features import attribution_graph, feature_circuit, train_transcoders
+    from circuitfind.features.examples import top_examples
+    from circuitfind.features.intervene import intervention_check
+    from circuitfind.features.qk import attention_drivers
+
+    model = cf.load(make_hf_model("llama-gqa-llama3rope"))
+    b, p = 8, 16
+    task = _task(b, p, model.cfg.d_vocab)
+    data = task.clean
+    activation = b * p * model.cfg.d_model
+    spy = HostSpy()
+    with spy:
+        tcs = train_transcoders(model, data, sites=["a0", "m1"], d_sae=48, k=4, steps=3)
+        graph = attribution_graph(model, tcs, data[0], batch_size=16)
+        intervention_check(model, graph, top=4)
+        attention_drivers(model, graph, 1, 0, p - 1, 0)
+        top_examples(model, tcs, data, k=2)
+        feature_circuit(model, tcs, task, top_n=6, batch_size=4, n_boot=10)
+    graph_sized = len(graph.nodes) ** 2
+    host_graph = ("features/graph.py", "features/intervene.py", "features/prune.py")
+    big = [
+        e
+        for e in spy.events
+        if e[2] > (graph_sized if e[1].startswith(host_graph) else activation // 2)
+    ]
+    assert not big, big
+    assert spy.events, "the spy saw nothing: it did not fire"

@@ -40,7 +40,7 @@ from torch import Tensor
 from circuitfind.errors import InputError
 from circuitfind.evaluation import measure
 from circuitfind.features.training import spliced_hooks
-from circuitfind.features.transcoder import Transcoder
+from circuitfind.features.transcoder import Transcoder, on_device
 from circuitfind.model import Model
 
 __all__ = ["FeatureCircuit", "feature_circuit"]
@@ -189,9 +189,8 @@ def feature_circuit(
         raise InputError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
     if threshold is None and top_n is None:
         top_n = 20
-    tcs = {s: tc.eval() for s, tc in transcoders.items()}
-    for tc in tcs.values():
-        tc.requires_grad_(False)
+    dev = model.device
+    tcs = on_device(transcoders, dev)
     n = len(task)
     mean_acts: dict[str, Tensor] = {}
     mean_embed: Tensor | None = None
@@ -223,7 +222,9 @@ def feature_circuit(
             mean_embed.expand_as(emb),
         )
 
-    scores = {s: torch.zeros(tc.cfg.d_sae, dtype=torch.float64) for s, tc in tcs.items()}
+    scores = {
+        s: torch.zeros(tc.cfg.d_sae, dtype=torch.float64, device=dev) for s, tc in tcs.items()
+    }
     err_scores = dict.fromkeys(tcs, 0.0)
     batches = []
     for start in range(0, n, batch_size):
@@ -237,11 +238,11 @@ def feature_circuit(
             scores[s] += ((abl_a[s] - acts[s]) * grads[s]).sum((0, 1)).double()
             err_scores[s] += float(((abl_e[s] - errs[s]) * e_grads[s]).sum())
     for s in scores:
-        scores[s] /= n
+        scores[s] = (scores[s] / n).cpu()
         err_scores[s] /= n
 
     # ---- prune
-    flat = [(abs(float(v[i])), s, i) for s, v in scores.items() for i in range(len(v))]
+    flat = [(abs(x), s, i) for s, v in scores.items() for i, x in enumerate(v.tolist())]
     flat += [(abs(v), s, -1) for s, v in err_scores.items()]
     flat.sort(key=lambda t: -t[0])
     chosen = flat[:top_n] if top_n is not None else [t for t in flat if t[0] > (threshold or 0)]
@@ -259,8 +260,8 @@ def feature_circuit(
         vals = []
         for bt in batches:
             keep = {
-                s: torch.zeros(tc.cfg.d_sae, dtype=torch.bool) for s, tc in tcs.items()
-            }  # fmt: skip
+                s: torch.zeros(tc.cfg.d_sae, dtype=torch.bool, device=dev) for s, tc in tcs.items()
+            }
             if mode == "circuit":
                 for s, ids in kept.items():
                     keep[s][ids] = True
@@ -354,11 +355,11 @@ def _edges(
     down_names = [*up_names[:-1], "metric"]
     W = sum(_batch_edges(model, tcs, task, bt, kept, kept_err) for bt in batches)
     assert isinstance(W, Tensor)
-    W = W / n
+    mean = (W / n).cpu().tolist()
     out = []
     for r, dn in enumerate(down_names):
         for c, un in enumerate(up_names):
-            w = float(W[r, c])
+            w = mean[r][c]
             if w != 0.0 and abs(w) > edge_threshold and un != dn:
                 out.append((un, dn, w))
     return out
@@ -400,7 +401,7 @@ def _batch_edges(
     n_up = sum(len(v) for v in kept.values()) + len(kept_err) + 1
 
     def row(value: Tensor) -> Tensor:
-        out = torch.zeros(n_up, dtype=torch.float64)
+        out = torch.zeros(n_up, dtype=torch.float64, device=m.device)
         if not value.requires_grad:
             return out
         gs = torch.autograd.grad(value, inputs, retain_graph=True, allow_unused=True)
@@ -414,10 +415,10 @@ def _batch_edges(
         for s in kept_err:
             g = gs[len(order) + order.index(s)]
             if g is not None:
-                out[j] = float((g * e_deltas[s]).sum())
+                out[j] = (g * e_deltas[s]).sum()
             j += 1
         if gs[-1] is not None:
-            out[j] = float((gs[-1] * d_emb).sum())
+            out[j] = (gs[-1] * d_emb).sum()
         return out
 
     rows = [row((g_a[s][..., i] * live_a[s][..., i]).sum()) for s in order for i in kept[s]]

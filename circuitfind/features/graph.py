@@ -20,7 +20,6 @@ source]``.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +30,7 @@ from torch import Tensor
 from circuitfind.errors import InputError
 from circuitfind.features.frozen import FrozenRun, freeze, frozen_forward, frozen_readout
 from circuitfind.features.prune import PruneResult, prune_graph
-from circuitfind.features.transcoder import Transcoder, TranscoderSet
+from circuitfind.features.transcoder import Transcoder, TranscoderSet, on_device
 from circuitfind.model import Model
 
 __all__ = ["AttributionGraph", "GraphNode", "attribution_graph", "propagate"]
@@ -231,10 +230,11 @@ def propagate(
     """
     n_pos, d = fr.embed.shape
     B = max(1, len(chunk))
+    dev = fr.embed.device
     inj: dict[str, Tensor] = {}
     for b, (site, q, vec) in enumerate(chunk):
-        inj.setdefault(site, torch.zeros(B, n_pos, d, dtype=dtype))[b, q] = vec
-    zero = torch.zeros(B, n_pos, d, dtype=dtype)
+        inj.setdefault(site, torch.zeros(B, n_pos, d, dtype=dtype, device=dev))[b, q] = vec
+    zero = torch.zeros(B, n_pos, d, dtype=dtype, device=dev)
 
     def write(site: str, x: Tensor, per_head: Tensor | None) -> Tensor:
         if on_read is not None:
@@ -277,9 +277,8 @@ def attribution_graph(
     else:
         ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
     fr = freeze(model, ids)
-    tcs = {
-        s: copy.deepcopy(tc).to(dtype).eval().requires_grad_(False) for s, tc in transcoders.items()
-    }
+    dev = fr.embed.device
+    tcs = on_device(transcoders, dev, dtype)
     for s, tc in tcs.items():
         if s not in fr.site_in:
             raise InputError(f"transcoder site {s} is not in this {model.cfg.n_layers}-layer model")
@@ -357,7 +356,7 @@ def attribution_graph(
 
     def run(chunk: list[Write], affine: bool) -> tuple[Tensor, dict[int, Tensor]]:
         """Targets' inputs [B, n] and head splits for one batch of single-source writes."""
-        out = torch.zeros(max(1, len(chunk)), n, dtype=dtype)
+        out = torch.zeros(max(1, len(chunk)), n, dtype=dtype, device=dev)
         heads: dict[int, Tensor] = {}
 
         def read(site: str, x: Tensor, per_head: Tensor | None) -> None:
@@ -365,9 +364,9 @@ def attribution_graph(
             if not rows:
                 return
             tc = tcs[site]
-            r_idx = torch.tensor([r for r, _, _ in rows])
-            q_idx = torch.tensor([q for _, q, _ in rows])
-            f_idx = torch.tensor([f for _, _, f in rows])
+            r_idx = torch.tensor([r for r, _, _ in rows], device=dev)
+            q_idx = torch.tensor([q for _, q, _ in rows], device=dev)
+            f_idx = torch.tensor([f for _, _, f in rows], device=dev)
             enc = tc.W_enc[:, f_idx]  # [d_in, n_rows]
             out[:, r_idx] = torch.einsum("bnd,dn->bn", x[:, q_idx], enc)
             if affine:
@@ -384,14 +383,14 @@ def attribution_graph(
 
     with torch.no_grad():
         const, _ = run([], affine=True)
-        bias = const[0]
+        bias = const[0].cpu()
         bias[[i for i, nd in enumerate(nodes) if nd.kind in ("error", "token")]] = 0.0
         for start in range(0, len(writes), batch_size):
             chunk = writes[start : start + batch_size]
             out, heads = run(chunk, affine=False)
-            A[:, start : start + len(chunk)] = out.T
+            A[:, start : start + len(chunk)] = out.T.cpu()
             for r, split in heads.items():
-                head_rows[r][start : start + len(chunk)] = split
+                head_rows[r][start : start + len(chunk)] = split.cpu()
     # a feature's own readout happens before its write: no self-edges; sources never targets
     A.fill_diagonal_(0.0)
     src_only = [i for i, nd in enumerate(nodes) if nd.kind in ("error", "token")]

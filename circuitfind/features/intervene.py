@@ -106,7 +106,7 @@ def measured_frozen(
         resid = frozen_forward(model, fr, emb, write, affine=True, live_attention=live_attention)
         u, b = _target_vector(model, graph)
         value = frozen_readout(model, fr, resid, True)[:, graph.target["pos"]] @ u + b
-    return value[:-1] - value[-1]
+    return (value[:-1] - value[-1]).cpu()
 
 
 def first_order_live(
@@ -121,7 +121,9 @@ def first_order_live(
     edits = _edits(graph, features)
     n_pos = fr.embed.shape[0]
     deltas = {
-        s: torch.zeros(1, n_pos, tc.cfg.d_sae, dtype=dtype, requires_grad=True)
+        s: torch.zeros(
+            1, n_pos, tc.cfg.d_sae, dtype=dtype, device=fr.embed.device, requires_grad=True
+        )
         for s, tc in tcs.items()
     }
     errors = {
@@ -143,7 +145,7 @@ def first_order_live(
     value = frozen_readout(model, fr, resid, True)[0, graph.target["pos"]] @ u + b
     grads = dict(zip(deltas, torch.autograd.grad(value, list(deltas.values())), strict=True))
     acts = torch.tensor([graph.nodes[i].activation for i in features], dtype=dtype)
-    g = torch.stack([grads[s][0, q, f] for s, q, f in edits])
+    g = torch.stack([grads[s][0, q, f] for s, q, f in edits]).cpu()
     return ((scale - 1.0) * acts * g).detach()
 
 
@@ -177,7 +179,7 @@ def measured_unfrozen(
     value = logits[:, t["token"]]
     if t["wrong"] is not None:
         value = value - logits[:, t["wrong"]]
-    return value[:-1] - value[-1]
+    return (value[:-1] - value[-1]).cpu()
 
 
 def _to_float(tc: Any) -> Any:

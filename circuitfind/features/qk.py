@@ -72,7 +72,9 @@ def _project(
         out = out + bias.to(dt)
     if model.cfg.positional == "rotary":
         ctx = model.context(fr.tokens[None])
-        full = torch.zeros(1, fr.tokens.shape[0], out.shape[0], out.shape[1], dtype=dt)
+        full = torch.zeros(
+            1, fr.tokens.shape[0], out.shape[0], out.shape[1], dtype=dt, device=out.device
+        )
         full[0, pos] = out
         out = model._rotate(full, ctx, layer)[0, pos]
     return out
@@ -157,7 +159,9 @@ def _real(model: Model, x: Tensor, layer: int, head: int, pos: int, fr: Any, kin
         out = out + lw.b_K[kv].double() if lw.b_K is not None else out
     if model.cfg.positional == "rotary":
         ctx = model.context(fr.tokens[None])
-        full = torch.zeros(1, fr.tokens.shape[0], 1, out.shape[-1], dtype=out.dtype)
+        full = torch.zeros(
+            1, fr.tokens.shape[0], 1, out.shape[-1], dtype=out.dtype, device=out.device
+        )
         full[0, pos, 0] = out
         out = model._rotate(full, ctx, layer)[0, pos, 0]
     return out

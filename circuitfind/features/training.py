@@ -119,7 +119,7 @@ def _train_one(
     seed: int,
     weights: Tensor | None = None,
 ) -> Transcoder:
-    tc = Transcoder(cfg, seed=seed)
+    tc = Transcoder(cfg, seed=seed).to(x.device)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         tc.b_dec.copy_(y.mean(0))
@@ -228,6 +228,8 @@ def replacement_metrics(
             None if data.attention_mask is None else data.attention_mask[start : start + batch_size]
         )
         lw = None if data.loss_weight is None else data.loss_weight[start : start + batch_size]
+        ids = ids.to(model.device)
+        mask = None if mask is None else mask.to(model.device)
         w = _position_weights(ids, mask, lw).float()
         with torch.no_grad():
             lo = model(ids, mask).float().log_softmax(-1)[:, :-1]

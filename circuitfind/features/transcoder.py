@@ -36,6 +36,7 @@ __all__ = [
     "Transcoder",
     "TranscoderConfig",
     "TranscoderSet",
+    "on_device",
     "parse_site",
     "site_hooks",
 ]
@@ -220,6 +221,23 @@ class Transcoder(nn.Module):
             raise InputError(f"{path / 'weights.safetensors'} lacks {sorted(missing)}")
         tc.load_state_dict(state)
         return tc.eval()
+
+
+def on_device(
+    transcoders: dict[str, Transcoder], device: torch.device, dtype: torch.dtype | None = None
+) -> dict[str, Transcoder]:
+    """The transcoders on ``device`` (and in ``dtype`` when given), in eval mode with gradients
+    off: the same objects where they are already there, copies otherwise (so a set loaded on the
+    CPU is not moved under its owner)."""
+    import copy
+
+    out: dict[str, Transcoder] = {}
+    for site, tc in transcoders.items():
+        w = tc.W_enc
+        if w.device != torch.device(device) or (dtype is not None and w.dtype != dtype):
+            tc = copy.deepcopy(tc).to(device=device, dtype=dtype or w.dtype)
+        out[site] = tc.eval().requires_grad_(False)
+    return out
 
 
 class TranscoderSet(dict[str, Transcoder]):
