@@ -520,6 +520,19 @@ class Model:
         )
         return cache
 
+    def node_outputs(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Every node's output in graph sender order [S, b, p, d] (``cache(...).node_outputs()``
+        without the cache: each layer's outputs are written into the result as they are made,
+        and no residual stream is kept, so the peak is the result plus one layer)."""
+        tokens = self.check_tokens(tokens, attention_mask)
+        b, p = tokens.shape
+        S = 1 + self.cfg.n_layers * (self.cfg.n_heads + 1)
+        out = torch.empty(S, b, p, self.cfg.d_model, dtype=self.dtype, device=self.device)
+        cache = ForwardCache(self.cfg, input=torch.empty(0))
+        with torch.no_grad():
+            self._run(tokens, attention_mask, cache=cache, unembed=False, sink=out)
+        return out
+
     def _run(
         self,
         tokens: Tensor,
@@ -530,7 +543,11 @@ class Model:
         hooks: dict[str, Hook] | None = None,
         unembed: bool = True,
         position_ids: Tensor | None = None,
+        sink: Tensor | None = None,
     ) -> tuple[Tensor, ForwardCache | None]:
+        """The forward; ``cache`` records into it; with ``sink`` [S, b, p, d] the node outputs
+        are written there instead and the cache keeps only what the run needs (attention
+        biases)."""
         hooks = self._merged_hooks(hooks) if self._installed else (hooks or {})
 
         def hook(point: str, x: Tensor) -> Tensor:
@@ -540,7 +557,10 @@ class Model:
         tokens = self.check_tokens(tokens, attention_mask)
         ctx = self.context(tokens, attention_mask, position_ids)
         resid = hook("embed", self.embed(tokens, ctx))
-        if cache is not None:
+        H = self.cfg.n_heads
+        if sink is not None:
+            sink[0] = resid
+        elif cache is not None:
             cache.input = resid
         for layer in range(self.cfg.n_layers):
             resid = hook(f"resid_pre.{layer}", resid)
@@ -559,9 +579,14 @@ class Model:
                     cache.attn_post.append(attn)
                 else:
                     attn = attn + bias if bias is not None else attn
-                cache.resid_pre.append(resid)
-                cache.heads.append(heads)
                 cache.attn_bias.append(bias)
+                if sink is not None:
+                    base = 1 + layer * (H + 1)
+                    sink[base : base + H] = heads.permute(2, 0, 1, 3)
+                    del heads
+                else:
+                    cache.resid_pre.append(resid)
+                    cache.heads.append(heads)
                 if z:
                     cache.z.append(zl)
                 if pattern is not None:
@@ -574,11 +599,13 @@ class Model:
                 resid = mlp + attn + resid
             else:
                 resid = hook(f"resid_mid.{layer}", resid + attn)
-                if cache is not None:
+                if cache is not None and sink is None:
                     cache.resid_mid.append(resid)
                 mlp = hook(f"mlp_out.{layer}", self.mlp(layer, resid))
                 resid = resid + mlp
-            if cache is not None:
+            if sink is not None:
+                sink[1 + layer * (H + 1) + H] = mlp
+            elif cache is not None:
                 cache.mlps.append(mlp)
         resid = hook("resid_final", resid)
         if cache is not None:

@@ -176,8 +176,7 @@ class Ablation:
         S = 1 + self.model.cfg.n_layers * (self.model.cfg.n_heads + 1)
         if self.kind == "resample":
             if corrupted_cache is None:
-                with torch.no_grad():
-                    corrupted_cache = self.model.cache(batch.corrupted, batch.attention_mask)
+                return self.model.node_outputs(batch.corrupted, batch.attention_mask)
             return corrupted_cache.node_outputs()
         if self.kind == "zero":
             return torch.zeros(

@@ -12,6 +12,12 @@ size and the dtype:
   they fit;
 - fixed terms (the [senders x receivers] score sums in float64).
 
+A method that reads each batch once (its table row's ``streams``: EAP and EAP-IG) can instead
+run over *streaming* prepared runs (:class:`circuitfind.runs.PreparedRuns`), which keep one
+batch's values at a time: its every-prompt terms become one-batch terms (and EAP writes its
+sender differences over the ablated values). The plan streams when that lets a larger batch fit
+the budget than keeping every prompt's values, or when only streaming fits at all.
+
 The per-token coefficients of activation terms (how many d_model-, H*p- and d_mlp-wide tensors
 a layer keeps alive) were counted with :class:`circuitfind.memory.PeakMeter` on GPT-2 and Llama
 shapes; ``tests/test_plan.py`` checks the whole estimate is within 25% of the measured peak on
@@ -99,6 +105,7 @@ class MemoryPlan:
         budget_source: where the budget came from (``--max-memory``, the device's free memory).
         method_kwargs: extra keyword arguments for the method that keep it in budget
             (exact patching's ``max_tokens_per_pass``).
+        streaming: whether the run streams its prepared runs (one batch's values at a time).
     """
 
     method: str
@@ -110,6 +117,7 @@ class MemoryPlan:
     budget: int | None = None
     budget_source: str = ""
     method_kwargs: dict[str, Any] = field(default_factory=dict)
+    streaming: bool = False
 
     @property
     def total(self) -> int:
@@ -134,6 +142,7 @@ class MemoryPlan:
             "dtype": self.dtype,
             "batch_size": self.batch_size,
             "method_kwargs": dict(self.method_kwargs),
+            "streaming": self.streaming,
             "terms": [asdict(t) for t in self.terms],
             "total_bytes": self.total,
             "working_bytes": self.working,
@@ -160,6 +169,8 @@ class MemoryPlan:
             )
         for key, value in self.method_kwargs.items():
             lines.append(f"  chunking: {key} = {value}")
+        if self.streaming:
+            lines.append("  streaming: one batch's prepared runs alive at a time")
         return "\n".join(lines)
 
 
@@ -224,6 +235,7 @@ class _Dims:
     ablation: str
     options: Mapping[str, Any]
     columns: int = 0
+    streaming: bool = False
 
     def stream(self, tokens: int, nbytes: int | None = None) -> int:
         """Bytes of ``tokens`` d_model-wide vectors (model dtype unless ``nbytes``)."""
@@ -237,6 +249,9 @@ class _Dims:
 
 def _ablated(d: _Dims) -> Term:
     s = d.shape
+    if d.ablation == "resample" and d.streaming:
+        size = d.stream(s.n_senders * d.b * d.p)
+        return Term("ablated values", size, "batch", "[S, b, p, d]: one batch's (streaming)")
     if d.ablation == "resample":
         size, note = d.stream(s.n_senders * d.n * d.p), "[S, n, p, d]: corrupted node outputs"
     elif d.ablation == "mean-positional":
@@ -276,9 +291,12 @@ def eap_terms(d: _Dims) -> list[Term]:
     steps = int(d.options.get("steps", 1)) if mode != "eap" else 1
     L, H = s.n_layers, s.n_heads
     terms = [_ablated(d), _scores(d)]
-    terms.append(
-        Term("sender differences", d.stream(s.n_senders * t, 4), "batch", "[S, b, p, d] fp32")
-    )
+    if d.streaming and d.ablation == "resample" and s.dtype_bytes == 4:
+        note = "[S, b, p, d] fp32, written over the ablated values"
+        terms.append(Term("sender differences", 0, "batch", note))
+    else:
+        diffs = d.stream(s.n_senders * t, 4)
+        terms.append(Term("sender differences", diffs, "batch", "[S, b, p, d] fp32"))
     weights = 2 * L * 3 * H * s.d_model * s.d_head * 4
     terms.append(Term("projection weights", weights, "fixed", "norm-folded W_Q/K/V fp32, x2"))
     if steps > 1 and not s.post_norms:
@@ -322,7 +340,7 @@ def eap_ig_activations_terms(d: _Dims) -> list[Term]:
 
 def _with(d: _Dims, **options: Any) -> _Dims:
     opts = {"steps": 5, **d.options, **options}
-    return _Dims(d.shape, d.n, d.p, d.b, d.ablation, opts, d.columns)
+    return _Dims(d.shape, d.n, d.p, d.b, d.ablation, opts, d.columns, d.streaming)
 
 
 def exact_variants(d: _Dims, upstream: int | None = None) -> int:
@@ -420,9 +438,11 @@ def estimate(
     ablation: str = "resample",
     options: Mapping[str, Any] | None = None,
     columns: int = 0,
+    streaming: bool = False,
 ) -> list[Term]:
     """Every term of ``method``'s peak at this batch size (parameters first); ``columns``: the
-    position columns of a position-aware run (0: position-free)."""
+    position columns of a position-aware run (0: position-free); ``streaming``: over streaming
+    prepared runs (a method whose row ``streams``)."""
     from circuitfind.methods.table import method_spec
 
     spec = method_spec(method)
@@ -431,7 +451,11 @@ def estimate(
             f"method {spec.name!r} declares no memory terms (its table row's 'memory')"
         )
     fn = _term_function(spec.memory)
-    dims = _Dims(shape, n, positions, min(batch_size, n), ablation, dict(options or {}), columns)
+    if streaming and not spec.streams:
+        raise InputError(f"{spec.name} reads its prepared runs more than once: it cannot stream")
+    dims = _Dims(
+        shape, n, positions, min(batch_size, n), ablation, dict(options or {}), columns, streaming
+    )
     terms = [Term("parameters", shape.param_bytes, "fixed", "the model's weights")]
     return terms + list(fn(dims))
 
@@ -466,6 +490,7 @@ def auto_batch_size(
     options: Mapping[str, Any] | None = None,
     max_batch: int = MAX_AUTO_BATCH,
     columns: int = 0,
+    streaming: bool = False,
 ) -> int:
     """The largest batch (at most ``max_batch`` and ``n``) whose plan fits ``budget``; 0 when
     even one prompt does not."""
@@ -481,6 +506,7 @@ def auto_batch_size(
             ablation=ablation,
             options=options,
             columns=columns,
+            streaming=streaming,
         )
         if _total(terms) <= budget:
             best, lo = mid, mid + 1
@@ -500,6 +526,7 @@ def make_plan(
     options: Mapping[str, Any] | None = None,
     max_batch: int = MAX_AUTO_BATCH,
     columns: int = 0,
+    streaming: bool | str = "auto",
 ) -> MemoryPlan:
     """The memory plan of ``method`` on (model, task): terms, total and batch size.
 
@@ -509,6 +536,8 @@ def make_plan(
         max_memory: the budget (bytes or ``"4GiB"``); default: what the model's device has free.
         columns: the position columns of a position-aware run (``PositionLayout.n_columns``;
             0: position-free): the [S, R, P] score sums and a positional mask's terms.
+        streaming: ``"auto"`` (stream where the method can and that lets a larger batch fit,
+            or is the only way to fit), True (stream; the method must be able to) or False.
 
     Raises:
         InputError: ``batch_size="auto"`` and even one prompt a batch does not fit the budget
@@ -549,6 +578,27 @@ def make_plan(
 
         opts["max_tokens_per_pass"] = tokens_per_pass(model.device)
     kwargs: dict[str, Any] = {}
+    if streaming not in ("auto", True, False):
+        raise InputError(f"streaming must be 'auto', True or False; got {streaming!r}")
+    if streaming is True and not spec.streams:
+        raise InputError(f"{spec.name} reads its prepared runs more than once: it cannot stream")
+    can_stream = spec.streams and streaming is not False
+    stream = streaming is True
+
+    def fit(o: Mapping[str, Any], streamed: bool) -> int:
+        return auto_batch_size(
+            shape,
+            spec.name,
+            n=n,
+            positions=positions,
+            budget=budget,
+            ablation=kind,
+            options=o,
+            max_batch=max_batch,
+            columns=columns,
+            streaming=streamed,
+        )
+
     if batch_size == "auto":
         candidates: list[tuple[dict[str, Any], dict[str, Any]]] = [(opts, {})]
         if spec.name == "exact":  # fewer edges a pass before refusing
@@ -559,17 +609,11 @@ def make_plan(
             ]
         b = 0
         for o, kw in candidates:
-            b = auto_batch_size(
-                shape,
-                spec.name,
-                n=n,
-                positions=positions,
-                budget=budget,
-                ablation=kind,
-                options=o,
-                max_batch=max_batch,
-                columns=columns,
-            )
+            b = fit(o, stream)
+            if can_stream and not stream and b < min(n, max_batch):
+                b_stream = fit(o, True)
+                if b_stream > b:
+                    b, stream = b_stream, True
             if b:
                 opts, kwargs = o, kw
                 break
@@ -583,6 +627,7 @@ def make_plan(
                 ablation=kind,
                 options=opts,
                 columns=columns,
+                streaming=can_stream,
             )
             worst = max(one[1:], key=lambda t: t.bytes)
             raise InputError(
@@ -594,6 +639,24 @@ def make_plan(
             )
     elif isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1:
         b = batch_size
+        if can_stream and not stream and budget is not None:
+
+            def total(streamed: bool) -> int:
+                return _total(
+                    estimate(
+                        shape,
+                        spec.name,
+                        n=n,
+                        positions=positions,
+                        batch_size=b,
+                        ablation=kind,
+                        options=opts,
+                        columns=columns,
+                        streaming=streamed,
+                    )
+                )
+
+            stream = total(False) > budget and total(True) <= budget
     else:
         raise InputError(f"batch size must be a positive integer or 'auto'; got {batch_size!r}")
     terms = estimate(
@@ -605,6 +668,7 @@ def make_plan(
         ablation=kind,
         options=opts,
         columns=columns,
+        streaming=stream,
     )
     return MemoryPlan(
         method=spec.name,
@@ -616,4 +680,5 @@ def make_plan(
         budget=budget,
         budget_source=source,
         method_kwargs=kwargs,
+        streaming=stream,
     )

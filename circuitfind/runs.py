@@ -10,6 +10,13 @@ none).
 Memory: per batch the clean cache (node outputs [S, b, p, d] plus the residual streams) and,
 once a masked run asks for it, the clean-minus-ablated differences [S, b, p, d]; with
 ``resample`` also the corrupted node outputs. ``cf.cache_bytes`` gives the cache's size.
+
+``streaming=True`` keeps none of it across batches: a batch's ablated values are made when a
+method first reads them, and a method that needs each batch once (EAP and EAP-IG, one probed
+pass per batch) releases the batch when done (``PreparedBatch.release``), so the run's memory
+is one batch's, whatever the number of prompts. A released batch that is read again (pruning,
+evaluation) makes its runs again: the same values, one more forward each. The memory plan
+chooses streaming when the kept values of every prompt would not fit its budget.
 """
 
 from __future__ import annotations
@@ -42,13 +49,42 @@ class PreparedBatch:
     readout logits, each made on first use (EAP needs no clean cache: its own clean pass
     records what it needs)."""
 
-    def __init__(self, model: Model, batch: Batch) -> None:
+    def __init__(self, model: Model, batch: Batch, ablation: Ablation | None = None) -> None:
         self.model = model
         self.batch = batch
-        self.ablated: Tensor = torch.empty(0)  # [S, b|1, p|1, d], set by PreparedRuns
+        self.ablation = ablation  # what makes ``ablated`` on first use (None: set from outside)
+        self._ablated: Tensor | None = None  # [S, b|1, p|1, d]
         self._cache: ForwardCache | None = None
         self._logits: Tensor | None = None
         self._diff: Tensor | None = None
+
+    @property
+    def ablated(self) -> Tensor:
+        """[S, b|1, p|1, d]: the ablated sender outputs (made on first use where not set)."""
+        if self._ablated is None:
+            if self.ablation is None:
+                raise RuntimeError("this prepared batch has no ablated values and no ablation")
+            with torch.no_grad():
+                self._ablated = self.ablation.outputs(self.batch)
+        return self._ablated
+
+    @ablated.setter
+    def ablated(self, value: Tensor) -> None:
+        self._ablated = value
+
+    def take_ablated(self) -> Tensor:
+        """The ablated values, handed over: the batch forgets them (a streaming method may then
+        overwrite them in place; a later read makes them again)."""
+        out = self.ablated
+        if self.ablation is not None:
+            self._ablated = None
+        return out
+
+    def release(self) -> None:
+        """Forget everything made for this batch (remade on the next read)."""
+        if self.ablation is not None:
+            self._ablated = None
+        self._cache = self._logits = self._diff = None
 
     @property
     def cache(self) -> ForwardCache:
@@ -116,6 +152,7 @@ class PreparedRuns:
         batch_size: int = 32,
         graph: Graph | None = None,
         progress: bool = False,
+        streaming: bool = False,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch size must be a positive integer; got {batch_size!r}")
@@ -125,6 +162,7 @@ class PreparedRuns:
         self.kind = ablation_kind(ablation)
         self.batch_size = batch_size
         self.progress = progress
+        self.streaming = streaming
         self.checkpoint_dir: Path | None = None  # where long methods checkpoint (set by score)
         self.layout: Any = None  # a PositionLayout: edges are (edge, column) (set by score)
         self._memo: dict[tuple[str | None, bytes], Tensor] = {}
@@ -137,13 +175,18 @@ class PreparedRuns:
                 batch_size,
                 clean_caches=_LazyCaches(self.batches) if self.kind.startswith("mean") else None,
             )
-            for prep in tqdm(
-                self.batches,
-                desc="ablated runs",
-                disable=not progress or len(self.batches) < 2,
-                unit="batch",
-            ):
-                prep.ablated = self.ablation.outputs(prep.batch)
+            for prep in self.batches:
+                prep.ablation = self.ablation
+                if streaming:  # the mean ablation's clean caches: not kept either
+                    prep.release()
+            if not streaming:
+                for prep in tqdm(
+                    self.batches,
+                    desc="ablated runs",
+                    disable=not progress or len(self.batches) < 2,
+                    unit="batch",
+                ):
+                    prep.ablated = self.ablation.outputs(prep.batch)
 
     def __iter__(self) -> Iterator[PreparedBatch]:
         return iter(self.batches)
@@ -181,6 +224,11 @@ class PreparedRuns:
             and self.kind == ablation_kind(ablation)
             and self.batch_size == batch_size
         )
+
+    def done_with(self, prep: PreparedBatch) -> None:
+        """A one-pass method has finished with ``prep``: released when streaming."""
+        if self.streaming:
+            prep.release()
 
 
 class _LazyCaches:
@@ -241,6 +289,7 @@ class MaskEvaluator:
                     columns=columns,
                 )
                 out.append(prep.metric(self.task, logits, self.metric))
+                self.runs.done_with(prep)  # streaming: the next masked run makes them again
         return torch.cat(out)
 
     def with_metric(self, metric: Any) -> MaskEvaluator:

@@ -58,6 +58,7 @@ def prepare(
     batch_size: int | None = None,
     progress: bool = False,
     runs: PreparedRuns | None = None,
+    streaming: bool = False,
 ) -> PreparedRuns:
     """The prepared runs of (model, task, ablation, batch size): ``runs`` when it is those
     already (``batch_size=None`` accepts theirs), else new ones (default batch size 32)."""
@@ -68,7 +69,9 @@ def prepare(
         return runs
     check_task(task, ablation_kind(ablation))
     check_context(model, task)
-    return PreparedRuns(model, task, ablation, batch_size=batch_size or 32, progress=progress)
+    return PreparedRuns(
+        model, task, ablation, batch_size=batch_size or 32, progress=progress, streaming=streaming
+    )
 
 
 def _memory_plan(
@@ -164,7 +167,7 @@ def score(
         fn = positional_function(spec.name, spec.function())
     else:
         fn = spec.function()
-    plan, kwargs = None, {}
+    plan, kwargs, streaming = None, {}, False
     if (
         batch_size == "auto"
         and runs is not None
@@ -175,8 +178,17 @@ def score(
         columns = 0 if layout is None else layout.n_columns
         plan = _memory_plan(model, task, spec.name, ablation, batch_size, max_memory, opts, columns)
         batch_size, kwargs = plan.batch_size, dict(plan.method_kwargs)
+        streaming = plan.streaming
     assert isinstance(batch_size, int)
-    runs = prepare(model, task, ablation, batch_size=batch_size, progress=progress, runs=runs)
+    runs = prepare(
+        model,
+        task,
+        ablation,
+        batch_size=batch_size,
+        progress=progress,
+        runs=runs,
+        streaming=streaming,
+    )
     t_prepared = time.perf_counter()
     runs.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     runs.layout = layout
@@ -215,6 +227,7 @@ def score(
             "estimated_peak_bytes": plan.total,
             "budget_bytes": plan.budget,
             "budget_source": plan.budget_source,
+            "streaming": plan.streaming,
             **plan.method_kwargs,
         }
     if layout is not None:

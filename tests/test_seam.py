@@ -110,20 +110,29 @@ def test_discover_makes_one_clean_and_one_ablated_pass_per_batch(monkeypatch):
     task = cf.get_task("induction", model, n=8, seed=0)
     calls = {"clean": 0, "corrupted": 0, "forward": 0}
     original_cache = type(model).cache
+    original_outputs = type(model).node_outputs
     original_forward = type(model).forward
 
-    def counting_cache(self, tokens, *args, **kwargs):
+    def count(tokens):
         for which in ("clean", "corrupted"):
             rows = getattr(task, which)[:, : tokens.shape[1]]
             if any(torch.equal(tokens, rows[i : i + tokens.shape[0]]) for i in (0, 4)):
                 calls[which] += 1
+
+    def counting_cache(self, tokens, *args, **kwargs):
+        count(tokens)
         return original_cache(self, tokens, *args, **kwargs)
+
+    def counting_outputs(self, tokens, *args, **kwargs):  # a cache-less pass (the corrupted)
+        count(tokens)
+        return original_outputs(self, tokens, *args, **kwargs)
 
     def counting_forward(self, *args, **kwargs):
         calls["forward"] += 1
         return original_forward(self, *args, **kwargs)
 
     monkeypatch.setattr(type(model), "cache", counting_cache)
+    monkeypatch.setattr(type(model), "node_outputs", counting_outputs)
     monkeypatch.setattr(type(model), "forward", counting_forward)
     for method, options in (("exact", {}), ("eap-ig-inputs", {}), ("node", {}), ("acdc", {})):
         calls.update(clean=0, corrupted=0, forward=0)

@@ -371,7 +371,8 @@ def eap_scores(
         ctx = model.context(batch.clean, batch.attention_mask)
         b, p = batch.clean.shape
         with torch.no_grad():
-            A = prep.ablated  # [S, b|1, p|1, d]
+            # [S, b|1, p|1, d]; streaming runs hand them over, to be overwritten by the diff
+            A = prep.take_ablated() if runs.streaming else prep.ablated
             clean: Tensor | None = None
             post = model.cfg.post_norms
             if mode == "eap-ig-activations" or (post and len(alphas) > 1):
@@ -393,7 +394,12 @@ def eap_scores(
             embed = targets = None
             record = diff is None and alpha == 1.0  # the alpha = 1 pass is the clean run
             if record:
-                diff = torch.empty(S, b, p, model.cfg.d_model, device=model.device)
+                # a streaming run's corrupted outputs are this batch's own (a mean is shared)
+                own = runs.streaming and runs.kind == "resample" and A.is_contiguous()
+                if own and A.shape == (S, b, p, model.cfg.d_model) and A.dtype == torch.float32:
+                    diff = A  # ablated - clean, written in place: A is not read again
+                else:
+                    diff = torch.empty(S, b, p, model.cfg.d_model, device=model.device)
             if mode == "eap-ig-inputs":
                 embed = A_full[0] + alpha * (embed_clean - A_full[0])
             elif mode == "eap-ig-activations":
@@ -434,6 +440,8 @@ def eap_scores(
             assert diff is not None
             with torch.no_grad():
                 contract(diff, grad_sum.div_(len(alphas)), 0)
+        del A, A_full, diff, grad_sum, clean
+        runs.done_with(prep)
     bar.close()
     scores = (totals / len(task)).float()
     scores[~graph.valid] = float("nan")  # (with positions: every column of a non-edge)

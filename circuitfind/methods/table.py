@@ -74,6 +74,9 @@ class MethodSpec:
         unit: what ``floor`` is per: ``run`` (all edges at once), ``edge`` or ``node``.
         memory: ``"module:function"`` giving the method's peak-memory terms for the memory
             plan (:mod:`circuitfind.plan`); empty when none is declared.
+        streams: True when the method reads each batch's prepared runs once (one pass a
+            batch) and releases it (``PreparedRuns.done_with``): the memory plan may then
+            stream the prepared runs (one batch's values alive at a time).
     """
 
     name: str
@@ -90,6 +93,7 @@ class MethodSpec:
     floor_text: str = ""
     unit: Literal["run", "edge", "node"] = "run"
     memory: str = ""
+    streams: bool = False
 
     def function(self) -> Callable[..., Any]:
         """The method function (imported on first use)."""
@@ -136,6 +140,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         summary="(ablated - clean sender output) . d metric / d(receiver input)",
         fn="circuitfind.methods.eap:score_eap",
         memory="circuitfind.plan:eap_terms",
+        streams=True,
         aliases=("attribution-patching",),
         cost="2 forwards + 1 backward for all edges",
         floor=lambda F, B, o: 2 * F + B,
@@ -146,6 +151,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         summary="EAP with integrated gradients over the input embeddings",
         fn="circuitfind.methods.eap:score_eap_ig_inputs",
         memory="circuitfind.plan:eap_ig_inputs_terms",
+        streams=True,
         aliases=("eap-ig", "eapig", "eap-ig-input"),
         options={"steps": 5},
         option_help={"steps": _STEPS_HELP},
@@ -158,6 +164,7 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         summary="EAP-IG interpolating every node's activations",
         fn="circuitfind.methods.eap:score_eap_ig_activations",
         memory="circuitfind.plan:eap_ig_activations_terms",
+        streams=True,
         aliases=("eap-ig-acts", "eap-ig-activation"),
         options={"steps": 5},
         option_help={"steps": _STEPS_HELP},
