@@ -269,6 +269,14 @@ def _scores(d: _Dims) -> Term:
     return Term("score sums", s.n_senders * s.n_receivers * 8 * 2, "fixed", "[S, R] float64")
 
 
+def _score_sums_fp32(d: _Dims) -> Term:
+    """EAP's score sums: fp32 on the model's device, divided in place at the end."""
+    s = d.shape
+    cells = s.n_senders * s.n_receivers * max(1, d.columns)
+    shape = "[S, R, P]" if d.columns else "[S, R]"
+    return Term("score sums", cells * 4, "fixed", f"{shape} float32")
+
+
 def _clean_runs(d: _Dims, diff: bool = True) -> list[Term]:
     """The clean cache of every batch (and, for masked runs, clean - ablated), kept."""
     s = d.shape
@@ -290,15 +298,17 @@ def eap_terms(d: _Dims) -> list[Term]:
     mode = str(d.options.get("mode", "eap"))
     steps = int(d.options.get("steps", 1)) if mode != "eap" else 1
     L, H = s.n_layers, s.n_heads
-    terms = [_ablated(d), _scores(d)]
+    terms = [_ablated(d), _score_sums_fp32(d)]
     if d.streaming and d.ablation == "resample" and s.dtype_bytes == 4:
         note = "[S, b, p, d] fp32, written over the ablated values"
         terms.append(Term("sender differences", 0, "batch", note))
     else:
         diffs = d.stream(s.n_senders * t, 4)
         terms.append(Term("sender differences", diffs, "batch", "[S, b, p, d] fp32"))
-    weights = 2 * L * 3 * H * s.d_model * s.d_head * 4
-    terms.append(Term("projection weights", weights, "fixed", "norm-folded W_Q/K/V fp32, x2"))
+    weights = 2 * 3 * H * s.d_model * s.d_head * 4
+    terms.append(
+        Term("projection weights", weights, "fixed", "one layer's norm-folded W_Q/K/V fp32, x2")
+    )
     if steps > 1 and not s.post_norms:
         summed = d.stream(s.n_receivers * t, 4)
         terms.append(Term("summed gradients", summed, "batch", "[R, b, p, d] fp32"))

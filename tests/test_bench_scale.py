@@ -60,5 +60,11 @@ def test_scale_quick_run_reports_ratios(tmp_path) -> None:  # type: ignore[no-un
         m = big["methods"][name]
         assert m["ratio"] > 0 and m["min_s"] <= m["seconds"] <= m["max_s"]
         assert m["peak_bytes"] > 0 and m["memory_ratio"] is not None
+        p = big["planned"][name]
+        assert p["batch_size"] >= 1 and p["meter_bytes"] > 0 and p["contraction_s"] > 0
+        # the plan's budget is 1.5 x the HF F+B live tensors (plus weights): its run keeps to it
+        assert p["plan_bytes"] <= big["plan_budget_bytes"]
+        assert m["ratio_with_contraction"] < m["ratio"]
     assert (tmp_path / "scale.md").is_file()
+    assert "planned: batch" in (tmp_path / "scale.md").read_text()
     assert set(out["sizes"][0]["methods"]) >= {"eap", "exact", "acdc"}

@@ -155,19 +155,19 @@ class _InputGrads:
 
     def __init__(self, model: Model) -> None:
         self.model = model
-        self._weights: dict[int, tuple[Tensor, Tensor]] = {}
 
     def _layer_weights(self, layer: int) -> tuple[Tensor, Tensor]:
-        """W' transposed [3H, d_head, d] and W' [3H, d, d_head] (q heads, k, v per query head)."""
-        if layer not in self._weights:
-            lw = self.model.w.layers[layer]
-            kv = self.model._kv_index.to(lw.W_Q.device)
-            scale = self.model.norm_scale(lw.ln1_w)
-            W = torch.cat([lw.W_Q, lw.W_K[kv], lw.W_V[kv]]).float() * scale[:, None]
-            if self.model.cfg.norm == "layernorm" and lw.ln1_w is not None:
-                W = W - W.mean(1, keepdim=True)
-            self._weights[layer] = (W.transpose(1, 2).contiguous(), W)
-        return self._weights[layer]
+        """W' transposed [3H, d_head, d] and W' [3H, d, d_head] (q heads, k, v per query head),
+        made for each block and not kept: an fp32 copy of every layer's Q/K/V weights would be
+        twice the attention weights of an 8B model in bfloat16 (one layer's is what a block
+        needs)."""
+        lw = self.model.w.layers[layer]
+        kv = self.model._kv_index.to(lw.W_Q.device)
+        scale = self.model.norm_scale(lw.ln1_w)
+        W = torch.cat([lw.W_Q, lw.W_K[kv], lw.W_V[kv]]).float() * scale[:, None]
+        if self.model.cfg.norm == "layernorm" and lw.ln1_w is not None:
+            W = W - W.mean(1, keepdim=True)
+        return W.transpose(1, 2).contiguous(), W
 
     def _full_qk(
         self, layer: int, y: Tensor, g: Tensor, kind: str
@@ -275,7 +275,7 @@ def _contract(graph: Graph, diff: Tensor, grads: Tensor, first: int, out: Tensor
             stop += 1
         up = upstream[start]
         block = flat_d[:up] @ flat_g[start:stop].T
-        out[:up, first + start : first + stop] += block.double().cpu()
+        out[:up, first + start : first + stop] += block
         start = stop
 
 
@@ -309,7 +309,7 @@ def _contract_positional(
                 stop += 1
             up = upstream[start]
             block = flat_d[:up] @ g_c[start:stop].T
-            out[:up, first + start : first + stop, col] += block.double().cpu()
+            out[:up, first + start : first + stop, col] += block
             start = stop
 
 
@@ -363,7 +363,9 @@ def eap_scores(
     S, R = graph.n_senders, graph.n_receivers
     layout = getattr(runs, "layout", None)
     shape = (S, R) if layout is None else (S, R, layout.n_columns)
-    totals = torch.zeros(*shape, dtype=torch.float64)
+    # fp32 sums on the model's device: each block is an fp32 product already, and float64 sums
+    # of [S, R] would be as large as a narrow model's whole forward + backward
+    totals = torch.zeros(*shape, dtype=torch.float32, device=model.device)
     input_grads = _InputGrads(model)
     bar = tqdm(total=len(runs) * len(alphas), desc=mode, disable=not runs.progress, unit="pass")
     for prep in runs:
@@ -440,10 +442,10 @@ def eap_scores(
             assert diff is not None
             with torch.no_grad():
                 contract(diff, grad_sum.div_(len(alphas)), 0)
-        del A, A_full, diff, grad_sum, clean
+        del A, A_full, diff, step_diff, grad_sum, clean, contract
         runs.done_with(prep)
     bar.close()
-    scores = (totals / len(task)).float()
+    scores = totals.div_(len(task)).cpu()
     scores[~graph.valid] = float("nan")  # (with positions: every column of a non-edge)
     return scores
 
