@@ -458,26 +458,47 @@ def run_from(
     ctx: RunContext,
     start_layer: int,
     readout: Tensor,
+    prefix: tuple[list[Tensor], int] | None = None,
 ) -> Tensor:
     """Plain forward from ``resid`` (the stream entering ``start_layer``) to readout logits.
 
     In the last layer only each prompt's readout query is computed, and the unembedding runs
-    only at the readout positions.
+    only at the readout positions. With ``prefix = (streams, k)`` ``resid`` holds only the
+    positions from ``t0`` on, where ``streams[L]`` [b, t0, d] is the stream entering layer L at
+    the positions before (the same in every one of the ``k`` variants stacked on the batch
+    axis: a clean prefix the run cannot change, causal attention). Each layer then computes
+    queries, outputs and MLPs only from ``t0`` on; its keys and values read the whole stream.
     """
     cfg = model.cfg
+    if prefix is not None and start_layer >= cfg.n_layers:
+        raise ValueError("a run from a clean prefix needs a layer to run")
+    start = 0 if prefix is None else prefix[0][start_layer].shape[1]
+    q_rest = None
+    if prefix is not None:
+        q_rest = torch.arange(start, start + resid.shape[1], device=resid.device)
+
+    def whole(layer: int, part: Tensor) -> Tensor:
+        if prefix is None:
+            return part
+        streams, k = prefix
+        before = streams[layer].repeat(k, *([1] * (part.dim() - 1)))
+        return torch.cat([before, part], dim=1)
+
     for layer in range(start_layer, cfg.n_layers):
         if layer == cfg.n_layers - 1:
             q_index = readout_index(readout, resid.shape[0])
-            z, _ = model.attention(layer, resid, resid, resid, ctx, q_index=q_index)
+            full = whole(layer, resid)
+            z, _ = model.attention(layer, full, full, full, ctx, q_index=q_index)
             attn = model.attn_out(layer, z)  # [b, 1, d]
-            here = pick_positions(resid, q_index)
+            here = pick_positions(full, q_index)
             if cfg.parallel_attn_mlp:
                 out = here + attn + model.mlp(layer, here)
             else:
                 mid = here + attn
                 out = mid + model.mlp(layer, mid)
             return model.unembed(out[:, 0])
-        z, _ = model.attention(layer, resid, resid, resid, ctx)
+        full = whole(layer, resid)
+        z, _ = model.attention(layer, full, full, full, ctx, q_index=q_rest)
         attn = model.attn_out(layer, z)
         if cfg.parallel_attn_mlp:
             resid = resid + attn + model.mlp(layer, resid)

@@ -121,6 +121,7 @@ class PromptRuns(PreparedRuns):
         self.kind, self.ablation = parent.kind, parent.ablation
         self.batch_size = parent.batch_size
         self.progress = False
+        self.streaming = False  # a view of the parent's values, which it keeps or remakes
         self.checkpoint_dir = None
         layout = getattr(parent, "layout", None)  # position-aware edges: the view's columns
         self.layout = None if layout is None else replace(layout, columns=layout.columns[idx])

@@ -326,3 +326,57 @@ def test_eap_equals_the_gradient_of_a_float_edge_mask(family_config, padded):
     scale = reference[v].abs().max()
     assert scale > 1e-3
     torch.testing.assert_close(eap[v], reference[v], atol=2e-5 * float(scale) + 1e-6, rtol=1e-3)
+
+
+def _shared_prefix_task(V, n=5, T=9, seed=0):
+    """Corrupted twins that share their clean prompt's first 3..7 tokens; padded rows."""
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, V, (n, T), generator=g)
+    corrupted = clean.clone()
+    for i, k in enumerate([4, 6, 3, 5, 7][:n]):
+        corrupted[i, k:] = torch.randint(0, V, (T - k,), generator=g)
+    lengths = [T, T - 1, T, T - 2, T][:n]
+    return Task.from_tokens(
+        [c[:k].tolist() for c, k in zip(clean, lengths)],
+        [c[:k].tolist() for c, k in zip(corrupted, lengths)],
+        answer=torch.randint(0, V, (n,), generator=g),
+        wrong=torch.randint(0, V, (n,), generator=g),
+    )
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CONFIGS))
+def test_exact_skipping_the_clean_prefix_equals_masked_runs(name, monkeypatch):
+    """Corrupted prompts that share a prefix with their clean twins: passes that start at the
+    first changed position (forced on: the test models are below the width where it is the
+    default) give the full masked runs' scores, on every family."""
+    import circuitfind.methods.exact as exact
+
+    starts = []
+    original = exact.first_change
+    monkeypatch.setattr(
+        exact, "first_change", lambda d, r: starts.append(original(d, r)) or starts[-1]
+    )
+    model = cf.load(make_hf_model(name))
+    graph = cf.Graph.from_model(model)
+    task = _shared_prefix_task(model.cfg.d_vocab)
+    skipped = method_scores(model, task, "exact", batch_size=3, skip_prefix=True).edges
+    assert max(starts) >= 3  # the passes did start late
+    plain = method_scores(model, task, "exact", batch_size=3, skip_prefix=False).edges
+    valid = graph.valid
+    torch.testing.assert_close(skipped[valid], plain[valid], atol=1e-5, rtol=0)
+    ev = PreparedRuns(model, task, "resample", batch_size=3).evaluator()
+    full = valid.float()
+    base = ev(full)
+    for edge in random.Random(2).sample(list(graph.edges.values()), 6):
+        mask = full.clone()
+        mask[edge.sender_index, edge.receiver_index] = 0
+        got = float(skipped[edge.sender_index, edge.receiver_index])
+        assert got == pytest.approx(ev(mask) - base, abs=2e-4), edge.name
+
+
+def test_exact_skips_its_prefix_by_default_only_where_it_pays():
+    from circuitfind.methods.exact import SKIP_MIN_D_MODEL, _skip
+
+    assert _skip(None, 4, 16, SKIP_MIN_D_MODEL) and not _skip(None, 3, 16, SKIP_MIN_D_MODEL)
+    assert not _skip(None, 8, 16, SKIP_MIN_D_MODEL - 1)  # a tiny model: no faster
+    assert _skip(True, 1, 16, 8) and not _skip(True, 0, 16, 8) and not _skip(False, 8, 16, 1024)

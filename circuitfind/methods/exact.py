@@ -4,6 +4,17 @@ score(s -> r) = metric(only that edge ablated) - metric(clean). Only receiver r'
 (by -(out_s - A_s)), so everything upstream of r's layer comes from the clean cache; many edges
 into the same receiver share one batched pass (stacked on the batch axis); the unembedding runs
 only at the readout positions, and a last-layer receiver recomputes only the readout position.
+
+Where the pass's senders do not differ from their ablated values before some position ``t0``
+(a corrupted prompt that shares its clean twin's first tokens: the senders' outputs there are
+the same), nothing before ``t0`` can change (causal attention): the pass computes queries,
+head outputs and MLPs only from ``t0`` on (up to the earliest readout), its keys and values
+reading the clean stream before it. The result is the same run, with fewer operations: at
+GPT-2 small, 1.9 x faster per pass when the corruption starts halfway through 16 tokens, 2.5 x
+at three quarters. By default (``skip_prefix=None``) a pass skips its prefix when that is at
+least a quarter of the positions and the model is not tiny (``d_model >= 256``): below that a
+pass is bound by its operations' count, not their size, and the shorter pass was measured no
+faster (0.8 x on the zoo models).
 """
 
 from __future__ import annotations
@@ -35,6 +46,24 @@ def _tile(x: Tensor, k: int) -> Tensor:
     return x.repeat(k, *([1] * (x.dim() - 1)))
 
 
+SKIP_MIN_D_MODEL = 256
+"""Below this width the shorter pass is not faster (module docstring)."""
+
+
+def _skip(skip_prefix: bool | None, t0: int, p: int, d_model: int) -> bool:
+    if skip_prefix is None:
+        return 4 * t0 >= p and d_model >= SKIP_MIN_D_MODEL
+    return skip_prefix and t0 > 0
+
+
+def first_change(delta: Tensor, readout: Tensor) -> int:
+    """The first position where ``delta`` [rows, p, d] moves any row's stream, at most the
+    earliest readout position (so every readout is computed)."""
+    moved = (delta != 0).any(dim=2).any(dim=0).nonzero()
+    t0 = int(moved[0, 0]) if moved.numel() else delta.shape[1]
+    return min(t0, int(readout.min()))
+
+
 def _patched_logits(
     model: Model,
     graph: Graph,
@@ -43,9 +72,11 @@ def _patched_logits(
     readout: Tensor,
     receiver: int,
     delta: Tensor,
+    skip_prefix: bool | None = None,
 ) -> Tensor:
     """Readout logits [V*b, vocab] with receiver ``receiver``'s input shifted by ``delta``
-    ([V*b, p, d], variant-major)."""
+    ([V*b, p, d], variant-major); ``skip_prefix``: start at the first position ``delta``
+    moves (True), never (False), or where that pays (None; module docstring)."""
     cfg = model.cfg
     rec = graph.receivers[receiver]
     b = readout.shape[0]
@@ -56,12 +87,20 @@ def _patched_logits(
         return readout_logits(model, _tile(final, V) + delta, readout)
     layer = rec.layer
     assert layer is not None
-    # last layer: only each prompt's readout position matters ([1] shared, or one a row)
+    # last layer: only each prompt's readout position matters ([1] shared, or one a row);
+    # before it, only the positions from the first one the delta moves (t0)
     last = layer == cfg.n_layers - 1
     pos, pos_v = (readout_index(readout), readout_index(readout, V * b)) if last else (None, None)
+    t0 = first_change(delta, readout) if skip_prefix is not False and not last else 0
+    if not _skip(skip_prefix, t0, delta.shape[1], cfg.d_model):
+        t0 = 0
+    if t0 > 0:
+        pos_v = torch.arange(t0, delta.shape[1], device=delta.device)
 
     def here(t: Tensor) -> Tensor:
-        """t ([b or V*b, p, ...]) at the readout positions when only those are computed."""
+        """t ([b or V*b, p, ...]) at the positions this pass computes."""
+        if t0 > 0:
+            return t[:, t0:]
         if pos is None or pos_v is None:
             return t
         return pick_positions(t, pos if t.shape[0] == b else pos_v)
@@ -93,6 +132,9 @@ def _patched_logits(
             resid = mid + model.mlp(layer, mid)
     if pos is not None:
         return model.unembed(resid[:, 0])
+    if t0 > 0:
+        streams = [s[:, :t0] for s in cache.resid_pre]
+        return run_from(model, resid, ctx_v, layer + 1, readout, prefix=(streams, V))
     return run_from(model, resid, ctx_v, layer + 1, readout)
 
 
@@ -115,6 +157,7 @@ def score_exact(
     max_tokens_per_pass: int | None = None,
     checkpoint_every_s: float = 60.0,
     checkpoint_every: int = 20000,
+    skip_prefix: bool | None = None,
 ) -> Scores:
     """Exact patching scores for every edge: [S, R] (NaN outside ``graph.valid``).
 
@@ -124,7 +167,9 @@ def score_exact(
     directory and the same run (model weights, task, metric, ablation, batch size, versions:
     :func:`circuitfind.checkpoint.run_fingerprint`) resumes where it stopped, a different run is
     refused. The file is removed on success. ``max_tokens_per_pass`` bounds each batched pass
-    (default: :func:`tokens_per_pass`).
+    (default: :func:`tokens_per_pass`). ``skip_prefix``: start each pass at the first position
+    its senders change (True), never (False), or where that pays (None, the default; module
+    docstring): the scores are the same either way.
     """
     model, graph, task = runs.model, runs.graph, runs.task
     if max_tokens_per_pass is None:
@@ -184,7 +229,9 @@ def score_exact(
                     senders = torch.arange(start, min(start + chunk, upstream))
                     V = len(senders)
                     delta = edge_deltas(model, cache, diff, senders).reshape(V * b, p, -1)
-                    logits = _patched_logits(model, graph, cache, ctx, batch.readout, r, delta)
+                    logits = _patched_logits(
+                        model, graph, cache, ctx, batch.readout, r, delta, skip_prefix
+                    )
                     values = prep.metric(task, logits, metric, variants=V).view(V, b)
                     totals[senders, r] += (values - clean[None]).sum(1).double().cpu()
                     done += V
