@@ -253,8 +253,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("reports"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=None, help="timed runs each (default: 3)")
     args = ap.parse_args(argv)
-    result = against_eapig(QUICK if args.quick else FULL, args.seed)
+    cfg = QUICK if args.quick else FULL
+    if args.repeat is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, repeat=max(1, args.repeat))
+    result = against_eapig(cfg, args.seed)
     report = Report(
         "speed_eapig", "Speed: against the EAP-IG reference code", stamp(args.seed, args.quick)
     )
