@@ -63,3 +63,7 @@ def test_pass_size_suite(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "exact_pass_size.json").read_text())
     assert set(data["per_edge_s"]) == {f"a{l}.h0<q>@{b}" for l in (0, 2) for b in (96, 384)}
     assert r["hf_forward_s"] > 0
+    shared = data["shared_prefix"]
+    assert set(shared) == {f"a{l}.h0<q>@{k}" for l in (0, 2) for k in (0, 4, 8, 12)}
+    assert all(len(v["plain_s"]) == len(v["skip_s"]) == 1 for v in shared.values())
+    assert "Corrupted prompts that share a clean prefix" in md
