@@ -260,10 +260,12 @@ def main(argv: list[str] | None = None) -> None:
         from dataclasses import replace
 
         cfg = replace(cfg, repeat=max(1, args.repeat))
+    import sys
+
+    command = " ".join(["python -m circuitfind.bench.speed.eapig", *sys.argv[1:]])
+    started = stamp(args.seed, args.quick, command)  # before the run: its wall time counts
     result = against_eapig(cfg, args.seed)
-    report = Report(
-        "speed_eapig", "Speed: against the EAP-IG reference code", stamp(args.seed, args.quick)
-    )
+    report = Report("speed_eapig", "Speed: against the EAP-IG reference code", started)
     report.add(*render(result))
     report.data = result
     report.write(args.out)
