@@ -79,11 +79,13 @@ def test_no_method_makes_activation_sized_tensors_off_the_model_device(family: s
     score_sized = graph.n_senders * graph.n_receivers
     activation = b * p * model.cfg.d_model
     assert activation > 2 * score_sized  # so that the bound tells them apart
-    for method in METHODS:
+    runs_of = [(m, False) for m in METHODS]
+    runs_of += [(m, True) for m in METHODS if method_spec(m).streams]  # streaming runs too
+    for method, streaming in runs_of:
         spy = HostSpy()
         options = {"steps": 2} if method.startswith("eap-ig") else {}
         with spy:
-            runs = PreparedRuns(model, task, "resample", batch_size=b)
+            runs = PreparedRuns(model, task, "resample", batch_size=b // 2, streaming=streaming)
             method_spec(method).function()(runs, **options)
         # the checkpoint fingerprint (once a run, before any pass) hashes sampled weights
         # (at most 16384 values each) and the task's tokens on the host
@@ -92,7 +94,7 @@ def test_no_method_makes_activation_sized_tensors_off_the_model_device(family: s
             for e in spy.events
             if e[2] > (16384 if e[1].startswith("checkpoint.py") else score_sized)
         ]
-        assert not big, (method, big)
+        assert not big, (method, streaming, big)
         assert spy.events, "the spy saw nothing: it did not fire"
 
 
@@ -181,3 +183,24 @@ def test_feature_engine_makes_no_activation_sized_tensors_off_the_model_device()
     ]
     assert not big, big
     assert spy.events, "the spy saw nothing: it did not fire"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_the_feature_engine_runs_on_cuda_like_on_cpu() -> None:
+    from circuitfind.features import attribution_graph, feature_circuit
+    from tests.test_features import _tcs
+
+    hf = make_hf_model("llama-gqa-llama3rope")
+    task = _task(6, 10, hf.config.vocab_size)
+    out = {}
+    for device in ("cpu", "cuda"):
+        model = cf.load(hf, device=device)
+        tcs = _tcs(model, ["a0", "m1"], d_sae=32, k=4)
+        graph = attribution_graph(model, tcs, task.clean[0], node_threshold=None)
+        fc = feature_circuit(model, tcs, task, top_n=6, batch_size=3, n_boot=10)
+        out[device] = (graph, fc)
+    (g_cpu, fc_cpu), (g_gpu, fc_gpu) = out["cpu"], out["cuda"]
+    torch.testing.assert_close(g_gpu.adjacency, g_cpu.adjacency, rtol=1e-4, atol=1e-6)
+    for site in fc_cpu.scores:
+        torch.testing.assert_close(fc_gpu.scores[site], fc_cpu.scores[site], rtol=1e-3, atol=1e-6)
+    assert fc_gpu.faithfulness.value == pytest.approx(fc_cpu.faithfulness.value, abs=1e-3)
