@@ -91,7 +91,8 @@ def _patched_logits(
     # before it, only the positions from the first one the delta moves (t0)
     last = layer == cfg.n_layers - 1
     pos, pos_v = (readout_index(readout), readout_index(readout, V * b)) if last else (None, None)
-    t0 = first_change(delta, readout) if skip_prefix is not False and not last else 0
+    wanted = skip_prefix or (skip_prefix is None and cfg.d_model >= SKIP_MIN_D_MODEL)
+    t0 = first_change(delta, readout) if wanted and not last else 0
     if not _skip(skip_prefix, t0, delta.shape[1], cfg.d_model):
         t0 = 0
     if t0 > 0:
