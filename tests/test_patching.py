@@ -375,8 +375,13 @@ def test_exact_skipping_the_clean_prefix_equals_masked_runs(name, monkeypatch):
 
 
 def test_exact_skips_its_prefix_by_default_only_where_it_pays():
-    from circuitfind.methods.exact import SKIP_MIN_D_MODEL, _skip
+    from circuitfind.methods.exact import SKIP_MIN_D_MODEL, _prefix_start
 
-    assert _skip(None, 4, 16, SKIP_MIN_D_MODEL) and not _skip(None, 3, 16, SKIP_MIN_D_MODEL)
-    assert not _skip(None, 8, 16, SKIP_MIN_D_MODEL - 1)  # a tiny model: no faster
-    assert _skip(True, 1, 16, 8) and not _skip(True, 0, 16, 8) and not _skip(False, 8, 16, 1024)
+    def start(skip, t0, d_model, p=16):
+        delta = torch.zeros(2, p, 3)
+        delta[1, t0:] = 1.0
+        return _prefix_start(skip, delta, torch.tensor([p - 1, p - 1]), d_model)
+
+    assert start(None, 4, SKIP_MIN_D_MODEL) == 4 and start(None, 3, SKIP_MIN_D_MODEL) == 0
+    assert start(None, 8, SKIP_MIN_D_MODEL - 1) == 0  # a tiny model: no faster
+    assert start(True, 1, 8) == 1 and start(True, 0, 8) == 0 and start(False, 8, 1024) == 0

@@ -229,8 +229,8 @@ def big_graph(cfg: ScaleConfig, seed: int) -> dict[str, Any]:
     budget = int(params + 1.5 * mem["FB_meter_bytes"])
     out["plan_budget_bytes"] = budget
     n = cfg.big_prompts
-    c_full = contraction_seconds(case, n, cfg.repeat)
-    out["contraction_s"] = c_full
+    contraction = functools.cache(lambda b: contraction_seconds(case, b, cfg.repeat))
+    c_full = out["contraction_s"] = contraction(n)
     planned: dict[str, dict[str, Any]] = {}
     for name in ("eap", "eap-ig-inputs"):
         rule = rules[name]
@@ -258,7 +258,7 @@ def big_graph(cfg: ScaleConfig, seed: int) -> dict[str, Any]:
             "batch_size": plan.batch_size,
             "streaming": plan.streaming,
             "plan_bytes": plan.working,
-            "contraction_s": contraction_seconds(case, plan.batch_size, cfg.repeat),
+            "contraction_s": contraction(plan.batch_size),
         }
     after = hf_baseline(case, cfg.repeat)
     F_runs = before["F"].runs + after["F"].runs
@@ -418,56 +418,41 @@ def render(result: dict[str, Any], command: str) -> list[str]:
         "",
     ]
     yes = {True: "yes", False: "**no**"}
-    if "planned" in b:
-        lines += [
-            "Each method twice: the whole batch in one run (time first), and as the memory plan "
-            "runs it under a budget of the weights plus 1.5 x the HF forward + backward's live "
-            f"tensors ({_mb(b['plan_budget_bytes'])} MB in all): the batch it chose, streaming "
-            "the prepared runs where it chose to. C is the score contraction alone (the "
-            "[senders x tokens*d] x [tokens*d x receivers] products, random data of the run's "
-            "shapes, no forward or backward): the edge scores' own arithmetic, which the floor "
-            f"does not count. C = {_s(b['contraction_s'])} s for the whole batch against "
-            f"2F + B = {_s(2 * b['hf_F_s'] + (b['hf_FB_s'] - b['hf_F_s']))} s.",
-            "",
-            "| method | run | seconds (min-max) | floor | time / floor (min-max) | target "
-            "| met | C s | time / (floor + C) | tensor peak MB | / HF | resident peak MB "
-            "| / HF | target | met |",
-            "| --- | --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: "
-            "| --- | --- |",
-        ]
-        rows = [("whole batch", k, m) for k, m in b["methods"].items()]
-        rows += [
-            (
-                f"planned: batch {m['batch_size']}" + (", streaming" if m["streaming"] else ""),
-                k,
-                m,
-            )
-            for k, m in b["planned"].items()
-        ]
-        for how, name, m in sorted(rows, key=lambda r: r[1]):
-            lines.append(
-                f"| {name} | {how} | {_s(m['seconds'])} ({_s(m['min_s'])}-{_s(m['max_s'])}) "
-                f"| {m['cost']} | {m['ratio']:.2f} ({m['ratio_min']:.2f}-{m['ratio_max']:.2f}) "
-                f"| <= 1.3 | {yes[m['ratio'] <= 1.3]} | {_s(m['contraction_s'])} "
-                f"| {m['ratio_with_contraction']:.2f} | {_mb(m['meter_bytes'])} "
-                f"| {m['meter_ratio']:.2f} | {_mb(m['peak_bytes'])} | {m['memory_ratio']:.2f} "
-                f"| <= 1.5 | tensors {yes[bool(m['meter_met'])]}, resident "
-                f"{yes[bool(m['memory_met'])]} |"
-            )
-    else:  # a report written before the planned runs existed
-        lines += [
-            "| method | seconds (min-max) | floor | time / floor (min-max) | target | met "
-            "| peak MB | / HF F+B peak | target | met | / HF F+B without param grads |",
-            "| --- | --- | --- | --- | --- | --- | ---: | ---: | --- | --- | ---: |",
-        ]
-        for name, m in b["methods"].items():
-            lines.append(
-                f"| {name} | {_s(m['seconds'])} ({_s(m['min_s'])}-{_s(m['max_s'])}) "
-                f"| {m['cost']} | {m['ratio']:.2f} ({m['ratio_min']:.2f}-{m['ratio_max']:.2f}) "
-                f"| <= 1.3 | {yes[m['ratio'] <= 1.3]} | {_mb(m['peak_bytes'])} | "
-                f"{m['memory_ratio']:.2f} | <= 1.5 | {yes[bool(m['memory_met'])]} "
-                f"| {m['memory_ratio_activations']:.2f} |"
-            )
+    lines += [
+        "Each method twice: the whole batch in one run (time first), and as the memory plan "
+        "runs it under a budget of the weights plus 1.5 x the HF forward + backward's live "
+        f"tensors ({_mb(b['plan_budget_bytes'])} MB in all): the batch it chose, streaming "
+        "the prepared runs where it chose to. C is the score contraction alone (the "
+        "[senders x tokens*d] x [tokens*d x receivers] products, random data of the run's "
+        "shapes, no forward or backward): the edge scores' own arithmetic, which the floor "
+        f"does not count. C = {_s(b['contraction_s'])} s for the whole batch against "
+        f"2F + B = {_s(2 * b['hf_F_s'] + (b['hf_FB_s'] - b['hf_F_s']))} s.",
+        "",
+        "| method | run | seconds (min-max) | floor | time / floor (min-max) | target "
+        "| met | C s | time / (floor + C) | tensor peak MB | / HF | resident peak MB "
+        "| / HF | target | met |",
+        "| --- | --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| --- | --- |",
+    ]
+    rows = [("whole batch", k, m) for k, m in b["methods"].items()]
+    rows += [
+        (
+            f"planned: batch {m['batch_size']}" + (", streaming" if m["streaming"] else ""),
+            k,
+            m,
+        )
+        for k, m in b["planned"].items()
+    ]
+    for how, name, m in sorted(rows, key=lambda r: r[1]):
+        lines.append(
+            f"| {name} | {how} | {_s(m['seconds'])} ({_s(m['min_s'])}-{_s(m['max_s'])}) "
+            f"| {m['cost']} | {m['ratio']:.2f} ({m['ratio_min']:.2f}-{m['ratio_max']:.2f}) "
+            f"| <= 1.3 | {yes[m['ratio'] <= 1.3]} | {_s(m['contraction_s'])} "
+            f"| {m['ratio_with_contraction']:.2f} | {_mb(m['meter_bytes'])} "
+            f"| {m['meter_ratio']:.2f} | {_mb(m['peak_bytes'])} | {m['memory_ratio']:.2f} "
+            f"| <= 1.5 | tensors {yes[bool(m['meter_met'])]}, resident "
+            f"{yes[bool(m['memory_met'])]} |"
+        )
     lines += ["", "## Every method at real widths", ""]
     lines += [
         "Random weights at each model's real widths and vocabulary. Rows marked extrapolated "

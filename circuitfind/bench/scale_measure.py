@@ -21,6 +21,7 @@ import torch
 
 from circuitfind.bench.common import time_it
 from circuitfind.bench.speed.cases import Case
+from circuitfind.bench.speed.rules import _run, method_kwargs, prepared_runs
 
 __all__ = ["contraction_seconds", "peak_rss"]
 
@@ -136,29 +137,15 @@ def contraction_seconds(case: Case, batch_size: int, repeat: int) -> float:
 
 def _planned(case: Case, name: str, options: dict[str, Any], budget: int) -> Any:
     """The memory plan of ``name`` on the case under ``budget`` bytes (parameters included)."""
-    from circuitfind.methods import method_spec
     from circuitfind.plan import make_plan
 
-    spec = method_spec(name)
-    opts = {k: v for k, v in options.items() if k in spec.options}
+    opts = method_kwargs(name, options)
     return make_plan(case.model, case.task, name, max_memory=budget, options=opts)
 
 
 def _run_planned(case: Case, name: str, options: dict[str, Any], plan: Any) -> Any:
-    from circuitfind.methods import method_spec
-    from circuitfind.runs import PreparedRuns
-
-    spec = method_spec(name)
-    opts = {k: v for k, v in options.items() if k in spec.options}
-    runs = PreparedRuns(
-        case.model,
-        case.task,
-        "resample",
-        batch_size=plan.batch_size,
-        graph=case.graph,
-        streaming=plan.streaming,
-    )
-    return spec.function()(runs, **opts)
+    """One run of ``name`` as ``plan`` runs it: its batch size, streaming where it chose to."""
+    return _run(name, case, options, prepared_runs(case, plan.batch_size, plan.streaming))
 
 
 def _meter_peak(fn: Callable[[], Any]) -> float:

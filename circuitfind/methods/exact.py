@@ -9,12 +9,13 @@ Where the pass's senders do not differ from their ablated values before some pos
 (a corrupted prompt that shares its clean twin's first tokens: the senders' outputs there are
 the same), nothing before ``t0`` can change (causal attention): the pass computes queries,
 head outputs and MLPs only from ``t0`` on (up to the earliest readout), its keys and values
-reading the clean stream before it. The result is the same run, with fewer operations: at
-GPT-2 small, 1.9 x faster per pass when the corruption starts halfway through 16 tokens, 2.5 x
-at three quarters. By default (``skip_prefix=None``) a pass skips its prefix when that is at
-least a quarter of the positions and the model is not tiny (``d_model >= 256``): below that a
-pass is bound by its operations' count, not their size, and the shorter pass was measured no
-faster (0.8 x on the zoo models).
+reading the clean stream before it. The result is the same run, with fewer operations
+(``circuitfind benchmark --suite pass-size`` times it: at GPT-2 small, 1.5-1.8 x faster per
+edge when the corruption starts halfway through 16 tokens, 1.9-2.6 x at three quarters,
+``reports/exact_pass_size.md``). By default (``skip_prefix=None``) a pass skips its prefix
+when that is at least a quarter of the positions and the model is not tiny
+(``d_model >= 256``): below that a pass is bound by its operations' count, not their size, and
+a shorter pass saves little of it.
 """
 
 from __future__ import annotations
@@ -50,10 +51,14 @@ SKIP_MIN_D_MODEL = 256
 """Below this width the shorter pass is not faster (module docstring)."""
 
 
-def _skip(skip_prefix: bool | None, t0: int, p: int, d_model: int) -> bool:
-    if skip_prefix is None:
-        return 4 * t0 >= p and d_model >= SKIP_MIN_D_MODEL
-    return skip_prefix and t0 > 0
+def _prefix_start(skip_prefix: bool | None, delta: Tensor, readout: Tensor, d_model: int) -> int:
+    """Where the pass starts: :func:`first_change` when the prefix is skipped (always with
+    True; with None where it pays: at least a quarter of the positions, a model not tiny), else
+    0 (the prefix is not even scanned where it would not be skipped)."""
+    if skip_prefix is False or (skip_prefix is None and d_model < SKIP_MIN_D_MODEL):
+        return 0
+    t0 = first_change(delta, readout)
+    return t0 if skip_prefix or 4 * t0 >= delta.shape[1] else 0
 
 
 def first_change(delta: Tensor, readout: Tensor) -> int:
@@ -91,10 +96,7 @@ def _patched_logits(
     # before it, only the positions from the first one the delta moves (t0)
     last = layer == cfg.n_layers - 1
     pos, pos_v = (readout_index(readout), readout_index(readout, V * b)) if last else (None, None)
-    wanted = skip_prefix or (skip_prefix is None and cfg.d_model >= SKIP_MIN_D_MODEL)
-    t0 = first_change(delta, readout) if wanted and not last else 0
-    if not _skip(skip_prefix, t0, delta.shape[1], cfg.d_model):
-        t0 = 0
+    t0 = 0 if last else _prefix_start(skip_prefix, delta, readout, cfg.d_model)
     if t0 > 0:
         pos_v = torch.arange(t0, delta.shape[1], device=delta.device)
 

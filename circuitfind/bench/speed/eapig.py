@@ -19,7 +19,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -257,11 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     if args.repeat is not None:
-        from dataclasses import replace
-
         cfg = replace(cfg, repeat=max(1, args.repeat))
-    import sys
-
     command = " ".join(["python -m circuitfind.bench.speed.eapig", *sys.argv[1:]])
     started = stamp(args.seed, args.quick, command)  # before the run: its wall time counts
     result = against_eapig(cfg, args.seed)

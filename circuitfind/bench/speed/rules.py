@@ -58,25 +58,39 @@ TARGETS: dict[str, Target] = {
 
 
 # ---------------------------------------------------------------------------- running a method
-def prepared_runs(case: Case) -> Any:
-    """Fresh prepared runs of ``case`` (resample ablation, one batch): a method timed from them
-    pays for the ablated (corrupted) pass and any clean pass it needs, as in a real run."""
+def prepared_runs(case: Case, batch_size: int | None = None, streaming: bool = False) -> Any:
+    """Fresh prepared runs of ``case`` (resample ablation, one batch unless ``batch_size``): a
+    method timed from them pays for the ablated (corrupted) pass and any clean pass it needs, as
+    in a real run."""
     from circuitfind.runs import PreparedRuns
 
     return PreparedRuns(
-        case.model, case.task, "resample", batch_size=len(case.task), graph=case.graph
+        case.model,
+        case.task,
+        "resample",
+        batch_size=batch_size or len(case.task),
+        graph=case.graph,
+        streaming=streaming,
     )
 
 
-def _run(name: str, case: Case, options: Mapping[str, Any]) -> Any:
-    """One full run of method ``name`` (a row of the method table) on ``case``."""
+def method_kwargs(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The suite's ``options`` that method ``name`` takes (its table row's options)."""
     from circuitfind.methods import method_spec
 
-    spec = method_spec(name)
-    kwargs = {k: v for k, v in options.items() if k in spec.options}
+    return {k: v for k, v in options.items() if k in method_spec(name).options}
+
+
+def _run(name: str, case: Case, options: Mapping[str, Any], runs: Any = None) -> Any:
+    """One full run of method ``name`` (a row of the method table) on ``case``, over ``runs``
+    (default: fresh ones of one batch)."""
+    from circuitfind.methods import method_spec
+
+    kwargs = method_kwargs(name, options)
     if name == "exact":  # the pass size is exact's engine setting, not a method option
         kwargs["max_tokens_per_pass"] = options.get("max_tokens_per_pass")
-    return spec.function()(prepared_runs(case), **kwargs)
+    runs = prepared_runs(case) if runs is None else runs
+    return method_spec(name).function()(runs, **kwargs)
 
 
 def pass_rules(cfg: SpeedConfig) -> dict[str, PassRule]:
