@@ -26,6 +26,7 @@ from torch import Tensor
 
 from circuitfind.graph import Graph
 from circuitfind.model import ForwardCache, Model, RunContext, pick_positions
+from circuitfind.sender_rows import SenderRows
 from circuitfind.vocab import choose
 
 __all__ = [
@@ -219,7 +220,7 @@ def masked_forward(
     mask: Tensor,
     *,
     readout: Tensor | None = None,
-    prefix: list[Tensor] | None = None,
+    prefix: Tensor | list[Tensor] | None = None,
     start_layer: int = 0,
     columns: Tensor | None = None,
 ) -> Tensor:
@@ -232,7 +233,7 @@ def masked_forward(
             A receiver's input is formed from whichever is fewer, its ablated or its kept
             edges, so gradients w.r.t. ``mask`` reach the weights strictly between 0 and 1.
         readout: [b] positions to unembed; None unembeds every position.
-        prefix, start_layer: start at ``start_layer`` with ``prefix`` the differences
+        prefix, start_layer: start at ``start_layer`` with ``prefix`` [k, b, p, d] the differences
             ``out_s - A_s`` of the senders before it (from a run whose receivers before
             ``start_layer`` keep every edge the mask keeps, e.g. the clean run when they all
             keep everything). Saves recomputing layers that the mask does not change.
@@ -272,65 +273,95 @@ def masked_forward(
     A = ablated.expand(ablated.shape[0], b, p, cfg.d_model)
     ones = mask >= 1
 
-    D: list[Tensor] = [model.embed(tokens, ctx) - A[0]] if prefix is None else list(prefix)
-    if prefix is not None and len(D) != 1 + start_layer * (H + 1):
-        raise ValueError("prefix must hold the senders before start_layer")
-    a_cum = A[0]  # running sum of ablated outputs of the senders so far
-    a_prefix = [a_cum]  # a_prefix[k] = sum_{s <= k} A_s
-    for s in range(1, A.shape[0]):
-        a_cum = a_cum + A[s]
-        a_prefix.append(a_cum)
-    # The sum of D over the senders so far, at the points receivers read it (the stream
-    # entering a layer, and after its heads): {number of senders: sum}. A receiver that keeps
-    # most of its edges then costs only its ablated ones, instead of a (memory-bound) sum over
-    # every upstream sender.
-    total = D[0]
-    for t in D[1:]:
-        total = total + t
+    if prefix is None:
+        first_rows = (model.embed(tokens, ctx) - A[0]).unsqueeze(0)
+    else:
+        first_rows = prefix if isinstance(prefix, Tensor) else torch.stack(list(prefix))
+        if first_rows.shape[0] != 1 + start_layer * (H + 1):
+            raise ValueError("prefix must hold the senders before start_layer")
+    D = SenderRows(first_rows, A.shape[0])
+    # a_prefix[k] = sum_{s <= k} A_s, at the points receivers read it (the stream entering a
+    # layer, after its heads, at the end): block sums, not one add per sender.
+    a_prefix: dict[int, Tensor] = {}
+    points = sorted(
+        {int(graph.n_upstream[r]) for r in range(graph.n_receivers)} | {len(D)}
+    )
+    points = [u for u in points if u >= len(D)]
+    a_cum, done = A[: points[0]].sum(0), points[0]
+    a_prefix[done - 1] = a_cum
+    for u in points[1:]:
+        a_cum = a_cum + A[done:u].sum(0)
+        a_prefix[u - 1], done = a_cum, u
+    # The sum of D over the senders so far, at the points receivers read it: {number of
+    # senders: sum}. A receiver that keeps most of its edges then costs only its ablated ones.
+    total = D.total()
     sums = {len(D): total}
 
-    def weighted(rows: Tensor, weights: Tensor) -> Tensor:
-        """sum_s weights[s, c] D[rows[s]]: [b, p, c, d]."""
-        stacked = torch.stack([D[int(i)] for i in rows])  # [s, b, p, d]
-        return torch.einsum("sbpd,sc->bpcd", stacked, weights)
-
-    def receiver_input(cols: list[int], upstream: int, constant: Tensor | float) -> Tensor:
-        """Inputs of receivers ``cols`` (sharing ``upstream`` senders): [b, p, len(cols), d]
-        or, when every column keeps every edge, the shared stream [b, p, d]."""
+    def receiver_inputs(
+        groups: list[list[int]], upstream: int, constant: Tensor | float
+    ) -> list[Tensor]:
+        """Inputs of each group of receivers (all sharing ``upstream`` senders): [b, p,
+        len(cols), d], or the shared stream [b, p, d] for a group that keeps every edge. The
+        groups that do not are formed in one weighted sum (one pass over the senders)."""
         base = a_prefix[upstream - 1] + constant
         d_total = sums[upstream]
-        if bool(ones[:upstream, cols].all()):
-            return base + d_total
-        weights = mask[:upstream, cols]  # [s, c]
-        off = (weights != 1).any(1).nonzero()[:, 0]  # senders some column does not keep whole
-        on = (weights != 0).any(1).nonzero()[:, 0]  # senders some column keeps at all
-        if len(off) <= len(on):  # the kept stream minus what is ablated
-            return (base + d_total).unsqueeze(2) - weighted(off, 1 - weights[off])
-        if len(on) == 0:
-            return base.unsqueeze(2).expand(*base.shape[:2], len(cols), base.shape[-1])
-        return base.unsqueeze(2) + weighted(on, weights[on])
+        out: list[Tensor | None] = [None] * len(groups)
+        per_col: list[int] = []
+        for g, cols in enumerate(groups):
+            if bool(ones[:upstream, cols].all()):
+                out[g] = base + d_total
+            else:
+                per_col.append(g)
+        if per_col:
+            cols = [c for g in per_col for c in groups[g]]
+            weights = mask[:upstream, cols]  # [s, c]
+            off = (weights != 1).any(1).nonzero()[:, 0]  # senders some column does not keep
+            on = (weights != 0).any(1).nonzero()[:, 0]  # senders some column keeps at all
+            if len(off) <= len(on):  # the kept stream minus what is ablated
+                x = D.weighted(off, 1 - weights[off], upstream, base + d_total, -1.0)
+            elif len(on) == 0:
+                x = base.unsqueeze(0).expand(len(cols), *base.shape)
+            else:
+                x = D.weighted(on, weights[on], upstream, base)
+            at = 0  # x is [c, b, p, d]: each group's inputs as [b, p, len(cols), d]
+            for g in per_col:
+                out[g] = x[at : at + len(groups[g])].permute(1, 2, 0, 3)
+                at += len(groups[g])
+        return out  # type: ignore[return-value]
 
+    def receiver_input(cols: list[int], upstream: int, constant: Tensor | float) -> Tensor:
+        return receiver_inputs([cols], upstream, constant)[0]
+
+    q_index = None
     for layer in range(start_layer, cfg.n_layers):
         upstream = int(graph.n_upstream[graph.receiver_index[f"a{layer}.h0<q>"]])
         constant = _layer_constant(model, layer, mlp=False)
         first = graph.receiver_index[f"a{layer}.h0<q>"]
-        xs = [
-            receiver_input(list(range(first + j * H, first + (j + 1) * H)), upstream, constant)
-            for j in range(3)
-        ]
-        z, _ = model.attention(layer, xs[0], xs[1], xs[2], ctx)
-        heads = model.head_results(layer, z)  # [b, p, h, d]
+        xs = receiver_inputs(
+            [list(range(first + j * H, first + (j + 1) * H)) for j in range(3)], upstream, constant
+        )
+        q_index = None
+        if readout is not None and layer == cfg.n_layers - 1:
+            # The last layer matters only at each prompt's readout: its queries, head outputs,
+            # MLP and the logits are computed there alone (keys and values at every position).
+            q_index = readout_index(readout, b)
+            D = D.pick(q_index)
+            A = pick_positions(A.permute(1, 2, 0, 3), q_index).permute(2, 0, 1, 3)
+            a_prefix = {k: pick_positions(t, q_index) for k, t in a_prefix.items()}
+            total = pick_positions(total, q_index)
+            sums = {k: pick_positions(v, q_index) for k, v in sums.items()}
+            readout = None  # the stream now holds the readout positions only
+        z, _ = model.attention(layer, xs[0], xs[1], xs[2], ctx, q_index=q_index)
+        heads = model.head_results(layer, z)  # [b, p, h, d] ([b, 1, h, d] in the last layer)
         for h in range(H):
-            D.append(heads[:, :, h] - A[upstream + h])
-            total = total + D[-1]
+            total = D.accumulate(total, D.append_diff(heads[:, :, h], A[upstream + h]), h == 0)
         sums = {upstream: sums[upstream], len(D): total}
         m_idx = graph.receiver_index[f"m{layer}"]
         m_up = int(graph.n_upstream[m_idx])
         x_mlp = receiver_input([m_idx], m_up, _layer_constant(model, layer, mlp=True))
         if x_mlp.dim() == 4:
             x_mlp = x_mlp[:, :, 0]
-        D.append(model.mlp(layer, x_mlp) - A[upstream + H])
-        total = total + D[-1]
+        total = D.accumulate(total, D.append_diff(model.mlp(layer, x_mlp), A[upstream + H]), True)
         sums = {len(D): total}
 
     final = receiver_input(
@@ -340,6 +371,8 @@ def masked_forward(
         final = final[:, :, 0]
     if readout is not None:
         return readout_logits(model, final, readout)
+    if q_index is not None:
+        return model.unembed(final[:, 0])
     return model.unembed(final)
 
 

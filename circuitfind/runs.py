@@ -275,7 +275,7 @@ class MaskEvaluator:
                         prep.batch.idx, prep.batch.clean.shape[1], self.model.device
                     )
                 if start_layer > 0:
-                    prefix = list(prep.clean_diff[: 1 + start_layer * (H + 1)].unbind(0))
+                    prefix = prep.clean_diff[: 1 + start_layer * (H + 1)]
                 logits = masked_forward(
                     self.model,
                     self.graph,

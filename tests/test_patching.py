@@ -385,3 +385,42 @@ def test_exact_skips_its_prefix_by_default_only_where_it_pays():
     assert start(None, 4, SKIP_MIN_D_MODEL) == 4 and start(None, 3, SKIP_MIN_D_MODEL) == 0
     assert start(None, 8, SKIP_MIN_D_MODEL - 1) == 0  # a tiny model: no faster
     assert start(True, 1, 8) == 1 and start(True, 0, 8) == 0 and start(False, 8, 1024) == 0
+
+
+def test_acdc_on_a_sample_of_edges_matches_a_brute_force_greedy_pass():
+    """ACDC restricted to ``try_edges`` is the greedy pass over those edges alone, in ACDC's
+    order (receivers from the logits back, senders from the last), each trial a full masked run
+    from layer 0; every other edge stays in, untried."""
+    model = cf.load(make_hf_model("gpt2"))
+    graph = cf.Graph.from_model(model)
+    task = _random_task(n=4)
+    g = torch.Generator().manual_seed(3)
+    sample = graph.valid & (torch.rand(graph.valid.shape, generator=g) < 0.3)
+    tau = 0.002
+    result = method_scores(model, task, "acdc", tau=tau, try_edges=sample)
+
+    ev = PreparedRuns(model, task, "resample", batch_size=4).evaluator("kl")
+    mask = graph.valid.clone().float()
+    current = ev(mask)
+    kept_ref = graph.valid.clone()
+    changes = torch.full(graph.valid.shape, float("nan"))
+    for r in reversed(range(graph.n_receivers)):
+        for s in reversed(range(int(graph.n_upstream[r]))):
+            if not sample[s, r]:
+                continue
+            mask[s, r] = 0
+            value = ev(mask)  # from layer 0: no start-layer shortcut
+            changes[s, r] = value - current
+            if value - current < tau:
+                current, kept_ref[s, r] = value, False
+            else:
+                mask[s, r] = 1
+    assert 0 < int((sample & kept_ref).sum()) < int(sample.sum())  # tau splits the sample
+    assert torch.equal(result.kept, kept_ref)
+    assert torch.isnan(result.edges[graph.valid & ~sample]).all()
+    torch.testing.assert_close(result.edges[sample], changes[sample], atol=1e-5, rtol=0)
+    # the whole graph as the sample is plain ACDC
+    whole = method_scores(model, task, "acdc", tau=tau, try_edges=graph.valid.clone())
+    assert torch.equal(whole.kept, method_scores(model, task, "acdc", tau=tau).kept)
+    with pytest.raises(cf.InputError, match="try_edges must be a bool tensor"):
+        method_scores(model, task, "acdc", tau=tau, try_edges=sample.float())

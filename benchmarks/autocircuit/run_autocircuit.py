@@ -90,6 +90,73 @@ def _median_time(fn, repeat: int, warmup: bool = True) -> tuple[float, list[floa
     return statistics.median(runs), runs, out
 
 
+def _acdc_sample(model, loader, spec: dict) -> dict:
+    """auto-circuit's own ACDC over a given list of edges, in the given order (every other edge
+    stays in, untried): ``spec["acdc_edges"]`` (their names) and tau = base x 10^exp
+    (``acdc_tau_base``, ``acdc_tau_exp``). Each trial is timed where their loop takes the next
+    edge (a wrapper around the progress bar it iterates), and each trial's KL to the clean run
+    is recorded where they compute it; their code runs unchanged otherwise."""
+    import auto_circuit.prune_algos.ACDC as acdc_mod
+    from auto_circuit.prune_algos.ACDC import acdc_prune_scores
+
+    names = list(spec["acdc_edges"])
+    by_name = {e.name: e for e in model.edges}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise SystemExit(f"acdc-sample: {len(missing)} edges unknown to auto-circuit: {missing[:3]}")
+    trial_s: list[float] = []
+    order: list[str] = []
+    kl: list[float] = []
+    real_tqdm, real_kl = acdc_mod.tqdm, acdc_mod.multibatch_kl_div
+
+    class Timed:
+        def __init__(self, items):
+            self.items = list(items)
+
+        def set_description_str(self, *args, **kwargs):
+            pass
+
+        def __iter__(self):
+            for e in self.items:
+                order.append(e.name)
+                start = time.perf_counter()
+                yield e  # their loop body runs here: one trial
+                trial_s.append(time.perf_counter() - start)
+
+    def tqdm(items, *args, **kwargs):
+        items = list(items)
+        if items and hasattr(items[0], "dest"):
+            return Timed(items)
+        return real_tqdm(items, *args, **kwargs)
+
+    def recording_kl(*args, **kwargs):
+        out = real_kl(*args, **kwargs)
+        kl.append(float(out))
+        return out
+
+    all_edges = model.edges
+    # Their ACDC sorts model.edges by destination layer (stable): the list's order survives.
+    model.edges = [by_name[n] for n in names]
+    acdc_mod.tqdm, acdc_mod.multibatch_kl_div = tqdm, recording_kl
+    try:
+        start = time.perf_counter()
+        ps = acdc_prune_scores(
+            model,
+            loader,
+            None,
+            tao_exps=[int(spec["acdc_tau_exp"])],
+            tao_bases=[int(spec["acdc_tau_base"])],
+        )
+        seconds = time.perf_counter() - start
+    finally:
+        acdc_mod.tqdm, acdc_mod.multibatch_kl_div = real_tqdm, real_kl
+        model.edges = all_edges
+    if order != names:
+        raise SystemExit("acdc-sample: auto-circuit reordered the edges; the comparison needs one order")
+    kept = [n for n in names if by_name[n].prune_score(ps) == float("inf")]
+    return {"seconds": seconds, "trial_s": trial_s, "kl": kl, "order": order, "kept": kept}
+
+
 def _scores(model, prune_scores) -> dict[str, float]:
     return {e.name: float(e.prune_score(prune_scores)) for e in model.edges}
 
@@ -161,6 +228,10 @@ def run_model(d: Path, spec: dict) -> dict:
                 tao_bases=[1],
             )
             reps = 0
+        elif name == "acdc-sample":
+            res[name] = _acdc_sample(model, loader, spec)
+            set_all_masks(model, val=0.0)
+            continue
         elif name == "exact":
             fn = None
         else:

@@ -457,8 +457,9 @@ def render(result: dict[str, Any], command: str) -> list[str]:
     lines += [
         "Random weights at each model's real widths and vocabulary. Rows marked extrapolated "
         "were timed on a stratified sample of their passes (exact: sampled receivers; ACDC, "
-        "node: one masked run per start layer) and scaled by edge or node count; ACDC's is an "
-        "upper bound (every edge tried once). Their peak memory is that of one sampled pass "
+        "node: one masked run per start layer) and scaled by edge or node count; ACDC's assumes "
+        "every edge tried once, each trial timed with every other edge kept (real trials, with "
+        "edges removed downstream, cost more: see the speed suite's ACDC comparison). Their peak memory is that of one sampled pass "
         "(exact) or one masked run (ACDC, node), the pass a full run repeats.",
         "",
     ]

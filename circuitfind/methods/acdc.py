@@ -9,6 +9,7 @@ start at the current receiver's layer from the clean cache.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -25,6 +26,10 @@ __all__ = ["score_acdc"]
 logger = logging.getLogger(__name__)
 
 
+def _digest(edges: torch.Tensor) -> str:
+    return hashlib.sha256(edges.to(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+
+
 def score_acdc(
     runs: PreparedRuns,
     *,
@@ -32,6 +37,7 @@ def score_acdc(
     acdc_metric: str = "kl",
     checkpoint_every_s: float = 60.0,
     checkpoint_every: int = 50,
+    try_edges: torch.Tensor | None = None,
 ) -> Scores:
     """Run ACDC. Returns scores [S, R] (the metric change measured when each edge was tried,
     NaN for edges never tried) and the kept edges [S, R] bool.
@@ -57,6 +63,15 @@ def score_acdc(
     one_sided = acdc_metric == "kl"
     progress = runs.progress
     mask = graph.valid.clone().to(torch.float32)
+    tried = graph.valid.clone()
+    if try_edges is not None:
+        try_edges = torch.as_tensor(try_edges)
+        if try_edges.dtype != torch.bool or tuple(try_edges.shape) != tuple(graph.valid.shape):
+            raise InputError(
+                f"try_edges must be a bool tensor of the graph's shape {tuple(graph.valid.shape)}"
+                f" (senders x receivers); got {try_edges.dtype} {tuple(try_edges.shape)}"
+            )
+        tried &= try_edges.cpu()
     scores = torch.full((graph.n_senders, graph.n_receivers), float("nan"))
     ckpt = Checkpointer(
         checkpoint,
@@ -64,12 +79,12 @@ def score_acdc(
             model=model,
             task=runs.task,
             method="acdc",
-            options={"tau": tau},
+            options={"tau": tau, "try_edges": None if try_edges is None else _digest(tried)},
             ablation=ablation,
             metric=name,
             seed=getattr(runs.task, "meta", {}).get("seed"),
         ),
-        total=graph.n_edges,
+        total=int(tried.sum()),
         unit="edges tried",
         what="ACDC",
         every=checkpoint_every,
@@ -89,7 +104,7 @@ def score_acdc(
             return {"mask": mask, "scores": scores, "current": current, "receiver": r, "sender": s}
 
         bar = progress_bar(
-            total=graph.n_edges, initial=done, desc="acdc", disable=not progress, unit="edge"
+            total=int(tried.sum()), initial=done, desc="acdc", disable=not progress, unit="edge"
         )
         for r in reversed(range(next_r + 1)):
             rec = graph.receivers[r]
@@ -99,13 +114,16 @@ def score_acdc(
                 sender = graph.sender_index[rec.node]
                 if not bool(mask[sender].any()):  # the node feeds nothing any more
                     mask[:upstream, r] = 0
-                    done += upstream
-                    bar.update(upstream)
+                    n_tried = int(tried[:upstream, r].sum())
+                    done += n_tried
+                    bar.update(n_tried)
                     ckpt.maybe_save(lambda r=r: snapshot(r - 1, -1), done)  # type: ignore[misc]
                     continue
             # Receivers of layers before this one keep every edge: their senders are clean.
             start_layer = rec.layer if rec.layer is not None else model.cfg.n_layers
             for s in reversed(range(begin)):
+                if not tried[s, r]:
+                    continue
                 mask[s, r] = 0
                 value = evaluator(mask, start_layer=start_layer)
                 change = value - current

@@ -132,7 +132,10 @@ def masked_pass_times(case: Case, metric: Any, repeat: int) -> dict[int, float]:
 
 
 def acdc_estimate(case: Case, per_start: dict[int, float]) -> float:
-    """ACDC's time if it tries every edge once (an upper bound: it skips dead nodes' edges)."""
+    """ACDC's time if it tries every edge once, each trial costing a masked run with every edge
+    kept. The count is an upper bound (ACDC skips dead nodes' edges); the cost per trial is not:
+    a real run's trials, with many edges removed downstream, read per-head inputs and cost more
+    (``circuitfind.bench.speed.acdc_peer`` times real trials)."""
     L = case.model.cfg.n_layers
     total = per_start[0]
     for rec in case.graph.receivers:
@@ -171,7 +174,8 @@ def _extrapolate(
     if name == "acdc":
         return (
             acdc_estimate(case, per_start),
-            "extrapolated: one masked run per edge (upper bound), timed per start layer",
+            "extrapolated: one masked run per edge, timed per start layer with every edge kept "
+            "(real trials cost more: speed_acdc.md)",
         )
     return (
         node_estimate(case, per_start),

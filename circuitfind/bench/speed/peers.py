@@ -29,7 +29,9 @@ __all__ = [
     "autocircuit_edge_name",
     "default_venv",
     "ensure_venv",
+    "run_autocircuit",
     "spearman",
+    "to_autocircuit_edge_name",
 ]
 
 
@@ -72,6 +74,27 @@ def autocircuit_edge_name(name: str) -> str:
         raise ValueError(f"unknown auto-circuit node {x!r}")
 
     return f"{node(src, False)}->{node(dst, True)}"
+
+
+def to_autocircuit_edge_name(name: str) -> str:
+    """circuitfind's edge name in auto-circuit's convention (the inverse of
+    :func:`autocircuit_edge_name`): ``input->a1.h2<q>`` -> ``Resid Start->A1.2.Q``."""
+    src, dst = name.split("->")
+
+    def node(x: str) -> str:
+        if x == "input":
+            return "Resid Start"
+        if x == "logits":
+            return "Resid End"
+        if x.startswith("m"):
+            return f"MLP {int(x[1:])}"
+        if x.startswith("a"):
+            head, _, qkv = x.partition("<")
+            layer, h = head[1:].split(".h")
+            return f"A{int(layer)}.{int(h)}" + (f".{qkv.rstrip('>').upper()}" if qkv else "")
+        raise ValueError(f"unknown circuitfind node {x!r}")
+
+    return f"{node(src)}->{node(dst)}"
 
 
 def spearman(ours: dict[str, float], theirs: dict[str, float]) -> dict[str, Any]:
@@ -129,6 +152,40 @@ def ensure_venv(cfg: SpeedConfig) -> tuple[Path | None, str]:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return None, "building the auto-circuit environment failed: " + " | ".join(tail)
     return python, ""
+
+
+def run_autocircuit(python: Path, work: Path, timeout_s: float) -> tuple[dict | None, str]:
+    """Run ``run_autocircuit.py`` on ``work`` (its ``request.json`` and exported models) in the
+    auto-circuit venv: (its ``result.json`` with ``peak_rss_gb`` added, "") or (None, why)."""
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    try:
+        proc = subprocess.run(
+            [str(python), str(autocircuit_dir() / "run_autocircuit.py"), str(work)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return None, "auto-circuit run timed out"
+    if proc.returncode != 0 or not (work / "result.json").is_file():
+        tail = proc.stderr.strip().splitlines()[-5:]
+        if proc.returncode < 0:  # killed by a signal; SIGKILL is usually the OOM killer
+            sig = signal.Signals(-proc.returncode).name
+            why = f"killed by {sig}" + (
+                " (out of memory? run the suite with nothing else on the machine)"
+                if sig == "SIGKILL"
+                else ""
+            )
+        else:
+            why = f"exit code {proc.returncode}"
+        detail = " | ".join(tail) or "no error output"
+        return None, f"auto-circuit run failed ({why}): {detail}"
+    theirs = json.loads((work / "result.json").read_text())
+    # the largest finished child so far: the auto-circuit run (KiB on Linux)
+    theirs["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    return theirs, ""
 
 
 def _export(case: Case, d: Path) -> None:
@@ -199,34 +256,9 @@ def against_autocircuit(cfg: SpeedConfig, seed: int, ours_main: dict[str, Any] |
             },
         }
         (work / "request.json").write_text(json.dumps(request))
-        env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
-        env.pop("PYTHONPATH", None)
-        try:
-            proc = subprocess.run(
-                [str(python), str(autocircuit_dir() / "run_autocircuit.py"), str(work)],
-                capture_output=True,
-                text=True,
-                timeout=cfg.autocircuit_timeout_s,
-                env=env,
-            )
-        except subprocess.TimeoutExpired:
-            return {"available": False, "reason": "auto-circuit run timed out"}
-        if proc.returncode != 0 or not (work / "result.json").is_file():
-            tail = proc.stderr.strip().splitlines()[-5:]
-            if proc.returncode < 0:  # killed by a signal; SIGKILL is usually the OOM killer
-                sig = signal.Signals(-proc.returncode).name
-                why = f"killed by {sig}" + (
-                    " (out of memory? run the suite with nothing else on the machine)"
-                    if sig == "SIGKILL"
-                    else ""
-                )
-            else:
-                why = f"exit code {proc.returncode}"
-            detail = " | ".join(tail) or "no error output"
-            return {"available": False, "reason": f"auto-circuit run failed ({why}): {detail}"}
-        theirs = json.loads((work / "result.json").read_text())
-        # the largest finished child so far: the auto-circuit run (KiB on Linux)
-        theirs["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        theirs, why = run_autocircuit(python, work, cfg.autocircuit_timeout_s)
+        if theirs is None:
+            return {"available": False, "reason": why}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

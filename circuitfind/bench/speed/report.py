@@ -75,8 +75,10 @@ def render_markdown(r: dict[str, Any], plots: dict[str, str]) -> list[str]:
         "Exact patching and ACDC over a whole GPT-2-small graph take hours on a CPU: where a "
         "method's estimate exceeds the suite's budget, it is timed on a stratified sample of its "
         "patched passes and extrapolated by edge count (the `how` column says which). ACDC's "
-        "extrapolation assumes every edge is tried once, an upper bound (ACDC skips the edges "
-        "of nodes that no longer feed anything).",
+        "extrapolation assumes every edge is tried once (an upper bound: ACDC skips the edges "
+        "of nodes that no longer feed anything), each trial timed with every other edge kept "
+        "(not a bound: a real run's trials, with edges removed downstream, cost more; "
+        "`speed_acdc.md` times real trials against auto-circuit's).",
         "",
         "## Per method",
         "",
