@@ -283,9 +283,7 @@ def masked_forward(
     # a_prefix[k] = sum_{s <= k} A_s, at the points receivers read it (the stream entering a
     # layer, after its heads, at the end): block sums, not one add per sender.
     a_prefix: dict[int, Tensor] = {}
-    points = sorted(
-        {int(graph.n_upstream[r]) for r in range(graph.n_receivers)} | {len(D)}
-    )
+    points = sorted({int(graph.n_upstream[r]) for r in range(graph.n_receivers)} | {len(D)})
     points = [u for u in points if u >= len(D)]
     a_cum, done = A[: points[0]].sum(0), points[0]
     a_prefix[done - 1] = a_cum
@@ -384,7 +382,7 @@ def _masked_forward_post_norms(
     ablated: Tensor,
     mask: Tensor,
     readout: Tensor | None,
-    prefix: list[Tensor] | None,
+    prefix: Tensor | list[Tensor] | None,
     start_layer: int,
 ) -> Tensor:
     """``masked_forward`` for families with post-norms (Gemma-2/3, OLMo-2).

@@ -38,7 +38,7 @@ def masked_forward_positional(
     columns: Tensor,
     *,
     readout: Tensor | None = None,
-    prefix: list[Tensor] | None = None,
+    prefix: Tensor | list[Tensor] | None = None,
     start_layer: int = 0,
 ) -> Tensor:
     """Run the model with each (edge, column) kept (1), ablated (0) or in between.

@@ -190,12 +190,17 @@ def exact_terms(d: _Dims) -> list[Term]:
     return terms
 
 
-def masked_terms(d: _Dims) -> list[Term]:
-    """ACDC and node ablation: the clean caches and differences, and one masked run."""
+def masked_terms(d: _Dims, grad: bool = False) -> list[Term]:
+    """ACDC and node ablation: the clean caches and differences, and one masked run (``grad``:
+    one with autograd, whose sender differences are a list and stacked per receiver group)."""
     s, t = d.shape, d.b * d.p
     terms = [_ablated(d), _scores(d), *_clean_runs(d)]
-    stacks = d.stream(2 * s.n_senders * t)
-    terms.append(Term("masked-run stacks", stacks, "batch", "prefix sums + stacked differences"))
+    if grad:
+        stacks = d.stream(2 * s.n_senders * t)
+        terms.append(Term("masked-run stacks", stacks, "batch", "prefix sums + stacked rows"))
+    else:  # the sender-differences buffer (rows before the start layer are read in place)
+        stacks = d.stream(s.n_senders * t)
+        terms.append(Term("masked-run rows", stacks, "batch", "[S, b, p, d] sender rows"))
     layer = d.stream(3 * t) + d.mlp(t)
     terms.append(Term("masked layer", layer, "batch", "one layer's activations"))
     return terms
@@ -223,7 +228,7 @@ def mask_terms(d: _Dims) -> list[Term]:
     run stacks only the senders whose weight is not 1). Coefficients counted with
     :class:`circuitfind.memory.PeakMeter` on GPT-2 and Llama shapes (two to eight layers)."""
     s, t = d.shape, d.b * d.p
-    terms = masked_terms(d)
+    terms = masked_terms(d, grad=True)
     if d.columns:
         state = s.n_senders * s.n_receivers * d.columns * 4 * _MASK_STATE_POSITIONS
         note = "[S, R, P] fp32: logits, grads, Adam, samples"

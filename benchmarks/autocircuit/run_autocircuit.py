@@ -103,7 +103,9 @@ def _acdc_sample(model, loader, spec: dict) -> dict:
     by_name = {e.name: e for e in model.edges}
     missing = [n for n in names if n not in by_name]
     if missing:
-        raise SystemExit(f"acdc-sample: {len(missing)} edges unknown to auto-circuit: {missing[:3]}")
+        raise SystemExit(
+            f"acdc-sample: {len(missing)} edges unknown to auto-circuit: {missing[:3]}"
+        )
     trial_s: list[float] = []
     order: list[str] = []
     kl: list[float] = []
@@ -152,7 +154,9 @@ def _acdc_sample(model, loader, spec: dict) -> dict:
         acdc_mod.tqdm, acdc_mod.multibatch_kl_div = real_tqdm, real_kl
         model.edges = all_edges
     if order != names:
-        raise SystemExit("acdc-sample: auto-circuit reordered the edges; the comparison needs one order")
+        raise SystemExit(
+            "acdc-sample: auto-circuit reordered the edges; the comparison needs one order"
+        )
     kept = [n for n in names if by_name[n].prune_score(ps) == float("inf")]
     return {"seconds": seconds, "trial_s": trial_s, "kl": kl, "order": order, "kept": kept}
 

@@ -459,8 +459,9 @@ def render(result: dict[str, Any], command: str) -> list[str]:
         "were timed on a stratified sample of their passes (exact: sampled receivers; ACDC, "
         "node: one masked run per start layer) and scaled by edge or node count; ACDC's assumes "
         "every edge tried once, each trial timed with every other edge kept (real trials, with "
-        "edges removed downstream, cost more: see the speed suite's ACDC comparison). Their peak memory is that of one sampled pass "
-        "(exact) or one masked run (ACDC, node), the pass a full run repeats.",
+        "edges removed downstream, cost more: see the speed suite's ACDC comparison). Their "
+        "peak memory is that of one sampled pass (exact) or one masked run (ACDC, node), the "
+        "pass a full run repeats.",
         "",
     ]
     for row in result["sizes"]:

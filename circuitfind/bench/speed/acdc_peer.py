@@ -23,6 +23,7 @@ and corrupted prompts (resample ablation, KL to the clean run at the last positi
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -51,7 +52,7 @@ from circuitfind.bench.speed.peers import (
     to_autocircuit_edge_name,
 )
 
-__all__ = ["against_autocircuit_acdc", "sample_edges", "round_tau"]
+__all__ = ["against_autocircuit_acdc", "round_tau", "sample_edges"]
 
 KINDS = ("q", "k", "v", "mlp")
 
@@ -104,7 +105,8 @@ class _TimedEvaluator:
     """An evaluator that records every call's start layer, value and wall time."""
 
     def __init__(self, inner: Any) -> None:
-        self.inner, self.calls = inner, []
+        self.inner = inner
+        self.calls: list[tuple[int, float, float]] = []
 
     def __call__(self, mask: torch.Tensor, start_layer: int = 0) -> float:
         t0 = time.perf_counter()
@@ -131,6 +133,7 @@ def _ours(case: Case, sample: torch.Tensor, tau: float) -> dict[str, Any]:
     result = score_acdc(runs, tau=tau, try_edges=sample)
     seconds = time.perf_counter() - t0
     calls = timed[0].calls[1:]  # the first is the full model's KL (zero), before any trial
+    assert result.kept is not None  # ACDC always decides
     return {"seconds": seconds, "calls": calls, "kept": result.kept & sample}
 
 
@@ -160,9 +163,8 @@ def trial_cost_by_state(
             m = full.clone()
             drop = (torch.rand(m.shape, generator=gen) < frac) & later[None, :]
             m[drop] = 0.0
-            row[f"removed_{frac:g}_s"] = time_it(
-                lambda: ev(m, start_layer=start), 2  # noqa: B023
-            ).seconds
+            run = functools.partial(ev, m, start_layer=start)
+            row[f"removed_{frac:g}_s"] = time_it(run, 2).seconds
         rows.append(row)
     return rows
 
@@ -208,7 +210,7 @@ def against_autocircuit_acdc(
     tau_how = "given"
     if tau is None:  # pilot: every edge's KL increase with nothing removed
         pilot = _ours(case, sample, 0.0)
-        tau = float("%.0e" % statistics.median(v for _, v, _ in pilot["calls"]))
+        tau = float(f"{statistics.median(v for _, v, _ in pilot['calls']):.0e}")
         tau_how = "the median KL increase of a pilot run with nothing removed"
     base, exp = round_tau(tau)
     tau = base * 10**exp
