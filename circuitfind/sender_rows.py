@@ -26,6 +26,7 @@ class SenderRows:
 
     def __init__(self, prefix: Tensor, capacity: int) -> None:
         self.grad = torch.is_grad_enabled()
+        self.capacity = capacity
         self.pre = prefix
         self.k = prefix.shape[0]
         if self.grad:
@@ -100,15 +101,5 @@ class SenderRows:
     def pick(self, index: Tensor) -> SenderRows:
         """The same rows at positions ``index`` only (``pick_positions``), room kept for the
         rows still to come."""
-        if self.grad:
-            out = SenderRows.__new__(SenderRows)
-            out.grad, out.k, out.n, out.new = True, self.k, self.n, None
-            out.rows = [pick_positions(t, index) for t in self.rows]
-            out.pre = self.pre
-            return out
-        pre = pick_positions(self.pre.permute(1, 2, 0, 3), index).permute(2, 0, 1, 3)
-        capacity = self.k + self.new.shape[0]  # type: ignore[union-attr]
-        out = SenderRows(pre.contiguous(), capacity)
-        for i in range(self.k, self.n):
-            out.append(pick_positions(self.row(i), index))
-        return out
+        picked = torch.stack([pick_positions(self.row(i), index) for i in range(self.n)])
+        return SenderRows(picked, self.capacity)
