@@ -162,9 +162,32 @@ class Model:
         """The family's norm (``w`` None: no norm there, the identity)."""
         if w is None:
             return x
+        if x.dim() == 4 and not x.is_contiguous() and x.permute(2, 0, 1, 3).is_contiguous():
+            # per-head inputs laid out head-major (a masked run's weighted sums): normalise in
+            # that layout rather than copying [b, p, h, d] into place first
+            return self.norm(x.permute(2, 0, 1, 3), w, b, eps).permute(1, 2, 0, 3)
         if self.cfg.norm == "rmsnorm":
             return rms_norm(x, w, eps, self.cfg.norm_offset)
         return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+
+    def norm_(self, x: Tensor, w: Tensor | None, b: Tensor | None, eps: float) -> Tensor:
+        """``norm`` written over ``x`` itself, a few rows at a time: for large inputs that the
+        caller no longer needs (a masked run's per-head inputs), where a fresh output of the
+        same size costs a page fault per page. ``x`` must be contiguous in some order of its
+        leading axes with the model axis last (else a plain ``norm``)."""
+        if w is None:
+            return x
+        if 0 in x.stride():  # a broadcast view (other inputs may read the same memory)
+            return self.norm(x, w, b, eps)
+        flat = x
+        if not x.is_contiguous() and x.dim() == 4:
+            flat = x.permute(2, 0, 1, 3)
+        if not flat.is_contiguous():
+            return self.norm(x, w, b, eps)
+        rows = flat.view(-1, x.shape[-1])
+        for chunk in rows.split(max(1, (1 << 18) // x.shape[-1])):
+            chunk.copy_(self.norm(chunk, w, b, eps))
+        return x
 
     def norm_scale(self, w: Tensor | None) -> Tensor:
         """The per-dimension scale a norm with weight ``w`` applies (``offset + w``; ones for
@@ -245,6 +268,7 @@ class Model:
         return_pattern: bool = False,
         heads: list[int] | None = None,
         probes: tuple[Tensor, Tensor, Tensor] | None = None,
+        disposable: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Layer ``layer``'s attention from residual-stream inputs (normalised here).
 
@@ -263,6 +287,7 @@ class Model:
                 before rotary; before a per-head q/k norm, after a whole-projection one).
                 Their gradients are the gradients w.r.t. each head's own projections, which
                 EAP maps back to the receivers' inputs.
+            disposable: per-head inputs may be overwritten (normalised in place).
 
         Returns:
             z [batch, q, head, d_head] (before W_O) and the pattern or None.
@@ -275,7 +300,8 @@ class Model:
         def ln(x: Tensor) -> Tensor:
             key = id(x)
             if key not in normed:
-                normed[key] = self.norm(x, lw.ln1_w, lw.ln1_b, lw.ln1_eps)
+                norm = self.norm_ if disposable and x.dim() == 4 else self.norm
+                normed[key] = norm(x, lw.ln1_w, lw.ln1_b, lw.ln1_eps)
             return normed[key]
 
         if q_index is not None:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from circuitfind.graph import Graph
 from circuitfind.model import ForwardCache, Model, RunContext, pick_positions
-from circuitfind.sender_rows import SenderRows
+from circuitfind.sender_rows import PrefixSums, SenderRows
 from circuitfind.vocab import choose
 
 __all__ = [
@@ -223,6 +223,7 @@ def masked_forward(
     prefix: Tensor | list[Tensor] | None = None,
     start_layer: int = 0,
     columns: Tensor | None = None,
+    reuse: PrefixSums | None = None,
 ) -> Tensor:
     """Run the model with every edge either kept (mask 1) or ablated (mask 0).
 
@@ -240,6 +241,8 @@ def masked_forward(
         columns: with a position-aware mask [S, R, P] (or [V, S, R, P]: V masks in one pass),
             the column of each token [b, p] (``PositionLayout.batch``); the run is then
             :func:`circuitfind.patching_positions.masked_forward_positional`.
+        reuse: sums shared by successive runs from the same ``start_layer`` and ``prefix``
+            (ACDC's trials; without autograd): see :class:`circuitfind.sender_rows.PrefixSums`.
 
     Returns:
         logits [b, vocab] at ``readout``, or [b, p, vocab] ([V * b, ...] for V masks).
@@ -279,7 +282,12 @@ def masked_forward(
         first_rows = prefix if isinstance(prefix, Tensor) else torch.stack(list(prefix))
         if first_rows.shape[0] != 1 + start_layer * (H + 1):
             raise ValueError("prefix must hold the senders before start_layer")
-    D = SenderRows(first_rows, A.shape[0])
+    if torch.is_grad_enabled():
+        reuse = None
+    D = SenderRows(first_rows, A.shape[0], reuse)
+    if reuse is not None:
+        reuse.start(first_rows, D.k)
+    picked = False
     # a_prefix[k] = sum_{s <= k} A_s, at the points receivers read it (the stream entering a
     # layer, after its heads, at the end): block sums, not one add per sender.
     a_prefix: dict[int, Tensor] = {}
@@ -315,12 +323,23 @@ def masked_forward(
             weights = mask[:upstream, cols]  # [s, c]
             off = (weights != 1).any(1).nonzero()[:, 0]  # senders some column does not keep
             on = (weights != 0).any(1).nonzero()[:, 0]  # senders some column keeps at all
-            if len(off) <= len(on):  # the kept stream minus what is ablated
-                x = D.weighted(off, 1 - weights[off], upstream, base + d_total, -1.0)
+            k = D.k
+            if reuse is not None and not picked and 2 * len(cols) < k < upstream:
+                # the senders before the start layer: their sum is kept across runs
+                def make() -> Tensor:
+                    flat = base.reshape(1, -1).expand(len(cols), -1)
+                    return torch.addmm(flat, weights[:k].T, D.pre[:k].reshape(k, -1))
+
+                kept = reuse.get(tuple(cols), weights[:k], make)
+                new = D.new[: upstream - k].reshape(upstream - k, -1)  # type: ignore[index]
+                buf = reuse.out(tuple(kept.shape), kept)
+                x = torch.addmm(kept, weights[k:].T, new, out=buf).view(len(cols), *base.shape)
+            elif len(off) <= len(on):  # the kept stream minus what is ablated
+                x = D.weighted(off, 1 - weights[off], upstream, base + d_total, -1.0, reuse)
             elif len(on) == 0:
                 x = base.unsqueeze(0).expand(len(cols), *base.shape)
             else:
-                x = D.weighted(on, weights[on], upstream, base)
+                x = D.weighted(on, weights[on], upstream, base, 1.0, reuse)
             at = 0  # x is [c, b, p, d]: each group's inputs as [b, p, len(cols), d]
             for g in per_col:
                 out[g] = x[at : at + len(groups[g])].permute(1, 2, 0, 3)
@@ -349,10 +368,12 @@ def masked_forward(
             total = pick_positions(total, q_index)
             sums = {k: pick_positions(v, q_index) for k, v in sums.items()}
             readout = None  # the stream now holds the readout positions only
-        z, _ = model.attention(layer, xs[0], xs[1], xs[2], ctx, q_index=q_index)
-        heads = model.head_results(layer, z)  # [b, p, h, d] ([b, 1, h, d] in the last layer)
-        for h in range(H):
-            total = D.accumulate(total, D.append_diff(heads[:, :, h], A[upstream + h]), h == 0)
+            picked = True
+        z, _ = model.attention(
+            layer, xs[0], xs[1], xs[2], ctx, q_index=q_index, disposable=not D.grad
+        )
+        # each head's output minus its ablated value ([b, 1, ...] in the last layer)
+        total = D.append_heads(z, model.w.layers[layer].W_O, A[upstream : upstream + H], total)
         sums = {upstream: sums[upstream], len(D): total}
         m_idx = graph.receiver_index[f"m{layer}"]
         m_up = int(graph.n_upstream[m_idx])

@@ -206,10 +206,13 @@ def _activation(model: Any) -> str:
 
 def _mlp_live(act: str, gated: bool) -> float:
     """d_mlp-wide tensors one MLP keeps alive at once (for backward, or inside a no-grad run):
-    the tanh-approximate GELU composes four, a plain activation two, a gated MLP three."""
+    a fused activation (relu, exact or tanh GELU, SiLU; ``gelu_new`` runs as torch's tanh
+    GELU) two, HF's composed ``gelu_fast`` four, ``quick_gelu`` three, a gated MLP three."""
     if gated:
         return 3.0
-    return 4.0 if ("new" in act or "tanh" in act or "fast" in act) else 2.0
+    if "fast" in act:
+        return 4.0
+    return 3.0 if "quick" in act else 2.0
 
 
 # ------------------------------------------------------------------------------ plans

@@ -15,6 +15,7 @@ from typing import Any
 from circuitfind.plan import Shape, Term
 
 __all__ = [
+    "acdc_terms",
     "eap_ig_activations_terms",
     "eap_ig_inputs_terms",
     "eap_terms",
@@ -195,15 +196,24 @@ def masked_terms(d: _Dims, grad: bool = False) -> list[Term]:
     one with autograd, whose sender differences are a list and stacked per receiver group)."""
     s, t = d.shape, d.b * d.p
     terms = [_ablated(d), _scores(d), *_clean_runs(d)]
+    # the sender rows (one buffer without autograd, rows before the start layer read in place;
+    # with autograd a list, stacked per receiver group, the stack freed after its backward)
+    stacks = d.stream(s.n_senders * t)
     if grad:
-        stacks = d.stream(2 * s.n_senders * t)
-        terms.append(Term("masked-run stacks", stacks, "batch", "prefix sums + stacked rows"))
-    else:  # the sender-differences buffer (rows before the start layer are read in place)
-        stacks = d.stream(s.n_senders * t)
+        terms.append(Term("masked-run stacks", stacks, "batch", "[S, b, p, d] stacked rows"))
+    else:
         terms.append(Term("masked-run rows", stacks, "batch", "[S, b, p, d] sender rows"))
     layer = d.stream(3 * t) + d.mlp(t)
     terms.append(Term("masked layer", layer, "batch", "one layer's activations"))
     return terms
+
+
+def acdc_terms(d: _Dims) -> list[Term]:
+    """ACDC: a masked run's terms and the later receivers' prefix sums its trials share
+    (:class:`circuitfind.sender_rows.PrefixSums`: at most half of clean - ablated)."""
+    kept = d.stream(d.shape.n_senders * d.n * d.p) // 2
+    note = "later receivers' sums over the earlier senders, every batch (a cap)"
+    return [*masked_terms(d), Term("trial prefix sums", kept, "prompts", note)]
 
 
 def _upstreams(s: Shape, heads: int) -> int:

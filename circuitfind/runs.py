@@ -36,6 +36,7 @@ from circuitfind.errors import InputError
 from circuitfind.graph import Graph
 from circuitfind.model import ForwardCache, Model
 from circuitfind.patching import Ablation, Batch, ablation_kind, batches, masked_forward
+from circuitfind.sender_rows import PrefixSums
 from circuitfind.tasks import Task
 from circuitfind.tasks.metrics import Metric, get_metric
 
@@ -198,9 +199,12 @@ class PreparedRuns:
     def n_prompts(self) -> int:
         return len(self.task)
 
-    def evaluator(self, metric: str | Metric | None = None) -> MaskEvaluator:
-        """The task metric of masked runs over these prepared runs."""
-        return MaskEvaluator(self, metric)
+    def evaluator(
+        self, metric: str | Metric | None = None, *, reuse_prefix: bool = False
+    ) -> MaskEvaluator:
+        """The task metric of masked runs over these prepared runs (``reuse_prefix``: see
+        :class:`MaskEvaluator`)."""
+        return MaskEvaluator(self, metric, reuse_prefix=reuse_prefix)
 
     def metric_of(self, mask: Tensor, metric: str | Metric | None = None) -> Tensor:
         """The metric of every prompt [n] with the edges outside ``mask`` [S, R] ablated,
@@ -247,14 +251,25 @@ class MaskEvaluator:
     ``evaluator(mask)`` is the mean metric over the task's prompts with edges outside ``mask``
     ablated; ``evaluator.per_prompt(mask)`` one value a prompt. ``start_layer`` skips layers
     whose receivers keep every edge (their senders are then exactly the clean run's).
+
+    ``reuse_prefix``: successive runs from the same start layer whose later receivers change
+    little between runs (ACDC's trials) share each later receiver group's sum over the senders
+    before that layer (:class:`circuitfind.sender_rows.PrefixSums`; at most half the size of
+    each batch's clean differences is kept). Off when the runs stream their batches.
     """
 
-    def __init__(self, runs: PreparedRuns, metric: str | Metric | None = None) -> None:
+    def __init__(
+        self, runs: PreparedRuns, metric: str | Metric | None = None, *, reuse_prefix: bool = False
+    ) -> None:
         self.runs = runs
         self.model, self.graph, self.task = runs.model, runs.graph, runs.task
         self.metric = metric
         self.n = runs.n_prompts
         self.calls = 0
+        self.reuse: dict[int, PrefixSums] | None = (
+            {} if reuse_prefix and not runs.streaming else None
+        )
+        self.scratch: dict[tuple[int, ...], Tensor] = {}  # output buffers, shared by batches
 
     def per_prompt(self, mask: Tensor, start_layer: int = 0) -> Tensor:
         """The metric of each prompt [n] under ``mask`` [S, R]."""
@@ -262,9 +277,16 @@ class MaskEvaluator:
         out = []
         self.calls += 1
         with torch.no_grad():
-            for prep in self.runs:
+            for i, prep in enumerate(self.runs):
                 prefix = None
                 columns = None
+                reuse = None
+                if self.reuse is not None:
+                    if i not in self.reuse:  # kept sums: half the batch's clean differences
+                        diff = prep.clean_diff
+                        limit = diff.numel() * diff.element_size() // 2
+                        self.reuse[i] = PrefixSums(limit, self.scratch)
+                    reuse = self.reuse[i]
                 if mask.dim() > 2:
                     if self.runs.layout is None:
                         raise InputError(
@@ -287,6 +309,7 @@ class MaskEvaluator:
                     prefix=prefix,
                     start_layer=start_layer,
                     columns=columns,
+                    reuse=reuse,
                 )
                 out.append(prep.metric(self.task, logits, self.metric))
                 self.runs.done_with(prep)  # streaming: the next masked run makes them again

@@ -12,19 +12,22 @@ backward pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from circuitfind.ops import pick_positions
 
-__all__ = ["SenderRows"]
+__all__ = ["PrefixSums", "SenderRows"]
 
 
 class SenderRows:
     """``D_0 .. D_{n-1}``, each [b, p, d]: the first ``k`` given (``prefix`` [k, b, p, d], read
-    in place), the others appended as the run computes them (at most ``capacity`` in all)."""
+    in place), the others appended as the run computes them (at most ``capacity`` in all; in
+    a buffer of ``buffers`` when given)."""
 
-    def __init__(self, prefix: Tensor, capacity: int) -> None:
+    def __init__(self, prefix: Tensor, capacity: int, buffers: PrefixSums | None = None) -> None:
         self.grad = torch.is_grad_enabled()
         self.capacity = capacity
         self.pre = prefix
@@ -34,7 +37,8 @@ class SenderRows:
             self.new: Tensor | None = None
         else:
             self.rows = []
-            self.new = prefix.new_empty((max(capacity - self.k, 0), *prefix.shape[1:]))
+            shape = (max(capacity - self.k, 0), *prefix.shape[1:])
+            self.new = prefix.new_empty(shape) if buffers is None else buffers.out(shape, prefix)
         self.n = self.k
 
     def __len__(self) -> int:
@@ -63,6 +67,23 @@ class SenderRows:
         self.n += 1
         return row
 
+    def append_heads(self, z: Tensor, W_O: Tensor, ablated: Tensor, total: Tensor) -> Tensor:
+        """Add one layer's heads, ``D_h = z_h W_O[h] - ablated[h]`` (``z`` [b, p, h, e], ``W_O``
+        [h, e, d], ``ablated`` [h, b, p, d]), made in the buffer by one batched product
+        without autograd; returns ``total`` plus their sum (a new tensor)."""
+        H = z.shape[2]
+        if self.grad:
+            heads = torch.einsum("bphe,hed->bphd", z, W_O)
+            rows = [self.append(heads[:, :, h] - ablated[h]) for h in range(H)]
+            return total + torch.stack(rows).sum(0)
+        start = self.n - self.k
+        block = self.new[start : start + H]  # type: ignore[index]
+        b, p, d = block.shape[1:]
+        zt = z.permute(2, 0, 1, 3).reshape(H, b * p, z.shape[3])
+        torch.baddbmm(ablated.reshape(H, b * p, d), zt, W_O, beta=-1.0, out=block.view(H, b * p, d))
+        self.n += H
+        return total + block.sum(0)
+
     def accumulate(self, total: Tensor, row: Tensor, fresh: bool) -> Tensor:
         """``total + row``: a new tensor when ``fresh`` (the old total is still read) or under
         autograd, else added in place."""
@@ -78,10 +99,17 @@ class SenderRows:
         return out
 
     def weighted(
-        self, rows: Tensor, weights: Tensor, upstream: int, base: Tensor, sign: float = 1.0
+        self,
+        rows: Tensor,
+        weights: Tensor,
+        upstream: int,
+        base: Tensor,
+        sign: float = 1.0,
+        buffers: PrefixSums | None = None,
     ) -> Tensor:
         """``base + sign * sum_j weights[j, c] D[rows[j]]`` over the first ``upstream`` rows,
-        column-major: [c, b, p, d] (``base`` [b, p, d])."""
+        column-major: [c, b, p, d] (``base`` [b, p, d]); written into a buffer of ``buffers``
+        when given."""
         c = weights.shape[1]
         if self.grad or len(rows) * 4 <= upstream:  # few rows: gather them
             stacked = torch.stack([self.row(int(i)) for i in rows])  # [s, b, p, d]
@@ -92,7 +120,8 @@ class SenderRows:
         k = min(self.k, upstream)
         flat = base.reshape(1, -1).expand(c, -1)
         # one pass over the rows, the base added in the same kernel: [c, b*p*d]
-        out = torch.addmm(flat, dense[:k].T, self.pre[:k].reshape(k, -1), alpha=sign)
+        into = None if buffers is None else buffers.out((c, flat.shape[1]), flat)
+        out = torch.addmm(flat, dense[:k].T, self.pre[:k].reshape(k, -1), alpha=sign, out=into)
         if upstream > k:
             new = self.new[: upstream - k].reshape(upstream - k, -1)  # type: ignore[index]
             out.addmm_(dense[k:].T, new, alpha=sign)
@@ -103,3 +132,58 @@ class SenderRows:
         rows still to come."""
         picked = torch.stack([pick_positions(self.row(i), index) for i in range(self.n)])
         return SenderRows(picked, self.capacity)
+
+
+class PrefixSums:
+    """What a run of masked runs from one start layer can share (ACDC's trials at one receiver
+    layer): for each receiver group past that layer, its ablated base plus its weighted sum
+    over the senders before the start layer (``[c, b*p*d]``), kept while the group's weights
+    on those senders stay the same, so each run reads only the senders it recomputes. Every
+    value is made by the same operation whether it is kept or not, so a run's result does not
+    depend on what ran before it (a resumed search makes the same bits). ``out`` hands out one
+    reusable output buffer per shape (large fresh tensors cost a page fault per page; runs
+    one after another may share ``buffers``)."""
+
+    def __init__(
+        self, limit: int | None = None, buffers: dict[tuple[int, ...], Tensor] | None = None
+    ) -> None:
+        self.limit = limit  # bytes of kept sums at most (None: no limit)
+        self.prefix: Tensor | None = None  # held, so no other tensor takes its address
+        self.key: tuple[object, ...] | None = None
+        self.sums: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}
+        self.buffers = {} if buffers is None else buffers  # scratch: may be shared
+        self.hits = 0
+        self.bytes = 0
+
+    def start(self, prefix: Tensor, rows: int) -> None:
+        """A run whose first ``rows`` sender rows are ``prefix`` (the same tensor as the last
+        run's, unchanged, or another: then the kept sums go)."""
+        key = (prefix.data_ptr(), tuple(prefix.shape), prefix.stride(), rows, prefix._version)
+        if key != self.key:
+            self.prefix, self.key, self.sums, self.bytes = prefix, key, {}, 0
+
+    def get(self, cols: tuple[int, ...], weights: Tensor, make: Callable[[], Tensor]) -> Tensor:
+        """The kept sum of the groups ``cols`` for prefix ``weights`` [k, c], else ``make()``
+        (kept for the next run while the kept sums stay within ``limit``)."""
+        hit = self.sums.pop(cols, None)
+        if hit is not None:
+            self.bytes -= _nbytes(hit[1])
+        if hit is not None and torch.equal(hit[0], weights):
+            self.hits += 1
+            entry = hit
+        else:
+            entry = (weights.clone(), make())
+        if self.limit is None or self.bytes + _nbytes(entry[1]) <= self.limit:
+            self.sums[cols] = entry
+            self.bytes += _nbytes(entry[1])
+        return entry[1]
+
+    def out(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        buf = self.buffers.get(shape)
+        if buf is None or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self.buffers[shape] = like.new_empty(shape)
+        return buf
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()

@@ -446,3 +446,25 @@ def test_parallel_families_have_no_edge_from_a_layers_heads_to_its_mlp():
     assert "a0.h1->m1" in names and "m0->m1" in names
     assert not any(name.endswith("->m0") and name.startswith("a0.") for name in names)
     assert "input->m0" in names
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa-llama3rope"])  # layer norm, RMS norm
+def test_norm_in_place_and_head_major_equal_the_plain_norm(name) -> None:
+    model = cf.load(make_hf_model(name))
+    lw = model.w.layers[0]
+    x = torch.randn(5, 2, 3, model.cfg.d_model)  # [head, b, p, d] in memory
+    want = model.norm(x.contiguous(), lw.ln1_w, lw.ln1_b, lw.ln1_eps).permute(1, 2, 0, 3)
+    view = x.permute(1, 2, 0, 3)  # [b, p, head, d], head-major
+    torch.testing.assert_close(model.norm(view, lw.ln1_w, lw.ln1_b, lw.ln1_eps), want)
+    got = model.norm_(view, lw.ln1_w, lw.ln1_b, lw.ln1_eps)
+    assert got.data_ptr() == x.data_ptr()  # written over its input
+    torch.testing.assert_close(got, want)
+
+
+def test_gelu_new_is_the_fused_tanh_gelu() -> None:
+    from transformers.activations import ACT2FN
+
+    from circuitfind.families.common import act_fn
+
+    x = torch.linspace(-12, 12, 100_001)
+    torch.testing.assert_close(act_fn("gelu_new")(x), ACT2FN["gelu_new"](x), atol=1e-6, rtol=1e-6)

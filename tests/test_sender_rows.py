@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitfind.sender_rows import SenderRows
+from circuitfind.sender_rows import PrefixSums, SenderRows
 
 
 @pytest.mark.parametrize("grad", [False, True])
@@ -33,3 +33,122 @@ def test_weighted_sums_match_a_plain_sum(grad, n_rows) -> None:
         picked = rows.pick(torch.tensor([2]))
         assert len(picked) == len(rows)
         torch.testing.assert_close(picked.total(), everything[:, :, 2:3].sum(0))
+
+
+def test_append_heads_is_each_heads_output_minus_its_ablated_value() -> None:
+    g = torch.Generator().manual_seed(1)
+    b, p, H, e, d, k = 2, 3, 4, 5, 6, 3
+    z, W_O = torch.randn(b, p, H, e, generator=g), torch.randn(H, e, d, generator=g)
+    ablated, total = torch.randn(H, b, p, d, generator=g), torch.randn(b, p, d, generator=g)
+    want = torch.einsum("bphe,hed->hbpd", z, W_O) - ablated
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            rows = SenderRows(torch.randn(k, b, p, d, generator=g), k + H, PrefixSums())
+            got_total = rows.append_heads(z, W_O, ablated, total)
+            torch.testing.assert_close(torch.stack([rows.row(k + h) for h in range(H)]), want)
+            torch.testing.assert_close(got_total, total + want.sum(0))
+
+
+def test_prefix_sums_keep_a_value_only_for_the_same_prefix_and_weights() -> None:
+    sums, prefix = PrefixSums(), torch.randn(4, 2)
+    calls = []
+
+    def make(v: float):
+        return lambda: calls.append(v) or torch.full((1,), v)
+
+    w = torch.ones(4, 1)
+    sums.start(prefix, 4)
+    assert float(sums.get((0,), w, make(1.0))) == 1.0
+    assert float(sums.get((0,), w.clone(), make(2.0))) == 1.0  # same weights: kept
+    assert float(sums.get((0,), 2 * w, make(3.0))) == 3.0  # other weights: made again
+    sums.start(prefix[:3], 3)  # another prefix: nothing kept
+    assert float(sums.get((0,), 2 * w, make(4.0))) == 4.0
+    prefix[:3].add_(1.0)  # the same tensor, written since: nothing kept
+    sums.start(prefix[:3], 3)
+    assert float(sums.get((0,), 2 * w, make(5.0))) == 5.0
+    assert calls == [1.0, 3.0, 4.0, 5.0] and sums.hits == 1
+    buf = sums.out((2, 3), prefix)
+    assert sums.out((2, 3), prefix) is buf and sums.out((3, 2), prefix) is not buf
+
+
+def _deep(family: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from tests.factories import VOCAB
+
+    torch.manual_seed(0)
+    if family.startswith("gpt2"):
+        heads = 1 if family == "gpt2-one-head" else 2
+        hf = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=heads))
+    else:
+        hf = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=40,
+            )
+        )
+    hf.config._attn_implementation = "eager"
+    return hf.eval()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_trials_sharing_prefix_sums_equal_fresh_masked_runs(family) -> None:
+    """ACDC's trials at one receiver layer with the later groups' prefix sums kept between
+    them: each trial's metric equals a masked run with nothing kept (to float32 rounding), a
+    fresh evaluator on the last trial makes the same bits, and the kept sums were used."""
+    import circuitfind as cf
+    from circuitfind.runs import PreparedRuns
+    from tests.test_patching import _random_task
+
+    model = cf.load(_deep(family))
+    graph = cf.Graph.from_model(model)
+    runs = PreparedRuns(model, _random_task(n=4), "resample", batch_size=2)
+    plain, shared = runs.evaluator("kl"), runs.evaluator("kl", reuse_prefix=True)
+    start = 2
+    k = 1 + start * (model.cfg.n_heads + 1)  # senders before the start layer
+    later = [r for r in range(graph.n_receivers) if graph.n_upstream[r] > k]
+    at_start = [r for r in range(graph.n_receivers) if graph.n_upstream[r] == k]
+    g = torch.Generator().manual_seed(0)
+    mask = graph.valid.clone().float()
+    for r in later[:2] + later[-1:]:  # a few later receivers already lost edges
+        mask[int(torch.randint(0, k, (1,), generator=g)), r] = 0
+    for trial in range(10):
+        r = at_start[trial % len(at_start)]
+        mask[int(torch.randint(0, k, (1,), generator=g)), r] = 0  # the edge tried
+        if trial == 6:  # a removal kept in a later receiver: its kept sum is made again
+            mask[int(torch.randint(0, k, (1,), generator=g)), later[0]] = 0
+        want = plain.per_prompt(mask, start_layer=start)
+        got = shared.per_prompt(mask, start_layer=start)
+        torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+    assert shared.reuse is not None and sum(s.hits for s in shared.reuse.values()) > 0
+    fresh = runs.evaluator("kl", reuse_prefix=True).per_prompt(mask, start_layer=start)
+    assert torch.equal(fresh, got)
+
+
+@pytest.mark.parametrize("family", ["gpt2-one-head", "llama"])
+def test_receivers_cut_off_from_every_sender_read_the_ablated_stream_alone(family) -> None:
+    """Groups whose edges are all cut share one broadcast input: normalising it in place
+    for one group must not change the others' (no-grad run against the autograd run)."""
+    import circuitfind as cf
+    from circuitfind.patching import masked_forward
+    from circuitfind.runs import PreparedRuns
+    from tests.test_patching import _random_task
+
+    model = cf.load(_deep(family))
+    graph = cf.Graph.from_model(model)
+    prep = next(iter(PreparedRuns(model, _random_task(n=2), "resample", batch_size=2)))
+    mask = graph.valid.clone().float()
+    for r in graph.receivers:  # layer 1's heads read nothing; some of layer 2's too
+        if r.qkv and (r.layer == 1 or (r.layer == 2 and r.head == 0)):
+            mask[:, r.index] = 0
+    mask[3, graph.receiver_index["m2"]] = 0
+    args = (model, graph, prep.batch.clean, prep.batch.attention_mask, prep.ablated, mask)
+    with torch.no_grad():
+        fast = masked_forward(*args)
+    with torch.enable_grad():
+        slow = masked_forward(*args).detach()
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)

@@ -59,7 +59,7 @@ def score_acdc(
     checkpoint = runs.checkpoint_dir / "acdc_checkpoint.pt" if runs.checkpoint_dir else None
     metric = "kl" if acdc_metric == "kl" else None
     name = acdc_metric
-    evaluator = runs.evaluator(metric)
+    evaluator = runs.evaluator(metric, reuse_prefix=True)
     one_sided = acdc_metric == "kl"
     progress = runs.progress
     mask = graph.valid.clone().to(torch.float32)

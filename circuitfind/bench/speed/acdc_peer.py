@@ -125,8 +125,8 @@ def _ours(case: Case, sample: torch.Tensor, tau: float) -> dict[str, Any]:
     make = runs.evaluator
     timed: list[_TimedEvaluator] = []
 
-    def evaluator(metric: Any = None) -> _TimedEvaluator:
-        timed.append(_TimedEvaluator(make(metric)))
+    def evaluator(metric: Any = None, **kw: Any) -> _TimedEvaluator:
+        timed.append(_TimedEvaluator(make(metric, **kw)))
         return timed[-1]
 
     runs.evaluator = evaluator  # type: ignore[method-assign]
@@ -147,7 +147,7 @@ def trial_cost_by_state(
     from circuitfind.bench.common import time_it
     from circuitfind.bench.speed.rules import prepared_runs
 
-    ev = prepared_runs(case).evaluator("kl")
+    ev = prepared_runs(case).evaluator("kl", reuse_prefix=True)  # as ACDC runs it
     g = case.graph
     full = g.valid.clone().float()
     ev(full)
