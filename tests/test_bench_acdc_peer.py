@@ -13,9 +13,12 @@ import circuitfind as cf
 from circuitfind.bench.speed.acdc_peer import (
     acdc_order,
     against_autocircuit_acdc,
+    full_run_in_state,
+    removed_later,
     round_tau,
     sample_edges,
     sharp_case,
+    state_penalty,
 )
 from circuitfind.bench.speed.cases import QUICK, Shape
 from circuitfind.bench.speed.peers import autocircuit_edge_name, to_autocircuit_edge_name
@@ -72,3 +75,30 @@ def test_unavailable_without_the_environment(tmp_path) -> None:
     cfg = replace(QUICK, autocircuit_venv=tmp_path / "none", build_venv=False)
     out = against_autocircuit_acdc(cfg, 0)
     assert out["available"] is False and "auto-circuit environment" in out["reason"]
+
+
+def test_removed_later_draws_only_edges_into_later_receivers() -> None:
+    graph = cf.Graph.from_model(cf.load(make_hf_model("gpt2")))
+    gen = torch.Generator().manual_seed(0)
+    for start in range(2):
+        drop = removed_later(graph, start, 0.5, gen)
+        assert not (drop & ~graph.valid).any()
+        for r, rec in enumerate(graph.receivers):
+            if rec.layer is not None and rec.layer <= start:
+                assert not drop[:, r].any()
+    later = torch.tensor([rec.layer is None or rec.layer > 0 for rec in graph.receivers])
+    pool = graph.valid & later[None, :]
+    assert torch.equal(removed_later(graph, 0, 1.0, gen), pool)
+    assert not removed_later(graph, 0, 0.0, gen).any()
+    frac = float(removed_later(graph, 0, 0.3, gen).sum()) / float(pool.sum())
+    assert abs(frac - 0.3) < 0.1
+
+
+def test_full_run_in_state_scales_each_layer_by_its_penalty() -> None:
+    rows = [{"start_layer": 0, "kept_s": 2.0, "removed_0.5_s": 3.0}]
+    rows.append({"start_layer": 1, "kept_s": 1.0, "removed_0.5_s": 1.0})
+    pen = state_penalty(rows, 0.5)
+    assert pen == {0: 1.5, 1: 1.0}
+    # layer 2 (the logits' trials) has no penalty measured: 1
+    total = full_run_in_state({0: 1.0, 1: 0.5, 2: 0.1}, {0: 10, 1: 20, 2: 30}, pen)
+    assert total == pytest.approx(1.0 * 1.5 * 10 + 0.5 * 20 + 0.1 * 30)

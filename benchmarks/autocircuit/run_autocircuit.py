@@ -161,6 +161,59 @@ def _acdc_sample(model, loader, spec: dict) -> dict:
     return {"seconds": seconds, "trial_s": trial_s, "kl": kl, "order": order, "kept": kept}
 
 
+def _acdc_state_cost(model, loader, spec: dict) -> dict:
+    """One ACDC trial of theirs (their patched forward from a start layer, set up as their
+    ``acdc_prune_scores`` sets it up) timed with every edge kept and with a fraction of every
+    later destination's masks set to patch (removed), at random: whether their trial's cost
+    depends on the circuit's state. ``spec["state_starts"]``, ``spec["state_fractions"]``."""
+    from auto_circuit.utils.ablation_activations import src_ablations
+    from auto_circuit.utils.graph_utils import patch_mode, set_all_masks
+
+    batch = next(iter(loader))
+    patch_outs = src_ablations(model, batch.corrupt)
+    src_outs = src_ablations(model, batch.clean)
+    with t.inference_mode():
+        _, toks, short_embd, attn_mask = model.input_to_embed(batch.clean)
+        _, cache = model.run_with_cache(batch.clean)
+        resids = [cache[f"blocks.{i}.hook_resid_pre"].clone() for i in range(model.cfg.n_layers)]
+        del cache
+    n_layers = model.cfg.n_layers
+
+    def dest_layer(w) -> int:  # the block a destination reads in; the logits after the last
+        return (
+            n_layers if w.module_name.endswith("resid_post") else int(w.module_name.split(".")[1])
+        )
+
+    gen = t.Generator().manual_seed(0)
+    rows = []
+    with patch_mode(model, patch_outs, curr_src_outs=src_outs):
+        for start in spec["state_starts"]:
+            row = {"start_layer": int(start)}
+            for frac in [0.0, *spec["state_fractions"]]:
+                set_all_masks(model, val=0.0)
+                for w in model.wrappers:
+                    if w.is_dest and dest_layer(w) > start:
+                        drop = (t.rand(w.patch_mask.shape, generator=gen) < frac).float()
+                        w.patch_mask.data.copy_(drop)
+
+                def trial(start=start):
+                    with t.inference_mode():
+                        return model(
+                            resids[start],
+                            start_at_layer=start,
+                            tokens=toks,
+                            shortformer_pos_embed=short_embd,
+                            attention_mask=attn_mask,
+                        )
+
+                key = "kept_s" if frac == 0.0 else f"removed_{frac:g}_s"
+                reps = int(spec.get("state_repeat", 2))
+                row[key] = _median_time(trial, reps, warmup=frac == 0.0)[0]
+            rows.append(row)
+    set_all_masks(model, val=0.0)
+    return {"rows": rows}
+
+
 def _scores(model, prune_scores) -> dict[str, float]:
     return {e.name: float(e.prune_score(prune_scores)) for e in model.edges}
 
@@ -235,6 +288,9 @@ def run_model(d: Path, spec: dict) -> dict:
         elif name == "acdc-sample":
             res[name] = _acdc_sample(model, loader, spec)
             set_all_masks(model, val=0.0)
+            continue
+        elif name == "acdc-state-cost":
+            res[name] = _acdc_state_cost(model, loader, spec)
             continue
         elif name == "exact":
             fn = None
