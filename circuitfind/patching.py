@@ -26,7 +26,7 @@ from torch import Tensor
 
 from circuitfind.graph import Graph
 from circuitfind.model import ForwardCache, Model, RunContext, pick_positions
-from circuitfind.sender_rows import PrefixSums, SenderRows
+from circuitfind.sender_rows import PrefixSums, SenderRows, sparse_addmm
 from circuitfind.vocab import choose
 
 __all__ = [
@@ -333,7 +333,7 @@ def masked_forward(
                 kept = reuse.get(tuple(cols), weights[:k], make)
                 new = D.new[: upstream - k].reshape(upstream - k, -1)  # type: ignore[index]
                 buf = reuse.out(tuple(kept.shape), kept)
-                x = torch.addmm(kept, weights[k:].T, new, out=buf).view(len(cols), *base.shape)
+                x = sparse_addmm(kept, weights[k:], new, buf).view(len(cols), *base.shape)
             elif len(off) <= len(on):  # the kept stream minus what is ablated
                 x = D.weighted(off, 1 - weights[off], upstream, base + d_total, -1.0, reuse)
             elif len(on) == 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitfind.sender_rows import PrefixSums, SenderRows
+from circuitfind.sender_rows import PrefixSums, SenderRows, sparse_addmm
 
 
 @pytest.mark.parametrize("grad", [False, True])
@@ -152,3 +152,51 @@ def test_receivers_cut_off_from_every_sender_read_the_ablated_stream_alone(famil
     with torch.enable_grad():
         slow = masked_forward(*args).detach()
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("share", [0.02, 0.1, 0.6])
+@pytest.mark.parametrize("aliased", [False, True])
+def test_sparse_addmm_equals_the_dense_product(share: float, aliased: bool) -> None:
+    """Either way (row by row below SPARSE_SHARE, one product above) it is base + W^T R."""
+    gen = torch.Generator().manual_seed(int(share * 100) + aliased)
+    rows = torch.randn(40, 300, generator=gen, dtype=torch.float64)
+    weights = torch.randn(40, 7, generator=gen, dtype=torch.float64)
+    weights[torch.rand(40, 7, generator=gen) >= share] = 0.0
+    base = torch.randn(7, 300, generator=gen, dtype=torch.float64)
+    want = base + weights.T @ rows
+    out = base.clone() if aliased else torch.empty_like(base)
+    got = sparse_addmm(out if aliased else base, weights, rows, out)
+    assert got.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["gpt2-one-head", "llama"])
+@pytest.mark.parametrize("kept", [0.03, 0.5])
+def test_a_sparse_circuits_masked_run_equals_the_autograd_run(family, kept) -> None:
+    """A circuit keeping few edges takes the row-by-row sums (sparse_addmm), from the first
+    layer and from a later start layer with kept prefix sums; the autograd run stacks rows."""
+    import circuitfind as cf
+    from circuitfind.patching import masked_forward
+    from circuitfind.runs import PreparedRuns
+    from tests.test_patching import _random_task
+
+    model = cf.load(_deep(family))
+    graph = cf.Graph.from_model(model)
+    prep = next(iter(PreparedRuns(model, _random_task(n=2), "resample", batch_size=2)))
+    g = torch.Generator().manual_seed(int(kept * 100))
+    mask = (graph.valid & (torch.rand(graph.valid.shape, generator=g) < kept)).float()
+    args = (model, graph, prep.batch.clean, prep.batch.attention_mask, prep.ablated, mask)
+    with torch.enable_grad():
+        slow = masked_forward(*args).detach()
+    with torch.no_grad():
+        fast = masked_forward(*args)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    runs = PreparedRuns(model, _random_task(n=2), "resample", batch_size=2)
+    plain, shared = runs.evaluator("kl"), runs.evaluator("kl", reuse_prefix=True)
+    for start in (1, 2, 2):
+        torch.testing.assert_close(
+            shared.per_prompt(mask, start_layer=start),
+            plain.per_prompt(mask, start_layer=start),
+            atol=2e-6,
+            rtol=1e-5,
+        )
