@@ -187,8 +187,9 @@ class PrefixSums:
         return buf
 
 
-# Below this share of non-zero weights a row-by-row sum beats the dense product: the dense
-# one reads every row for every column (measured crossover near 25% at GPT-2-small size).
+# Below this share of non-zero weights the row-by-row sum: it reads one row per non-zero
+# weight, the dense product every row for every column (though at a matrix product's speed).
+# Its effect on ACDC's trials: reports/speed_acdc_states.md.
 SPARSE_SHARE = 0.15
 
 

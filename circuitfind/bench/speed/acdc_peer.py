@@ -304,10 +304,10 @@ def against_autocircuit_acdc(
     by_state = trial_cost_by_state(case, fractions=fractions)
     their_states = tb.get("acdc-state-cost", {}).get("rows", [])
     in_state = {}
-    for f in fractions:
+    for f in fractions if their_states else ():  # no extrapolation without their state costs
         # theirs: the mean of their measured penalties, for every layer (their patched forward
         # is dense in the masks; the measurement checks it)
-        theirs_pen = statistics.fmean(list(state_penalty(their_states, f).values()) or [1.0])
+        theirs_pen = statistics.fmean(state_penalty(their_states, f).values())
         ours_f = full_run_in_state(o_med, edges_from, state_penalty(by_state, f))
         theirs_f = full_run_in_state(t_med, edges_from, {k: theirs_pen for k in t_med})
         in_state[f"{f:g}"] = {
@@ -444,9 +444,10 @@ def _render_states(r: dict[str, Any]) -> list[str]:
         "",
         *_state_table(ours),
     ]
-    if theirs:
-        lines += ["", "auto-circuit's (one patched forward from the start layer, median of 2):"]
-        lines += ["", *_state_table(theirs)]
+    if not theirs:
+        return [*lines, "", "auto-circuit's state costs were not measured: no full run estimate."]
+    lines += ["", "auto-circuit's (one patched forward from the start layer, median of 2):"]
+    lines += ["", *_state_table(theirs)]
     lines += [
         "",
         "- **A full run, extrapolated in those states** (each start layer's median sample trial "
@@ -484,10 +485,31 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--logit-scale", type=float, default=10.0, help="the final norm's weight times this"
     )
+    ap.add_argument(
+        "--states-only",
+        action="store_true",
+        help="only our trial's cost by state (no auto-circuit): speed_acdc_states.md",
+    )
     args = ap.parse_args(argv)
     cfg = replace(QUICK if args.quick else FULL, build_venv=not args.quick)
     command = " ".join(["python -m circuitfind.bench.speed.acdc_peer", *sys.argv[1:]])
     started = stamp(args.seed, args.quick, command)
+    if args.states_only:
+        case = sharp_case(cfg, args.seed, args.logit_scale)
+        fractions = (0.47, 0.98)  # the full comparison's sample removal rate, a sparse circuit's
+        result = {"trial_cost_by_state": trial_cost_by_state(case, fractions=fractions)}
+        report = Report("speed_acdc_states", "Speed: our ACDC trial by circuit state", started)
+        report.add(
+            f"{case.name}: one masked run (median of 2 after a warm-up) from each start layer, "
+            f"every edge kept and {', '.join(f'{f:.0%}' for f in fractions)} of every later "
+            "receiver's edges removed at random (`trial_cost_by_state`).",
+            "",
+            *_state_table(result["trial_cost_by_state"]),
+            "",
+        )
+        report.data = result
+        report.write(args.out)
+        return
     result = against_autocircuit_acdc(cfg, args.seed, args.senders, args.tau, args.logit_scale)
     report = Report("speed_acdc", "Speed: ACDC against auto-circuit's", started)
     report.add(*render(result))
