@@ -286,21 +286,26 @@ def masked_forward(
         reuse = None
     D = SenderRows(first_rows, A.shape[0], reuse)
     if reuse is not None:
-        reuse.start(first_rows, D.k)
+        reuse.start(first_rows, D.k, A)
     picked = False
-    # a_prefix[k] = sum_{s <= k} A_s, at the points receivers read it (the stream entering a
-    # layer, after its heads, at the end): block sums, not one add per sender.
-    a_prefix: dict[int, Tensor] = {}
-    points = sorted({int(graph.n_upstream[r]) for r in range(graph.n_receivers)} | {len(D)})
-    points = [u for u in points if u >= len(D)]
-    a_cum, done = A[: points[0]].sum(0), points[0]
-    a_prefix[done - 1] = a_cum
-    for u in points[1:]:
-        a_cum = a_cum + A[done:u].sum(0)
-        a_prefix[u - 1], done = a_cum, u
+
+    def ablated_sums() -> dict[int, Tensor]:
+        """a_prefix[k] = sum_{s <= k} A_s, at the points receivers read it (the stream entering
+        a layer, after its heads, at the end): block sums, not one add per sender."""
+        points = sorted({int(graph.n_upstream[r]) for r in range(graph.n_receivers)} | {D.k})
+        points = [u for u in points if u >= D.k]
+        a_cum, done = A[: points[0]].sum(0), points[0]
+        sums = {done - 1: a_cum}
+        for u in points[1:]:
+            a_cum = a_cum + A[done:u].sum(0)
+            sums[u - 1], done = a_cum, u
+        return sums
+
+    # These depend on the prefix and the ablated outputs alone: successive trials share them.
+    a_prefix = ablated_sums() if reuse is None else reuse.constant("ablated", ablated_sums)
     # The sum of D over the senders so far, at the points receivers read it: {number of
     # senders: sum}. A receiver that keeps most of its edges then costs only its ablated ones.
-    total = D.total()
+    total = D.total() if reuse is None else reuse.constant("total", D.total)
     sums = {len(D): total}
 
     def receiver_inputs(
@@ -362,7 +367,7 @@ def masked_forward(
             # The last layer matters only at each prompt's readout: its queries, head outputs,
             # MLP and the logits are computed there alone (keys and values at every position).
             q_index = readout_index(readout, b)
-            D = D.pick(q_index)
+            D = D.pick(q_index, reuse)
             A = pick_positions(A.permute(1, 2, 0, 3), q_index).permute(2, 0, 1, 3)
             a_prefix = {k: pick_positions(t, q_index) for k, t in a_prefix.items()}
             total = pick_positions(total, q_index)

@@ -210,10 +210,19 @@ def masked_terms(d: _Dims, grad: bool = False) -> list[Term]:
 
 def acdc_terms(d: _Dims) -> list[Term]:
     """ACDC: a masked run's terms and the later receivers' prefix sums its trials share
-    (:class:`circuitfind.sender_rows.PrefixSums`: at most half of clean - ablated)."""
-    kept = d.stream(d.shape.n_senders * d.n * d.p) // 2
+    (:class:`circuitfind.sender_rows.PrefixSums`: at most half of clean - ablated), and the
+    constants those trials share."""
+    s = d.shape
+    kept = d.stream(s.n_senders * d.n * d.p) // 2
     note = "later receivers' sums over the earlier senders, every batch (a cap)"
-    return [*masked_terms(d), Term("trial prefix sums", kept, "prompts", note)]
+    # and each batch's running sums of the ablated outputs (entering each layer, after its
+    # heads, at the end), its prefix's sum, and the prefix rows at the readout
+    fixed = d.stream((2 * s.n_layers + 2) * d.n * d.p + s.n_senders * d.n)
+    return [
+        *masked_terms(d),
+        Term("trial prefix sums", kept, "prompts", note),
+        Term("trial constants", fixed, "prompts", "ablated running sums, prefix readout rows"),
+    ]
 
 
 def _upstreams(s: Shape, heads: int) -> int:

@@ -13,6 +13,7 @@ backward pass.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -20,6 +21,8 @@ from torch import Tensor
 from circuitfind.ops import pick_positions
 
 __all__ = ["PrefixSums", "SenderRows", "sparse_addmm"]
+
+V = TypeVar("V")
 
 
 class SenderRows:
@@ -129,11 +132,21 @@ class SenderRows:
             out = sparse_addmm(out, sign * dense[k:], new, out)
         return out.view(c, *shape)
 
-    def pick(self, index: Tensor) -> SenderRows:
+    def pick(self, index: Tensor, reuse: PrefixSums | None = None) -> SenderRows:
         """The same rows at positions ``index`` only (``pick_positions``), room kept for the
-        rows still to come."""
-        picked = torch.stack([pick_positions(self.row(i), index) for i in range(self.n)])
-        return SenderRows(picked, self.capacity)
+        rows still to come; without autograd the given rows' picks are kept in ``reuse``."""
+        if self.grad:
+            picked = torch.stack([pick_positions(self.row(i), index) for i in range(self.n)])
+            return SenderRows(picked, self.capacity)
+
+        def at(rows: Tensor) -> Tensor:  # [m, b, p, d] -> [m, b, len(index), d]
+            return pick_positions(rows.movedim(0, 2), index).movedim(2, 0)
+
+        pre = (
+            at(self.pre) if reuse is None else reuse.constant("picked", lambda: at(self.pre), index)
+        )
+        new = at(self.new[: self.n - self.k])  # type: ignore[index]
+        return SenderRows(torch.cat([pre, new]), self.capacity)
 
 
 class PrefixSums:
@@ -144,25 +157,40 @@ class PrefixSums:
     value is made by the same operation whether it is kept or not, so a run's result does not
     depend on what ran before it (a resumed search makes the same bits). ``out`` hands out one
     reusable output buffer per shape (large fresh tensors cost a page fault per page; runs
-    one after another may share ``buffers``)."""
+    one after another may share ``buffers``). ``constant`` keeps what a run derives from its
+    prefix and ablated outputs alone (their running sums, the prefix rows at the readout)."""
 
     def __init__(
         self, limit: int | None = None, buffers: dict[tuple[int, ...], Tensor] | None = None
     ) -> None:
         self.limit = limit  # bytes of kept sums at most (None: no limit)
         self.prefix: Tensor | None = None  # held, so no other tensor takes its address
+        self.ablated: Tensor | None = None  # held, as the prefix
         self.key: tuple[object, ...] | None = None
+        self.fixed: dict[str, tuple[Tensor | None, Any]] = {}
         self.sums: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}
         self.buffers = {} if buffers is None else buffers  # scratch: may be shared
         self.hits = 0
         self.bytes = 0
 
-    def start(self, prefix: Tensor, rows: int) -> None:
-        """A run whose first ``rows`` sender rows are ``prefix`` (the same tensor as the last
-        run's, unchanged, or another: then the kept sums go)."""
-        key = (prefix.data_ptr(), tuple(prefix.shape), prefix.stride(), rows, prefix._version)
+    def start(self, prefix: Tensor, rows: int, ablated: Tensor | None = None) -> None:
+        """A run whose first ``rows`` sender rows are ``prefix``, its ablated outputs
+        ``ablated`` (the same tensors as the last run's, unchanged, or others: then the kept
+        sums and constants go)."""
+        key = (*_ident(prefix), rows, *(() if ablated is None else _ident(ablated)))
         if key != self.key:
-            self.prefix, self.key, self.sums, self.bytes = prefix, key, {}, 0
+            self.prefix, self.ablated, self.key = prefix, ablated, key
+            self.sums, self.fixed, self.bytes = {}, {}, 0
+
+    def constant(self, name: str, make: Callable[[], V], check: Tensor | None = None) -> V:
+        """``make()`` once per start (and per value of ``check``, compared by value): a value a
+        run derives from its prefix and ablated outputs alone. The run must not write it."""
+        hit = self.fixed.get(name)
+        if hit is not None and _same(hit[0], check):
+            return hit[1]  # type: ignore[no-any-return]
+        value = make()
+        self.fixed[name] = (None if check is None else check.clone(), value)
+        return value
 
     def get(self, cols: tuple[int, ...], weights: Tensor, make: Callable[[], Tensor]) -> Tensor:
         """The kept sum of the groups ``cols`` for prefix ``weights`` [k, c], else ``make()``
@@ -210,6 +238,17 @@ def sparse_addmm(base: Tensor, weights: Tensor, rows: Tensor, out: Tensor) -> Te
     for (j, c), w in zip(nz.tolist(), weights[nz[:, 0], nz[:, 1]].tolist(), strict=True):
         out[c].add_(rows[j], alpha=w)
     return out
+
+
+def _same(a: Tensor | None, b: Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.shape == b.shape and torch.equal(a, b)
+
+
+def _ident(t: Tensor) -> tuple[object, ...]:
+    """A tensor's storage, view and version: equal for the same unchanged tensor."""
+    return (t.data_ptr(), tuple(t.shape), t.stride(), t._version)
 
 
 def _nbytes(t: Tensor) -> int:

@@ -71,6 +71,52 @@ def test_prefix_sums_keep_a_value_only_for_the_same_prefix_and_weights() -> None
     assert sums.out((2, 3), prefix) is buf and sums.out((3, 2), prefix) is not buf
 
 
+def test_prefix_sums_constants_are_made_once_per_prefix_ablation_and_check() -> None:
+    sums, prefix, ablated = PrefixSums(), torch.randn(4, 2), torch.randn(6, 2)
+    calls: list[str] = []
+
+    def make(tag: str):
+        return lambda: calls.append(tag) or tag
+
+    sums.start(prefix, 4, ablated)
+    idx = torch.tensor([1, 2])
+    assert sums.constant("a", make("a1")) == "a1"
+    assert sums.constant("a", make("a2")) == "a1"  # kept
+    assert sums.constant("p", make("p1"), idx) == "p1"
+    assert sums.constant("p", make("p2"), idx.clone()) == "p1"  # the same index, by value
+    assert sums.constant("p", make("p3"), idx + 1) == "p3"  # another index: made again
+    assert sums.constant("p", make("p4"), None) == "p4"  # no check where one was given
+    sums.start(prefix, 4, ablated)  # the same run again: kept
+    assert sums.constant("a", make("a3")) == "a1"
+    sums.start(prefix, 4, ablated.clone())  # other ablated outputs: made again
+    assert sums.constant("a", make("a4")) == "a4"
+    ablated.mul_(2.0)
+    sums.start(prefix, 4, ablated)  # the same tensor, written since: made again
+    assert sums.constant("a", make("a5")) == "a5"
+    assert calls == ["a1", "p1", "p3", "p4", "a4", "a5"]
+
+
+def test_picking_rows_at_the_readout_equals_picking_each_row() -> None:
+    """The vectorised pick (and its kept prefix part) against ``pick_positions`` row by
+    row, for a shared index and a per-prompt one."""
+    from circuitfind.ops import pick_positions
+
+    g = torch.Generator().manual_seed(0)
+    k, b, p, d = 3, 4, 5, 6
+    with torch.no_grad():
+        rows = SenderRows(torch.randn(k, b, p, d, generator=g), k + 4)
+        for _ in range(2):
+            rows.append(torch.randn(b, p, d, generator=g))
+        reuse = PrefixSums()
+        reuse.start(rows.pre, k)
+        for index in (torch.tensor([2]), torch.tensor([[0], [4], [1], [3]])):
+            want = torch.stack([pick_positions(rows.row(i), index) for i in range(len(rows))])
+            for keep in (None, reuse, reuse):  # the second pass reads the kept prefix part
+                got = rows.pick(index, keep)
+                assert len(got) == len(rows) and got.capacity == rows.capacity
+                assert torch.equal(torch.stack([got.row(i) for i in range(len(got))]), want)
+
+
 def _deep(family: str):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
