@@ -17,6 +17,7 @@ run), exactly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -368,8 +369,14 @@ def masked_forward(
             # MLP and the logits are computed there alone (keys and values at every position).
             q_index = readout_index(readout, b)
             D = D.pick(q_index, reuse)
-            A = pick_positions(A.permute(1, 2, 0, 3), q_index).permute(2, 0, 1, 3)
-            a_prefix = {k: pick_positions(t, q_index) for k, t in a_prefix.items()}
+
+            A, a_prefix = (
+                _at_readout(A, a_prefix, q_index)
+                if reuse is None
+                else reuse.constant(
+                    "at readout", functools.partial(_at_readout, A, a_prefix, q_index), q_index
+                )
+            )
             total = pick_positions(total, q_index)
             sums = {k: pick_positions(v, q_index) for k, v in sums.items()}
             readout = None  # the stream now holds the readout positions only
@@ -398,6 +405,14 @@ def masked_forward(
     if q_index is not None:
         return model.unembed(final[:, 0])
     return model.unembed(final)
+
+
+def _at_readout(
+    A: Tensor, a_prefix: dict[int, Tensor], index: Tensor
+) -> tuple[Tensor, dict[int, Tensor]]:
+    """The ablated outputs [S, b, 1, d] and their running sums at the readout ``index``."""
+    picked = pick_positions(A.permute(1, 2, 0, 3), index).permute(2, 0, 1, 3)
+    return picked, {k: pick_positions(t, index) for k, t in a_prefix.items()}
 
 
 def _masked_forward_post_norms(
