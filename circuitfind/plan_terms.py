@@ -208,13 +208,29 @@ def masked_terms(d: _Dims, grad: bool = False) -> list[Term]:
     return terms
 
 
+def kept_sum_streams(s: Shape) -> int:
+    """The most later-receiver sums that trials from one start layer keep, in [b, p, d]
+    streams: a layer's q, k, v groups (their columns, up to 3 x n_heads) where the senders
+    before the start layer are more than half those columns, each MLP where they are 1 or more
+    (``masked_forward``'s rule)."""
+    H, most = s.n_heads, 0
+    for start in range(s.n_layers):
+        k = 1 + start * (H + 1)
+        cols = max((c for c in (3 * H, 2 * H, H) if c < 2 * k), default=0)
+        one = 1  # an MLP's one column: 1 < 2 * k
+        # each later layer's q, k, v; the MLPs from the start layer's to the last but one
+        # (the last layer's MLP and the logits run at the readout, after the kept sums)
+        most = max(most, (s.n_layers - 1 - start) * (cols + one))
+    return most
+
+
 def acdc_terms(d: _Dims) -> list[Term]:
     """ACDC: a masked run's terms and the later receivers' prefix sums its trials share
-    (:class:`circuitfind.sender_rows.PrefixSums`: at most half of clean - ablated), and the
+    (:class:`circuitfind.sender_rows.PrefixSums`: at most the size of clean - ablated), and the
     constants those trials share."""
     s = d.shape
-    kept = d.stream(s.n_senders * d.n * d.p) // 2
-    note = "later receivers' sums over the earlier senders, every batch (a cap)"
+    kept = d.stream(min(s.n_senders, kept_sum_streams(s)) * d.n * d.p)
+    note = "later receivers' sums over the earlier senders, every batch (at most clean - ablated)"
     # and each batch's running sums of the ablated outputs (entering each layer, after its
     # heads, at the end), its prefix's sum, and the prefix rows at the readout
     fixed = d.stream((2 * s.n_layers + 2) * d.n * d.p + s.n_senders * d.n)

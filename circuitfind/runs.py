@@ -254,8 +254,9 @@ class MaskEvaluator:
 
     ``reuse_prefix``: successive runs from the same start layer whose later receivers change
     little between runs (ACDC's trials) share each later receiver group's sum over the senders
-    before that layer (:class:`circuitfind.sender_rows.PrefixSums`; at most half the size of
-    each batch's clean differences is kept). Off when the runs stream their batches.
+    before that layer (:class:`circuitfind.sender_rows.PrefixSums`; at most the size of each
+    batch's clean differences is kept) and what depends on the prefix and the ablated
+    outputs alone. Off when the runs stream their batches.
     """
 
     def __init__(
@@ -282,9 +283,9 @@ class MaskEvaluator:
                 columns = None
                 reuse = None
                 if self.reuse is not None:
-                    if i not in self.reuse:  # kept sums: half the batch's clean differences
+                    if i not in self.reuse:  # kept sums: at most the batch's clean differences
                         diff = prep.clean_diff
-                        limit = diff.numel() * diff.element_size() // 2
+                        limit = diff.numel() * diff.element_size()
                         self.reuse[i] = PrefixSums(limit, self.scratch)
                     reuse = self.reuse[i]
                 if mask.dim() > 2:

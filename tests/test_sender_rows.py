@@ -246,3 +246,38 @@ def test_a_sparse_circuits_masked_run_equals_the_autograd_run(family, kept) -> N
             atol=2e-6,
             rtol=1e-5,
         )
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_the_plans_bound_on_kept_sums_holds_and_is_reached(family) -> None:
+    """With no cap, trials from every start layer keep at most ``kept_sum_streams`` [b, p, d]
+    sums per batch, and one of the states in which the later q, k, v groups (all, q alone,
+    q and k) and every later MLP lost edges reaches it."""
+    import circuitfind as cf
+    from circuitfind.plan import shape_of
+    from circuitfind.plan_terms import kept_sum_streams
+    from circuitfind.runs import PreparedRuns
+    from tests.test_patching import _random_task
+
+    model = cf.load(_deep(family))
+    graph = cf.Graph.from_model(model)
+    runs = PreparedRuns(model, _random_task(n=2), "resample", batch_size=2)
+    bound = kept_sum_streams(shape_of(model))
+    stream = runs.batches[0].clean_diff[0].numel() * 4
+    g = torch.Generator().manual_seed(0)
+    most = 0
+    for pruned in (("q", "k", "v"), ("q",), ("q", "k")):  # MLPs and logits too, always
+        for start in range(model.cfg.n_layers):
+            ev = runs.evaluator("kl", reuse_prefix=True)
+            ev.per_prompt(graph.valid.float(), start_layer=start)  # makes the PrefixSums
+            ev.reuse[0].limit = None  # type: ignore[index]
+            mask = graph.valid.clone().float()
+            for r in range(graph.n_receivers):
+                rec = graph.receivers[r]
+                if (rec.layer is None or rec.layer >= start) and rec.qkv in (None, *pruned):
+                    mask[int(torch.randint(0, int(graph.n_upstream[r]), (1,), generator=g)), r] = 0
+            ev.per_prompt(mask, start_layer=start)
+            kept = ev.reuse[0].bytes  # type: ignore[index]
+            assert kept % stream == 0 and kept // stream <= bound, (start, kept // stream, bound)
+            most = max(most, kept // stream)
+    assert most == bound
