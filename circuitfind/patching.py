@@ -330,12 +330,20 @@ def masked_forward(
             off = (weights != 1).any(1).nonzero()[:, 0]  # senders some column does not keep
             on = (weights != 0).any(1).nonzero()[:, 0]  # senders some column keeps at all
             k = D.k
-            if reuse is not None and not picked and len(cols) < 2 * k and k < upstream:
+            nbytes = len(cols) * base.numel() * base.element_size()
+            if (
+                reuse is not None
+                and not picked
+                and len(cols) < 2 * k
+                and k < upstream
+                and reuse.claim(nbytes)
+            ):
                 # the senders before the start layer: their sum is kept across runs (reading
                 # a kept [c, b*p*d] sum costs about what summing c / 3 rows does, at GPT-2 size)
                 def make() -> Tensor:
                     flat = base.reshape(1, -1).expand(len(cols), -1)
-                    return torch.addmm(flat, weights[:k].T, D.pre[:k].reshape(k, -1))
+                    rows = D.pre[:k].reshape(k, -1)
+                    return sparse_addmm(flat, weights[:k], rows, flat.new_empty(flat.shape))
 
                 kept = reuse.get(tuple(cols), weights[:k], make)
                 new = D.new[: upstream - k].reshape(upstream - k, -1)  # type: ignore[index]

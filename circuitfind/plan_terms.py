@@ -232,8 +232,9 @@ def acdc_terms(d: _Dims) -> list[Term]:
     kept = d.stream(min(s.n_senders, kept_sum_streams(s)) * d.n * d.p)
     note = "later receivers' sums over the earlier senders, every batch (at most clean - ablated)"
     # and each batch's running sums of the ablated outputs (entering each layer, after its
-    # heads, at the end), its prefix's sum, and the prefix rows at the readout
-    fixed = d.stream((2 * s.n_layers + 2) * d.n * d.p + s.n_senders * d.n)
+    # heads, at the end) and its prefix's sum, all also at the readout, and the prefix rows
+    # and ablated outputs at the readout
+    fixed = d.stream((2 * s.n_layers + 2) * d.n * (d.p + 1) + 2 * s.n_senders * d.n)
     return [
         *masked_terms(d),
         Term("trial prefix sums", kept, "prompts", note),

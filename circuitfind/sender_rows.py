@@ -172,6 +172,8 @@ class PrefixSums:
         self.buffers = {} if buffers is None else buffers  # scratch: may be shared
         self.hits = 0
         self.bytes = 0
+        self.claimed = 0  # bytes this run claimed (``claim``)
+        self.used: set[tuple[int, ...]] = set()  # the sums this run asked for
 
     def start(self, prefix: Tensor, rows: int, ablated: Tensor | None = None) -> None:
         """A run whose first ``rows`` sender rows are ``prefix``, its ablated outputs
@@ -181,6 +183,7 @@ class PrefixSums:
         if key != self.key:
             self.prefix, self.ablated, self.key = prefix, ablated, key
             self.sums, self.fixed, self.bytes = {}, {}, 0
+        self.claimed, self.used = 0, set()
 
     def constant(self, name: str, make: Callable[[], V], check: Tensor | None = None) -> V:
         """``make()`` once per start (and per value of ``check``, compared by value): a value a
@@ -192,9 +195,18 @@ class PrefixSums:
         self.fixed[name] = (None if check is None else check.clone(), value)
         return value
 
+    def claim(self, nbytes: int) -> bool:
+        """Whether this run may keep a sum of ``nbytes`` more (the run's own claims, in its
+        order, within ``limit``): a run takes the same path whatever ran before it."""
+        if self.limit is not None and self.claimed + nbytes > self.limit:
+            return False
+        self.claimed += nbytes
+        return True
+
     def get(self, cols: tuple[int, ...], weights: Tensor, make: Callable[[], Tensor]) -> Tensor:
-        """The kept sum of the groups ``cols`` for prefix ``weights`` [k, c], else ``make()``
-        (kept for the next run while the kept sums stay within ``limit``)."""
+        """The kept sum of the groups ``cols`` for prefix ``weights`` [k, c], else ``make()``,
+        kept for the next run (sums this run did not ask for go first if room is short)."""
+        self.used.add(cols)
         hit = self.sums.pop(cols, None)
         if hit is not None:
             self.bytes -= _nbytes(hit[1])
@@ -203,9 +215,13 @@ class PrefixSums:
             entry = hit
         else:
             entry = (weights.clone(), make())
-        if self.limit is None or self.bytes + _nbytes(entry[1]) <= self.limit:
+        size = _nbytes(entry[1])
+        stale = [c for c in self.sums if c not in self.used]
+        while self.limit is not None and self.bytes + size > self.limit and stale:
+            self.bytes -= _nbytes(self.sums.pop(stale.pop())[1])
+        if self.limit is None or self.bytes + size <= self.limit:
             self.sums[cols] = entry
-            self.bytes += _nbytes(entry[1])
+            self.bytes += size
         return entry[1]
 
     def out(self, shape: tuple[int, ...], like: Tensor) -> Tensor:

@@ -71,6 +71,21 @@ def test_prefix_sums_keep_a_value_only_for_the_same_prefix_and_weights() -> None
     assert sums.out((2, 3), prefix) is buf and sums.out((3, 2), prefix) is not buf
 
 
+def test_prefix_sums_claims_are_per_run_and_stale_sums_make_room() -> None:
+    sums, prefix, w = PrefixSums(limit=8), torch.randn(4, 2), torch.ones(4, 1)
+    one = lambda: torch.zeros(1)  # noqa: E731 (4 bytes)
+    sums.start(prefix, 4)
+    assert sums.claim(6) and not sums.claim(3) and sums.claim(2)  # within 8, in order
+    sums.get((0,), w, one)
+    sums.get((1,), w, one)
+    assert set(sums.sums) == {(0,), (1,)} and sums.bytes == 8
+    sums.start(prefix, 4)  # the next run: its own claims, from nothing
+    assert sums.claim(8)
+    sums.get((1,), w, one)  # kept from the last run: a hit
+    sums.get((2,), w, one)  # no room: the sum this run did not ask for goes
+    assert set(sums.sums) == {(1,), (2,)} and sums.bytes == 8 and sums.hits == 1
+
+
 def test_prefix_sums_constants_are_made_once_per_prefix_ablation_and_check() -> None:
     sums, prefix, ablated = PrefixSums(), torch.randn(4, 2), torch.randn(6, 2)
     calls: list[str] = []
