@@ -217,10 +217,10 @@ def kept_sum_streams(s: Shape) -> int:
     for start in range(s.n_layers):
         k = 1 + start * (H + 1)
         cols = max((c for c in (3 * H, 2 * H, H) if c < 2 * k), default=0)
-        one = 1  # an MLP's one column: 1 < 2 * k
-        # each later layer's q, k, v; the MLPs from the start layer's to the last but one
-        # (the last layer's MLP and the logits run at the readout, after the kept sums)
-        most = max(most, (s.n_layers - 1 - start) * (cols + one))
+        # each later layer's q, k, v, and one column for each MLP from the start layer's to
+        # the last but one (the last layer's MLP and the logits run at the readout, after the
+        # kept sums; an MLP's one column is always fewer than 2 * k)
+        most = max(most, (s.n_layers - 1 - start) * (cols + 1))
     return most
 
 
